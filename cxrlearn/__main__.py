@@ -1,0 +1,7 @@
+"""`python -m cxrlearn ...` is the same as the `cxrlearn` command (torchrun needs this form)."""
+
+import sys
+
+from cxrlearn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,90 @@
+"""`cxrlearn data check DIR` and `cxrlearn data sample PATH`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from cxrlearn.cli.progress import progress_bar
+from cxrlearn.data import dhash, load_image, near_duplicate_pairs, sample_root, scan_folder
+from cxrlearn.errors import CxrlearnError
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="inspect a data folder or copy the bundled sample")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    c = data_sub.add_parser(
+        "check",
+        help="count images per class, find unreadable files and duplicates across classes",
+    )
+    c.add_argument("dir", type=Path, help="folder with one sub-folder per class")
+    c.add_argument("--max-distance", type=int, default=12,
+                   help="difference-hash bits (of 256) within which two images are copies")
+    c.set_defaults(func=run_check)
+
+    s = data_sub.add_parser("sample", help="copy the bundled sample (400 X-rays) to PATH")
+    s.add_argument("path", type=Path, help="new or empty folder to copy into")
+    s.set_defaults(func=run_sample)
+
+
+def run_check(args: argparse.Namespace, console: Console) -> int:
+    scan = scan_folder(args.dir)
+    hashes, labels, paths = [], [], []
+    bad: list[tuple[Path, int, str]] = []
+    with progress_bar(console) as progress:
+        task = progress.add_task("reading", total=len(scan.items))
+        for path, label in scan.items:
+            try:
+                hashes.append(dhash(load_image(path)))
+                labels.append(label)
+                paths.append(path)
+            except CxrlearnError as e:
+                bad.append((path, label, e.message))
+            progress.advance(task)
+
+    table = Table(title=f"Images per class in {scan.root}")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("unreadable", justify="right")
+    for label, (name, n) in enumerate(scan.counts().items()):
+        n_bad = sum(1 for _, bad_label, _ in bad if bad_label == label)
+        table.add_row(name, str(n), str(n_bad))
+    table.add_row("[bold]total", f"[bold]{len(scan.items)}", f"[bold]{len(bad)}")
+    console.print(table)
+
+    pairs = near_duplicate_pairs(np.stack(hashes), args.max_distance) if hashes else []
+    cross = [(i, j, d) for i, j, d in pairs if labels[i] != labels[j]]
+    console.print(f"near-duplicate pairs (<= {args.max_distance} of 256 bits): {len(pairs)}, "
+                  f"of which across classes: {len(cross)}")
+    if cross:
+        dup = Table(title="Duplicates across classes")
+        for col in ("file", "class", "file", "class", "bits"):
+            dup.add_column(col)
+        for i, j, d in cross:
+            dup.add_row(paths[i].name, scan.class_names[labels[i]],
+                        paths[j].name, scan.class_names[labels[j]], str(d))
+        console.print(dup)
+    for entry in scan.unknown:
+        console.print(f"[yellow]warning:[/] {entry}: not a class folder, ignored")
+    for path, _, problem in bad:
+        console.print(f"[red]bad file:[/] {path}: {problem}", highlight=False)
+    return 1 if bad else 0
+
+
+def run_sample(args: argparse.Namespace, console: Console) -> int:
+    dest: Path = args.path
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise CxrlearnError("already exists and is not an empty folder; choose a new path",
+                            path=dest)
+    shutil.copytree(sample_root(), dest, dirs_exist_ok=True)
+    n = sum(1 for _ in dest.rglob("*.png"))
+    console.print(f"copied {n} X-rays to {dest} (see SOURCES.md in the package for their origin)")
+    return 0

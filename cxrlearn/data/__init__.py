@@ -1,0 +1,57 @@
+"""Data: chest X-ray folders, images, splits, duplicates and the PyTorch dataset.
+
+The sub-modules, bottom up:
+
+- `images`: one file to one float grey image, with clear errors for bad files.
+- `folder`: the Kaggle folder layout, classes and labels.
+- `dedup`: difference hashes and near-duplicate pairs (leakage between splits).
+- `splits`: the stratified, seeded train/val/test split and its CSV manifest.
+- `cache`: prepared images computed once and kept on disk.
+- `dataset`: the `torch.utils.data.Dataset` that yields `(x, y)`.
+
+`sample_root()` is the bundled sample: 100 real X-rays per class, 128x128 grey PNGs from the
+COVID-19 Radiography Database (see `SOURCES.md` beside it for sources and caveats).
+
+Lesson: lessons/01_data_and_contrast.ipynb
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cxrlearn.data.cache import PreparedImages, prepare_images
+from cxrlearn.data.dataset import XrayDataset, item_generator
+from cxrlearn.data.dedup import dhash, duplicate_groups, hamming, near_duplicate_pairs
+from cxrlearn.data.folder import CLASS_NAMES, DISPLAY_NAMES, FolderScan, scan_folder
+from cxrlearn.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, is_image_file, load_image
+from cxrlearn.data.splits import SPLITS, SplitRow, read_manifest, split_items, write_manifest
+
+__all__ = [
+    "CLASS_NAMES",
+    "DISPLAY_NAMES",
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "SPLITS",
+    "FolderScan",
+    "PreparedImages",
+    "SplitRow",
+    "XrayDataset",
+    "dhash",
+    "duplicate_groups",
+    "hamming",
+    "is_image_file",
+    "item_generator",
+    "load_image",
+    "near_duplicate_pairs",
+    "prepare_images",
+    "read_manifest",
+    "sample_root",
+    "scan_folder",
+    "split_items",
+    "write_manifest",
+]
+
+
+def sample_root() -> Path:
+    """Folder of the bundled sample: `<Class>/<file>.png`, 100 images per class, 128x128."""
+    return Path(__file__).resolve().parent.parent / "sample" / "radiography-sample-128"

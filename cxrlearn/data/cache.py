@@ -1,0 +1,133 @@
+"""A cache of prepared images, so that epochs after the first read no PNGs.
+
+On a CPU, decoding a PNG, stretching it and resizing it costs far more than a training
+step's share of it. Every prepared image (stage 1 in `cxrlearn.transforms`) is the same
+every epoch, so we compute them once into one uint8 array `(N, S, S)` and keep it in a
+`.npy` file. The file name carries a hash of everything that decides its content: the
+files (path, size, modification time), the image size, the stretch percentiles and the
+cache format version. Change any of them and a new file is made; nothing stale is reused.
+
+Bad files: with `skip_bad=True`, an unreadable image is left out, reported in the result,
+and the run goes on; otherwise the first one stops everything with its name.
+
+Lesson: lessons/01_data_and_contrast.ipynb
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxrlearn.data.images import load_image
+from cxrlearn.errors import CxrlearnError
+from cxrlearn.transforms import prepare
+
+__all__ = ["PreparedImages", "cache_key", "prepare_images"]
+
+_FORMAT_VERSION = 1
+
+
+@dataclass
+class PreparedImages:
+    """Result of `prepare_images`.
+
+    Attributes:
+        images: uint8 `(N_kept, S, S)`, one per kept path.
+        kept: Index into the input paths of each row of `images`.
+        bad: `(path, problem)` for each skipped file.
+        cache_file: The `.npy` file used, or None without a cache folder.
+        from_cache: True when the images were read from an existing cache file.
+    """
+
+    images: np.ndarray
+    kept: list[int]
+    bad: list[tuple[Path, str]] = field(default_factory=list)
+    cache_file: Path | None = None
+    from_cache: bool = False
+
+
+def cache_key(paths: Sequence[str | Path], image_size: int, low: float, high: float) -> str:
+    """Hex digest naming the cache of these files prepared with these settings."""
+    h = hashlib.sha256()
+    h.update(json.dumps([_FORMAT_VERSION, image_size, low, high]).encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{Path(p).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def prepare_images(
+    paths: Sequence[str | Path],
+    image_size: int,
+    low: float = 2.0,
+    high: float = 98.0,
+    cache_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> PreparedImages:
+    """Prepare every image once, reading and writing a cache file when `cache_dir` is set.
+
+    Args:
+        paths: Image files.
+        image_size: Side S of the prepared squares.
+        low: Lower stretch percentile.
+        high: Upper stretch percentile.
+        cache_dir: Folder for `.npy` caches; None keeps everything in memory only.
+        skip_bad: Leave out unreadable files instead of stopping at the first.
+        progress: Called with 1 after each image is prepared (for a progress bar).
+
+    Returns:
+        The prepared images and what was kept and skipped.
+
+    Raises:
+        CxrlearnError: A file cannot be read and `skip_bad` is False.
+
+    Shape:
+        -> images (N_kept, S, S)
+    """
+    cache_file = None
+    if cache_dir is not None:
+        key = cache_key(paths, image_size, low, high)
+        cache_file = Path(cache_dir) / f"prepared-{image_size}px-{key}.npz"
+        if cache_file.is_file():
+            with np.load(cache_file) as z:
+                kept = z["kept"].tolist()
+                bad = [(Path(paths[i]), str(m)) for i, m in zip(z["bad_index"], z["bad_msg"],
+                                                                  strict=True)]
+                return PreparedImages(z["images"], kept, bad, cache_file, from_cache=True)
+
+    images = np.zeros((len(paths), image_size, image_size), dtype=np.uint8)
+    kept: list[int] = []
+    bad_index: list[int] = []
+    bad: list[tuple[Path, str]] = []
+    for i, p in enumerate(paths):
+        try:
+            images[len(kept)] = prepare(load_image(p), image_size, low, high)[0].numpy()
+            kept.append(i)
+        except CxrlearnError as e:
+            if not skip_bad:
+                raise
+            bad_index.append(i)
+            bad.append((Path(p), e.message))
+        if progress is not None:
+            progress(1)
+    images = images[: len(kept)]
+
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(cache_file.name + ".tmp.npz")
+        np.savez(
+            tmp,
+            images=images,
+            kept=np.array(kept, dtype=np.int64),
+            bad_index=np.array(bad_index, dtype=np.int64),
+            bad_msg=np.array([m for _, m in bad], dtype=str),
+        )
+        tmp.replace(cache_file)  # atomic: a crash never leaves half a cache
+    return PreparedImages(images, kept, bad, cache_file, from_cache=False)

@@ -1,0 +1,99 @@
+"""The PyTorch `Dataset`: prepared X-rays in, `(x, y)` pairs out.
+
+Each item is read and prepared once (load, stretch, resize, 8 bits: `cxrlearn.transforms`),
+then transformed every time it is drawn. Prepared images can be handed in as one uint8
+array (from `cxrlearn.data.cache`), in which case no PNG is read at all; otherwise each item
+is read from disk on every access, which is the slow path the cache exists to avoid.
+
+Randomness: item `i` of epoch `e` draws its augmentations from a generator seeded with
+`(seed, e, i)`. The images a model sees therefore depend only on the seed and the epoch, not
+on how many workers load them or in which order.
+
+Lesson: lessons/01_data_and_contrast.ipynb
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from cxrlearn.data.images import load_image
+from cxrlearn.transforms import prepare
+
+__all__ = ["XrayDataset", "item_generator"]
+
+
+def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A torch generator for one item of one epoch, independent of all others.
+
+    numpy's SeedSequence mixes the three numbers into a well-spread 64-bit seed, so that
+    nearby triples (seed 0 item 1, seed 1 item 0) give unrelated streams.
+    """
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class XrayDataset(Dataset):
+    """Chest X-rays as `(x, y)`: `x` a float32 image `(C, S, S)`, `y` the class index.
+
+    Args:
+        paths: Image files.
+        labels: Class index per file.
+        image_size: Side S of the square images.
+        transform: Stage-2 transform (`train_transform()` or `eval_transform()`), called as
+            `transform(x, generator)` on a float image `(1, S, S)` in [0, 1].
+        images: Optional prepared images, uint8 `(N, S, S)`, one per path (see
+            `cxrlearn.data.cache.prepare_images`). When given, no file is read.
+        low: Lower stretch percentile.
+        high: Upper stretch percentile.
+        seed: Seed of the augmentations.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        labels: Sequence[int],
+        image_size: int,
+        transform: Callable[[Tensor, torch.Generator | None], Tensor],
+        images: np.ndarray | None = None,
+        low: float = 2.0,
+        high: float = 98.0,
+        seed: int = 0,
+    ) -> None:
+        if len(paths) != len(labels):
+            raise ValueError("paths and labels differ in length")
+        if images is not None and images.shape != (len(paths), image_size, image_size):
+            raise ValueError(
+                f"images has shape {images.shape}, expected {(len(paths), image_size, image_size)}"
+            )
+        self.paths = [Path(p) for p in paths]
+        self.labels = [int(y) for y in labels]
+        self.image_size = image_size
+        self.transform = transform
+        self.images = images
+        self.low, self.high = low, high
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose augmentations `__getitem__` draws."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def prepared(self, index: int) -> Tensor:
+        """The prepared (stage 1) image of item `index`, uint8 `(1, S, S)`."""
+        if self.images is not None:
+            return torch.from_numpy(np.array(self.images[index])).unsqueeze(0)
+        return prepare(load_image(self.paths[index]), self.image_size, self.low, self.high)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        x = self.prepared(index).to(torch.float32) / 255.0  # (1, S, S) in [0, 1]
+        x = self.transform(x, item_generator(self.seed, self.epoch, index))  # (C, S, S)
+        return x, self.labels[index]

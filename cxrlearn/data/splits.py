@@ -1,0 +1,159 @@
+"""A reproducible, stratified train/validation/test split, written down as a manifest.
+
+The reference project held out 30 images per class for testing; we keep that default. The
+split is stratified (each class is split on its own, so rare classes appear in every part)
+and driven by a seed, so the same seed always gives the same split. What remains after the
+test set is divided into training and validation by `val_fraction`. Validation is for every
+decision made during training (which epoch to keep, when to stop); the test split is opened
+once, at the end.
+
+The split is saved as a CSV manifest, `path,class,split`, one row per image, with paths
+relative to the data folder, so a run can be audited ("which images were tested?") and
+reproduced on another machine.
+
+When near-duplicate groups are given (see `cxrlearn.data.dedup`), each group is placed on
+one side as a whole, so no copy of a test image is trained on.
+
+Lesson: lessons/01_data_and_contrast.ipynb
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxrlearn.errors import CxrlearnError
+
+__all__ = ["SPLITS", "SplitRow", "split_items", "write_manifest", "read_manifest"]
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    """One image of a split: its file, its label and which part it belongs to."""
+
+    path: Path
+    label: int
+    split: str
+
+
+def split_items(
+    items: list[tuple[Path, int]],
+    test_per_class: int = 30,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    groups: list[int] | None = None,
+) -> list[SplitRow]:
+    """Split labelled images into train, val and test, stratified by class.
+
+    Args:
+        items: `(path, label)` pairs, e.g. `scan_folder(root).items`.
+        test_per_class: Images per class held out for the test split.
+        val_fraction: Share of each class's remaining images used for validation.
+        seed: Seed of the shuffle; the same seed gives the same split.
+        groups: Optional group id per item (`duplicate_groups`); a group is never split. A
+            group counts for the class of its first member, so a class's test set may end up
+            a few images larger than `test_per_class`.
+
+    Returns:
+        One row per item, in the order of `items`.
+
+    Raises:
+        CxrlearnError: A class has too few images for the test set plus one training image.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if groups is None:
+        groups = list(range(len(items)))
+    if len(groups) != len(items):
+        raise ValueError("groups needs one entry per item")
+
+    members: dict[int, list[int]] = defaultdict(list)  # group id -> item indices
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    units_of_class: dict[int, list[int]] = defaultdict(list)  # label -> group ids
+    for g, idx in members.items():
+        units_of_class[items[idx[0]][1]].append(g)
+
+    rng = np.random.default_rng(seed)
+    split_of = [""] * len(items)
+    for label in sorted(units_of_class):
+        units = sorted(units_of_class[label])
+        order = rng.permutation(len(units))  # the only source of randomness
+        n_items = sum(len(members[g]) for g in units)
+        if n_items < test_per_class + 1:
+            raise CxrlearnError(
+                f"class {label} has {n_items} images: too few for {test_per_class} test "
+                "images and a training set; lower test_per_class",
+                path=items[members[units[0]][0]][0].parent,
+            )
+        n_val = round(val_fraction * (n_items - test_per_class))
+        filled = {"test": 0, "val": 0}
+        for k in order:
+            g = units[k]
+            if filled["test"] < test_per_class:
+                part = "test"
+            elif filled["val"] < n_val:
+                part = "val"
+            else:
+                part = "train"
+            if part in filled:
+                filled[part] += len(members[g])
+            for i in members[g]:
+                split_of[i] = part
+    return [SplitRow(Path(p), y, s) for (p, y), s in zip(items, split_of, strict=True)]
+
+
+def write_manifest(
+    path: str | Path, rows: list[SplitRow], root: str | Path, class_names: tuple[str, ...]
+) -> None:
+    """Write the split as CSV (`path,class,split`), paths relative to `root`.
+
+    Written to a temporary file first and renamed, so a crash never leaves half a manifest.
+    """
+    path, root = Path(path), Path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "class", "split"])
+        for r in rows:
+            p = r.path.resolve()
+            rel = p.relative_to(root.resolve()) if p.is_relative_to(root.resolve()) else p
+            w.writerow([rel.as_posix(), class_names[r.label], r.split])
+    tmp.replace(path)
+
+
+def read_manifest(
+    path: str | Path, root: str | Path, class_names: tuple[str, ...]
+) -> list[SplitRow]:
+    """Read a manifest written by `write_manifest`; relative paths are joined to `root`.
+
+    Raises:
+        CxrlearnError: The file is missing, lacks the columns, names an unknown class or
+            split, or lists an image that does not exist.
+    """
+    path, root = Path(path), Path(root)
+    if not path.is_file():
+        raise CxrlearnError("manifest not found", path=path)
+    index = {name: i for i, name in enumerate(class_names)}
+    rows: list[SplitRow] = []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"path", "class", "split"} <= set(reader.fieldnames):
+            raise CxrlearnError("not a manifest: expected the columns path,class,split", path=path)
+        for line, rec in enumerate(reader, start=2):
+            if rec["class"] not in index:
+                raise CxrlearnError(f"line {line}: unknown class {rec['class']!r}", path=path)
+            if rec["split"] not in SPLITS:
+                raise CxrlearnError(f"line {line}: unknown split {rec['split']!r}", path=path)
+            image = root / rec["path"]
+            if not image.is_file():
+                raise CxrlearnError(f"line {line}: image {image} does not exist", path=path)
+            rows.append(SplitRow(image, index[rec["class"]], rec["split"]))
+    return rows

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up a fresh clone: a virtual environment in .venv with cxrlearn and everything the
+# tests, lessons, docs and app need. constraints.txt pins torch to the CPU build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,app,dicom]"
+echo "cxrlearn is installed in .venv (activate it with: source .venv/bin/activate)"
