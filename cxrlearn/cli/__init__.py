@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 
 from cxrlearn import __version__
 from cxrlearn.errors import CxrlearnError
@@ -22,7 +23,7 @@ from cxrlearn.errors import CxrlearnError
 __all__ = ["main", "build_parser"]
 
 # Sub-command modules, in the order `cxrlearn --help` lists them.
-COMMANDS = ("data",)
+COMMANDS = ("demo", "train", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args, console) or 0)
     except CxrlearnError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # escape: a path such as "scans[v2]" would otherwise be read as rich markup.
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cxrlearn.cli.progress import progress_bar
@@ -50,7 +51,8 @@ def run_check(args: argparse.Namespace, console: Console) -> int:
                 bad.append((path, label, e.message))
             progress.advance(task)
 
-    table = Table(title=f"Images per class in {scan.root}")
+    # File names go through escape(): rich would read "x[old].png" as markup and drop "[old]".
+    table = Table(title=f"Images per class in {escape(str(scan.root))}")
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("unreadable", justify="right")
@@ -69,13 +71,15 @@ def run_check(args: argparse.Namespace, console: Console) -> int:
         for col in ("file", "class", "file", "class", "bits"):
             dup.add_column(col)
         for i, j, d in cross:
-            dup.add_row(paths[i].name, scan.class_names[labels[i]],
-                        paths[j].name, scan.class_names[labels[j]], str(d))
+            dup.add_row(escape(paths[i].name), scan.class_names[labels[i]],
+                        escape(paths[j].name), scan.class_names[labels[j]], str(d))
         console.print(dup)
     for entry in scan.unknown:
-        console.print(f"[yellow]warning:[/] {entry}: not a class folder, ignored")
+        console.print(f"[yellow]warning:[/] {escape(str(entry))}: not a class folder, ignored",
+                      soft_wrap=True)
     for path, _, problem in bad:
-        console.print(f"[red]bad file:[/] {path}: {problem}", highlight=False)
+        console.print(f"[red]bad file:[/] {escape(str(path))}: {escape(problem)}",
+                      highlight=False, soft_wrap=True)
     return 1 if bad else 0
 
 

@@ -1,0 +1,333 @@
+"""The training loop: determinism, exact resume, NaN stop, checkpoints, schedules, devices."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from cxrlearn.data import XrayDataset
+from cxrlearn.device import describe_device, select_device
+from cxrlearn.errors import CxrlearnError
+from cxrlearn.resnet import resnet18
+from cxrlearn.schedule import lr_factor
+from cxrlearn.seeding import rng_state, seed_everything, set_rng_state
+from cxrlearn.training import (
+    TrainConfig,
+    TrainingDiverged,
+    TrainingInterrupted,
+    class_weights,
+    evaluate,
+    fit,
+    macro_f1_from_confusion,
+)
+from cxrlearn.transforms import eval_transform, train_transform
+
+CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+META = {"arch": {"name": "tiny", "num_classes": 4, "in_channels": 3}}
+S = 16
+
+
+class TinyNet(nn.Module):
+    """A few thousand parameters with BatchNorm, so the loop is tested in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        x = nn.functional.adaptive_avg_pool2d(x, (4, 1))  # (B, 8, 4, 1): one cell per band
+        return self.fc(x.flatten(1))
+
+
+def _toy_data(n_per_class: int, seed: int, transform) -> XrayDataset:
+    """Learnable toy images: class k has a bright horizontal band at height k.
+
+    Bands, not quadrants: the training transform flips left-right, which must not change
+    the class.
+    """
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for k in range(4):
+        for _ in range(n_per_class):
+            img = rng.integers(0, 60, (S, S)).astype(np.uint8)
+            img[k * 4 : k * 4 + 4, :] += 150
+            images.append(img)
+            labels.append(k)
+    paths = [f"toy-{i}.png" for i in range(len(labels))]  # never read: images are given
+    return XrayDataset(paths, labels, S, transform, images=np.stack(images), seed=seed)
+
+
+def _run(tmp: Path | None, num_epochs: int = 3, resume=None, on_epoch=None, **cfg):
+    torch.manual_seed(0)
+    model = TinyNet()
+    cfg = {"batch_size": 8, "lr": 1e-2, "warmup_epochs": 1, **cfg}
+    config = TrainConfig(num_epochs=num_epochs, **cfg)
+    history = fit(model, _toy_data(6, 0, train_transform()), _toy_data(3, 1, eval_transform()),
+                  config, torch.device("cpu"), CLASSES, out_dir=tmp, resume=resume, meta=META,
+                  on_epoch=on_epoch)
+    return model, history
+
+
+def _metrics(history):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
+            for r in history]
+
+
+def test_same_seed_gives_bit_identical_weights_and_metrics():
+    m1, h1 = _run(None)
+    m2, h2 = _run(None)
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert _metrics(h1) == _metrics(h2)
+
+
+def test_different_seed_gives_different_weights():
+    m1, _ = _run(None, seed=0)
+    m2, _ = _run(None, seed=1)
+    assert not torch.equal(m1.conv.weight, m2.conv.weight)
+
+
+def test_training_learns_the_toy_task():
+    _, history = _run(None, num_epochs=8)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_accuracy"] >= 0.75
+
+
+def test_resume_after_interruption_ends_with_the_same_weights(tmp_path):
+    full, h_full = _run(tmp_path / "full", num_epochs=4)
+
+    def stop_after_two(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", num_epochs=4, on_epoch=stop_after_two)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    torch.manual_seed(123)  # resuming must not depend on the global state at the time
+    resumed, h_res = _run(tmp_path / "cut", num_epochs=4, resume=tmp_path / "cut" / "last.pt")
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert _metrics(h_full) == _metrics(h_res)
+
+
+def test_ctrl_c_inside_an_epoch_keeps_finished_epochs(tmp_path, monkeypatch):
+    import cxrlearn.training as training
+
+    real = training.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+    with pytest.raises(TrainingInterrupted, match="epoch 2.*last.pt holds epoch 1"):
+        _run(tmp_path, num_epochs=3)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_path):
+    def poison_after_first(row):
+        if row["epoch"] == 1:
+            with torch.no_grad():
+                model.conv.weight.fill_(float("nan"))
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    config = TrainConfig(num_epochs=3, batch_size=8, lr=1e-2, warmup_epochs=1)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2: loss became nan.*last.pt holds epoch 1"):
+        fit(model, _toy_data(6, 0, train_transform()), _toy_data(3, 1, eval_transform()),
+            config, torch.device("cpu"), CLASSES, out_dir=tmp_path, meta=META,
+            on_epoch=poison_after_first)
+    kept = load_checkpoint(tmp_path / "last.pt")
+    assert kept["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())
+
+
+def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
+    _, history = _run(tmp_path, num_epochs=4)
+    best = load_checkpoint(tmp_path / "best.pt")
+    scores = [r["val_macro_f1"] for r in history]
+    assert best["epoch"] == 1 + scores.index(max(scores))
+    assert best["best"] == max(scores)
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement():
+    _, history = _run(None, num_epochs=30, patience=1, select_by="val_loss", lr=1e-6)
+    losses = [r["val_loss"] for r in history]
+    best_at = losses.index(min(losses))
+    assert len(history) == best_at + 2  # one epoch without improvement, then stop
+    assert len(history) < 30
+
+
+def test_resume_refuses_a_checkpoint_for_other_classes_or_architecture(tmp_path):
+    _run(tmp_path, num_epochs=1)
+    last = tmp_path / "last.pt"
+    with pytest.raises(CxrlearnError, match=r"last.pt: checkpoint was trained for classes"):
+        fit(TinyNet(), _toy_data(2, 0, eval_transform()), _toy_data(2, 1, eval_transform()),
+            TrainConfig(num_epochs=2), torch.device("cpu"), ("A", "B", "C", "D"),
+            resume=last, meta=META)
+    with pytest.raises(CxrlearnError, match="last.pt: checkpoint is for"):
+        fit(TinyNet(), _toy_data(2, 0, eval_transform()), _toy_data(2, 1, eval_transform()),
+            TrainConfig(num_epochs=2), torch.device("cpu"), CLASSES, resume=last,
+            meta={"arch": {"name": "other"}})
+
+
+def test_checkpoint_write_is_atomic_under_a_crash(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1, "class_names": list(CLASSES)})
+
+    def crash(obj, f, *a, **k):
+        f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"epoch": 2, "class_names": list(CLASSES)})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1  # the old checkpoint survived, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CxrlearnError, match="missing.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(100))
+    with pytest.raises(CxrlearnError, match="junk.pt: not a readable checkpoint"):
+        load_checkpoint(junk)
+    bare = tmp_path / "bare.pt"
+    torch.save(TinyNet().state_dict(), bare)
+    with pytest.raises(CxrlearnError, match="bare.pt: not a cxrlearn checkpoint"):
+        load_checkpoint(bare)
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path):
+    evil = tmp_path / "evil.pt"
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": "cxrlearn-checkpoint-v1", "x": Boom()}, evil)
+    with pytest.raises(CxrlearnError, match="evil.pt: not a readable checkpoint"):
+        load_checkpoint(evil)
+
+
+def test_model_from_checkpoint_rebuilds_resnet18(tmp_path):
+    model = resnet18(num_classes=4)
+    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "class_names": list(CLASSES),
+                                        "arch": {"name": "resnet18", "num_classes": 4,
+                                                 "in_channels": 3}})
+    ckpt = load_checkpoint(tmp_path / "m.pt", CLASSES)
+    rebuilt = model_from_checkpoint({**ckpt, "arch": ckpt["arch"]})
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt(x), model.eval()(x))
+    wrong = {**ckpt, "arch": {"name": "resnet18", "num_classes": 3, "in_channels": 3}}
+    with pytest.raises(CxrlearnError, match="weights do not fit resnet18"):
+        model_from_checkpoint(wrong, tmp_path / "m.pt")
+
+
+def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
+    seed_everything(5)
+    save_checkpoint(tmp_path / "r.pt", {"rng": rng_state()})
+    expected = (torch.rand(3), np.random.rand(3))  # noqa: NPY002 - testing the global state
+    seed_everything(99)
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    torch.testing.assert_close(torch.rand(3), expected[0])
+    np.testing.assert_array_equal(np.random.rand(3), expected[1])  # noqa: NPY002
+
+
+def test_macro_f1_matches_a_hand_computed_value():
+    # rows: true, columns: predicted
+    cm = np.array([[3, 1, 0], [0, 2, 2], [0, 0, 0]])
+    f1 = [2 * 3 / (2 * 3 + 0 + 1), 2 * 2 / (2 * 2 + 1 + 2), 0.0]
+    assert macro_f1_from_confusion(cm) == pytest.approx(sum(f1) / 3)
+
+
+def test_evaluate_matches_the_metrics_module():
+    from cxrlearn.metrics import classification_report
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    data = _toy_data(5, 3, eval_transform())
+    loader = torch.utils.data.DataLoader(data, batch_size=7)
+    loss_fn = nn.CrossEntropyLoss()
+    got = evaluate(model, loader, loss_fn, torch.device("cpu"), 4)
+    model.eval()
+    with torch.no_grad():
+        x = torch.stack([data[i][0] for i in range(len(data))])
+        logits = model(x)
+    y = torch.tensor(data.labels)
+    report = classification_report(y.numpy(), logits.argmax(1).numpy(), list(CLASSES))
+    assert got["loss"] == pytest.approx(loss_fn(logits, y).item(), rel=1e-5)
+    assert got["accuracy"] == pytest.approx(report["accuracy"])
+    assert got["macro_f1"] == pytest.approx(report["macro avg"]["f1-score"])
+
+
+def test_class_weights_are_inverse_frequency():
+    w = class_weights([0, 0, 0, 1], 2)
+    torch.testing.assert_close(w, torch.tensor([4 / (2 * 3), 4 / (2 * 1)]))
+    torch.testing.assert_close(class_weights([0, 1, 2, 3], 4), torch.ones(4))
+
+
+@settings(max_examples=60, deadline=None)
+@given(total=st.integers(2, 500), frac=st.floats(0, 0.9),
+       kind=st.sampled_from(["onecycle", "cosine", "constant"]))
+def test_schedules_warm_up_then_never_exceed_the_peak(total, frac, kind):
+    warmup = int(frac * total)
+    factors = [lr_factor(s, total, warmup, kind) for s in range(total)]
+    assert all(0 <= f <= 1 + 1e-12 for f in factors)
+    rising = factors[: warmup + 1]
+    assert all(a <= b + 1e-12 for a, b in zip(rising, rising[1:], strict=False))
+    if kind != "constant":
+        falling = factors[warmup:]
+        assert all(a >= b - 1e-12 for a, b in zip(falling, falling[1:], strict=False))
+    if kind == "onecycle" and total > 10 and warmup > 0:
+        assert factors[0] == pytest.approx(1 / 25)
+        assert factors[-1] == pytest.approx(1 / 25 / 1e4)
+
+
+def test_cosine_schedule_hand_values():
+    assert lr_factor(0, 11, 0, "cosine") == 1.0
+    assert lr_factor(5, 11, 0, "cosine") == pytest.approx((1 + math.cos(math.pi * 5 / 11)) / 2)
+
+
+def test_select_device():
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type in ("cpu", "cuda", "mps")
+    assert describe_device(torch.device("cpu")).startswith("cpu (")
+    with pytest.raises(CxrlearnError, match="unknown device"):
+        select_device("tpu-of-dreams")
+    if not torch.cuda.is_available():
+        assert select_device(None) == select_device("auto")
+        with pytest.raises(CxrlearnError, match="CUDA was requested but no CUDA GPU"):
+            select_device("cuda")
+
+
+def test_select_device_prefers_cuda_then_mps(monkeypatch):
+    import cxrlearn.device as device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device.select_device() == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device, "_mps_available", lambda: True)
+    assert device.select_device() == torch.device("mps")
+    monkeypatch.setattr(device, "_mps_available", lambda: False)
+    assert device.select_device() == torch.device("cpu")
+    with pytest.raises(CxrlearnError, match="MPS was requested"):
+        device.select_device("mps")
