@@ -82,8 +82,11 @@ def load_checkpoint(
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
-    """Build the network a checkpoint describes and load its weights, in eval mode."""
-    arch = ckpt["arch"]
+    """Build the network a checkpoint describes (`ckpt["meta"]["arch"]`) and load its weights.
+
+    Returns the model in eval mode.
+    """
+    arch = ckpt.get("meta", {}).get("arch", {})
     if arch.get("name") != "resnet18":
         raise CxrlearnError(f"unknown architecture {arch.get('name')!r}", path=path)
     model = resnet18(num_classes=arch["num_classes"], in_channels=arch["in_channels"])

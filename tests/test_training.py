@@ -230,14 +230,14 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
 
 def test_model_from_checkpoint_rebuilds_resnet18(tmp_path):
     model = resnet18(num_classes=4)
-    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "class_names": list(CLASSES),
-                                        "arch": {"name": "resnet18", "num_classes": 4,
-                                                 "in_channels": 3}})
+    arch = {"name": "resnet18", "num_classes": 4, "in_channels": 3}
+    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(),
+                                        "class_names": list(CLASSES), "meta": {"arch": arch}})
     ckpt = load_checkpoint(tmp_path / "m.pt", CLASSES)
-    rebuilt = model_from_checkpoint({**ckpt, "arch": ckpt["arch"]})
+    rebuilt = model_from_checkpoint(ckpt)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(rebuilt(x), model.eval()(x))
-    wrong = {**ckpt, "arch": {"name": "resnet18", "num_classes": 3, "in_channels": 3}}
+    wrong = {**ckpt, "meta": {"arch": {**arch, "num_classes": 3}}}
     with pytest.raises(CxrlearnError, match="weights do not fit resnet18"):
         model_from_checkpoint(wrong, tmp_path / "m.pt")
 

@@ -1,0 +1,98 @@
+"""`cxrlearn train` and `cxrlearn demo` end to end, on a few real sample X-rays at 32 px."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint
+from cxrlearn.cli import main
+from cxrlearn.data import read_manifest
+
+FAST = ["--image-size", "32", "--batch-size", "8", "--test-per-class", "3",
+        "--val-fraction", "0.3"]
+
+
+@pytest.fixture
+def data(tmp_path, copy_sample):
+    return copy_sample(tmp_path / "data", per_class=8)
+
+
+def test_train_writes_a_complete_run_folder(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "2",
+               "--cache-dir", str(tmp_path / "cache"), *FAST])
+    assert rc == 0
+    assert {p.name for p in out.iterdir()} >= {"manifest.csv", "config.json", "history.csv",
+                                                "best.pt", "last.pt", "learning_curves.png"}
+    classes = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+    rows = read_manifest(out / "manifest.csv", data, classes)
+    assert len(rows) == 32
+    assert sum(r.split == "test" for r in rows) == 12
+    with (out / "history.csv").open() as f:
+        history = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    config = json.loads((out / "config.json").read_text())
+    assert config["preprocess"]["image_size"] == 32
+    assert config["train"]["num_epochs"] == 2
+    last = load_checkpoint(out / "last.pt", classes)
+    assert last["epoch"] == 2
+    model = model_from_checkpoint(last)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+    printed = capsys.readouterr().out
+    assert "epoch   2:" in printed and "best validation macro-F1" in printed
+
+
+def test_train_refuses_to_overwrite_and_resumes(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), *FAST]
+    assert main([*args, "--epochs", "1"]) == 0
+    before = (out / "manifest.csv").read_text()
+    capsys.readouterr()
+    assert main([*args, "--epochs", "1"]) == 1
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert (out / "manifest.csv").read_text() == before  # the split is reused, not redrawn
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+    assert "reusing the split" in capsys.readouterr().out
+
+
+def test_train_errors_are_one_line_without_traceback(tmp_path):
+    missing = tmp_path / "nope"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrlearn", "train", "--data", str(missing), "--out",
+         str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert f"{missing}: folder not found" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrlearn", "train", "--out", str(tmp_path / "r2"), "--resume"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "nothing to resume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_with_pretrained_weights_from_a_file(tmp_path, data):
+    from cxrlearn.resnet import resnet18
+
+    weights = tmp_path / "resnet18-imagenet-like.pth"
+    reference = resnet18(num_classes=1000)
+    torch.save(reference.state_dict(), weights)
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "1",
+               "--pretrained", str(weights), "--freeze-backbone",
+               "--cache-dir", str(tmp_path / "cache"), *FAST])
+    assert rc == 0
+    trained = load_checkpoint(out / "last.pt")["model"]
+    # A frozen backbone keeps the loaded weights and BN statistics; only fc changed.
+    torch.testing.assert_close(trained["layer3.1.conv2.weight"],
+                               reference.state_dict()["layer3.1.conv2.weight"])
+    torch.testing.assert_close(trained["bn1.running_mean"],
+                               reference.state_dict()["bn1.running_mean"])
+    assert trained["fc.weight"].shape == (4, 512)
