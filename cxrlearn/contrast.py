@@ -123,8 +123,8 @@ def stretch_contrast(
 
     Example:
         >>> stretch_contrast(np.array([[0, 50], [100, 200]], dtype=np.uint8)).round(3)
-        array([[0.   , 0.247],
-               [0.495, 1.   ]], dtype=float32)
+        array([[0.   , 0.246],
+               [0.508, 1.   ]], dtype=float32)
     """
     if not 0.0 <= low <= high <= 100.0:
         raise ValueError(f"need 0 <= low <= high <= 100, got low={low}, high={high}")

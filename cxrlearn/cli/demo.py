@@ -14,7 +14,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
+from cxrlearn.cli.evaluate import evaluate_run
+from cxrlearn.cli.runs import open_run
 from cxrlearn.cli.train import add_train_arguments, train_run
+from cxrlearn.device import select_device
 
 __all__ = ["add_parser"]
 
@@ -37,10 +40,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
     start = time.perf_counter()
     console.rule("1. split, contrast stretching, training")
     trained = train_run(args, console, out, resume=False)
+    console.rule("2. evaluation on the held-out test split (opened once, now)")
+    evaluate_run(open_run(out), "test", out, select_device(args.device), console)
     console.rule("done")
     console.print(f"everything is in [bold]{trained.out}[/] "
                   f"({time.perf_counter() - start:.0f} s):")
     for name in ("manifest.csv", "config.json", "history.csv", "learning_curves.png",
-                 "best.pt", "last.pt"):
+                 "best.pt", "last.pt", "report.json", "predictions.csv", "confusion_matrix.png"):
         console.print(f"  {trained.out / name}")
     return 0

@@ -20,7 +20,9 @@ from rich.console import Console
 from rich.progress import TextColumn
 from rich.table import Table
 
+from cxrlearn.calibration import fit_temperature
 from cxrlearn.cli.progress import progress_bar
+from cxrlearn.cli.runs import logits_of, open_run, split_dataset
 from cxrlearn.curves import plot_history
 from cxrlearn.data import (
     CLASS_NAMES,
@@ -192,6 +194,7 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
     history = _fit_with_progress(model, train_data, val_data, config, device, scan, out,
                                  last if resume else None, meta, console)
     _write_history(out, history)
+    _calibrate(out, device, console)
     best = max(history, key=lambda r: r["val_macro_f1"])
     console.print(f"best validation macro-F1 {best['val_macro_f1']:.3f} at epoch "
                   f"{best['epoch']}; run folder: [bold]{out}[/]")
@@ -222,6 +225,18 @@ def _fit_with_progress(model, train_data, val_data, config, device, scan, out, r
 
         return fit(model, train_data, val_data, config, device, scan.class_names, out_dir=out,
                    resume=resume, meta=meta, on_batch=on_batch, on_epoch=on_epoch)
+
+
+def _calibrate(out: Path, device, console: Console) -> None:
+    """Fit the temperature on the validation split and store it in best.pt.
+
+    Validation, because the test split stays closed; see `cxrlearn.calibration`.
+    """
+    run = open_run(out)
+    logits, y = logits_of(run.model, split_dataset(run, "val"), device)
+    temperature = fit_temperature(logits, y)
+    run.save_temperature(temperature)
+    console.print(f"temperature fitted on the validation split: T = {temperature:.2f}")
 
 
 def _write_history(out: Path, history: list[dict[str, float]]) -> None:

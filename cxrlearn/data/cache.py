@@ -3,7 +3,7 @@
 On a CPU, decoding a PNG, stretching it and resizing it costs far more than a training
 step's share of it. Every prepared image (stage 1 in `cxrlearn.transforms`) is the same
 every epoch, so we compute them once into one uint8 array `(N, S, S)` and keep it in a
-`.npy` file. The file name carries a hash of everything that decides its content: the
+`.npz` file. The file name carries a hash of everything that decides its content: the
 files (path, size, modification time), the image size, the stretch percentiles and the
 cache format version. Change any of them and a new file is made; nothing stale is reused.
 
@@ -41,7 +41,7 @@ class PreparedImages:
         images: uint8 `(N_kept, S, S)`, one per kept path.
         kept: Index into the input paths of each row of `images`.
         bad: `(path, problem)` for each skipped file.
-        cache_file: The `.npy` file used, or None without a cache folder.
+        cache_file: The `.npz` file used, or None without a cache folder.
         from_cache: True when the images were read from an existing cache file.
     """
 
@@ -57,8 +57,12 @@ def cache_key(paths: Sequence[str | Path], image_size: int, low: float, high: fl
     h = hashlib.sha256()
     h.update(json.dumps([_FORMAT_VERSION, image_size, low, high]).encode())
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{Path(p).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:  # missing or unreadable: `load_image` reports it, with its name
+            stamp = "unreadable"
+        h.update(f"{Path(p).resolve()}\0{stamp}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -78,7 +82,7 @@ def prepare_images(
         image_size: Side S of the prepared squares.
         low: Lower stretch percentile.
         high: Upper stretch percentile.
-        cache_dir: Folder for `.npy` caches; None keeps everything in memory only.
+        cache_dir: Folder for `.npz` caches; None keeps everything in memory only.
         skip_bad: Leave out unreadable files instead of stopping at the first.
         progress: Called with 1 after each image is prepared (for a progress bar).
 

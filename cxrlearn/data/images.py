@@ -33,8 +33,13 @@ anything bigger is more likely a decompression bomb than an X-ray."""
 
 
 def is_image_file(path: str | Path) -> bool:
-    """True when the file name ends in .png, .jpg or .jpeg (any case)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    """True when the file name ends in .png, .jpg or .jpeg (any case) and is not hidden.
+
+    Hidden files (`.name`) are skipped: macOS leaves `._COVID-1.png` resource forks beside
+    copied images, which are not images at all.
+    """
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def _to_grey_array(im: Image.Image) -> np.ndarray:

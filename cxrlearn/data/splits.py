@@ -92,7 +92,9 @@ def split_items(
                 "images and a training set; lower test_per_class",
                 path=items[members[units[0]][0]][0].parent,
             )
-        n_val = round(val_fraction * (n_items - test_per_class))
+        # At least one image stays for training, however large val_fraction is.
+        n_val = min(round(val_fraction * (n_items - test_per_class)),
+                    n_items - test_per_class - 1)
         filled = {"test": 0, "val": 0}
         for k in order:
             g = units[k]
@@ -143,17 +145,27 @@ def read_manifest(
         raise CxrlearnError("manifest not found", path=path)
     index = {name: i for i, name in enumerate(class_names)}
     rows: list[SplitRow] = []
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"path", "class", "split"} <= set(reader.fieldnames):
-            raise CxrlearnError("not a manifest: expected the columns path,class,split", path=path)
-        for line, rec in enumerate(reader, start=2):
-            if rec["class"] not in index:
-                raise CxrlearnError(f"line {line}: unknown class {rec['class']!r}", path=path)
-            if rec["split"] not in SPLITS:
-                raise CxrlearnError(f"line {line}: unknown split {rec['split']!r}", path=path)
-            image = root / rec["path"]
-            if not image.is_file():
-                raise CxrlearnError(f"line {line}: image {image} does not exist", path=path)
-            rows.append(SplitRow(image, index[rec["class"]], rec["split"]))
+    # utf-8-sig: a spreadsheet that re-saved the CSV may have put a byte-order mark in front.
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        try:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"path", "class", "split"} <= set(
+                reader.fieldnames
+            ):
+                raise CxrlearnError(
+                    "not a manifest: expected the columns path,class,split", path=path
+                )
+            for line, rec in enumerate(reader, start=2):
+                if None in (rec["path"], rec["class"], rec["split"]):  # a short row
+                    raise CxrlearnError(f"line {line}: expected path,class,split", path=path)
+                if rec["class"] not in index:
+                    raise CxrlearnError(f"line {line}: unknown class {rec['class']!r}", path=path)
+                if rec["split"] not in SPLITS:
+                    raise CxrlearnError(f"line {line}: unknown split {rec['split']!r}", path=path)
+                image = root / rec["path"]
+                if not image.is_file():
+                    raise CxrlearnError(f"line {line}: image {image} does not exist", path=path)
+                rows.append(SplitRow(image, index[rec["class"]], rec["split"]))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise CxrlearnError(f"not a manifest: not a UTF-8 CSV file ({e})", path=path) from None
     return rows

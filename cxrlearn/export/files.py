@@ -1,0 +1,403 @@
+"""Writing the three kinds of file, each checked against the Python pipeline before it counts.
+
+Every writer follows the same steps: wrap the network in `EndToEndModel`, convert it
+(script it, or trace it with `torch.export`), save it to a temporary file next to the
+target with `cxrlearn.json` inside, load that file back with the loader an app would use,
+compare its probabilities with `eager_probs` on real X-rays, and only then rename it into
+place. A file that disagrees by more than `atol` is deleted and never seen.
+
+Lesson: lessons/06_torchscript_export.ipynb
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import cxrlearn
+from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint
+from cxrlearn.data import load_image, sample_root
+from cxrlearn.errors import CxrlearnError
+from cxrlearn.export.load import load_module, network_sha256, upstream_deprecation
+from cxrlearn.export.metadata import CLASS_NAMES_NAME, METADATA_NAME, ExportMetadata
+from cxrlearn.export.pipeline import EndToEndModel, Preprocess, eager_probs, weights_sha256
+from cxrlearn.transforms import resize
+
+__all__ = [
+    "ExportResult",
+    "sample_check_images",
+    "export_torchscript",
+    "export_lite",
+    "export_program",
+]
+
+ModelSource = nn.Module | Mapping[str, Any] | str | Path
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote and how well the file agreed with the Python pipeline.
+
+    Attributes:
+        path: The file written.
+        metadata: The `cxrlearn.json` inside it.
+        max_abs_diff: Largest |p_file - p_python| over all checked probabilities.
+        num_checks: Inputs compared (each image as float and uint8, plus a batch).
+        notes: Things the caller may want to tell the user (e.g. a skipped optimisation).
+    """
+
+    path: Path
+    metadata: ExportMetadata
+    max_abs_diff: float
+    num_checks: int
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Source:
+    model: nn.Module
+    class_names: tuple[str, ...]
+    preprocess: Preprocess
+    temperature: float
+
+
+def _resolve(
+    source: ModelSource,
+    class_names: Sequence[str] | None,
+    preprocess: Preprocess | None,
+    temperature: float | None,
+) -> _Source:
+    """The network and its settings, from a checkpoint (path or dict) or a bare model."""
+    if isinstance(source, nn.Module):
+        if class_names is None or preprocess is None:
+            raise ValueError("exporting a bare model needs class_names= and preprocess=")
+        return _Source(source, tuple(class_names), preprocess,
+                       1.0 if temperature is None else float(temperature))
+    where: str | Path = "checkpoint"
+    if isinstance(source, (str, Path)):
+        where = Path(source)
+        source = load_checkpoint(where)
+    model = model_from_checkpoint(dict(source), where)
+    if preprocess is None:
+        try:
+            preprocess = Preprocess.from_dict(source["meta"]["preprocess"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CxrlearnError(f"checkpoint has no usable meta.preprocess ({e}); pass "
+                                "preprocess=Preprocess(...)", path=where) from None
+    names = tuple(source["class_names"]) if class_names is None else tuple(class_names)
+    # A calibrated checkpoint carries T (cxrlearn.calibration); otherwise T = 1.
+    t = float(source.get("temperature", 1.0)) if temperature is None else float(temperature)
+    return _Source(model, names, preprocess, t)
+
+
+def sample_check_images() -> list[np.ndarray]:
+    """Real X-rays for the parity check: the first sample image of each class, plus a
+    non-square crop of the first (117 x 101), so that resizing is checked both ways.
+
+    Shape:
+        -> N x (H, W) float32 in [0, 1]
+    """
+    root = sample_root()
+    images = [load_image(sorted(d.glob("*.png"))[0])
+              for d in sorted(root.iterdir()) if d.is_dir()]
+    return [*images, images[0][5:122, 10:111].copy()]
+
+
+def _metadata(src: _Source, file_format: str, input_size: tuple[int, int] | None,
+              input_dtypes: tuple[str, ...]) -> ExportMetadata:
+    return ExportMetadata(
+        file_format=file_format,
+        class_names=src.class_names,
+        preprocess=src.preprocess,
+        temperature=src.temperature,
+        weights_sha256=weights_sha256(src.model.state_dict()),
+        input_size=input_size,
+        input_dtypes=input_dtypes,
+        cxrlearn_version=cxrlearn.__version__,
+        torch_version=torch.__version__,
+    )
+
+
+def _extra_files(metadata: ExportMetadata) -> dict[str, str]:
+    return {METADATA_NAME: metadata.to_json(),
+            CLASS_NAMES_NAME: "".join(f"{c}\n" for c in metadata.class_names)}
+
+
+def _compare(
+    run: Callable[[Tensor], Tensor],
+    src: _Source,
+    images: Sequence[np.ndarray],
+    with_uint8: bool,
+    batched_only: bool,
+) -> tuple[float, int]:
+    """Max |p_file - p_python| over each image alone (float, and uint8 if asked) and a batch
+    of the images that share the first one's size. Returns (max diff, inputs compared)."""
+    cases: list[tuple[Tensor, list[np.ndarray | Tensor]]] = []
+    for image in images:
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32))  # (H, W)
+        cases.append((x[None, None] if batched_only else x, [x]))
+        if with_uint8:
+            u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)  # (H, W)
+            cases.append((u8, [u8]))
+    same = [torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in images
+            if np.shape(im) == np.shape(images[0])]
+    if len(same) > 1:
+        cases.append((torch.stack(same)[:, None], same))  # (B, 1, H, W)
+    worst = 0.0
+    for x, eager_images in cases:
+        with torch.no_grad():
+            got = run(x)  # (B, K)
+        want = eager_probs(src.model, eager_images, src.preprocess, src.temperature)
+        if got.shape != want.shape:
+            raise CxrlearnError(f"the file returned shape {tuple(got.shape)}, the Python "
+                                f"pipeline {tuple(want.shape)}")
+        diff = float((got - want).abs().max())
+        worst = diff if not diff <= worst else worst  # a NaN diff sticks
+    return worst, len(cases)
+
+
+def _write_checked(
+    path: Path,
+    save: Callable[[Path], None],
+    check: Callable[[Path], tuple[float, int]],
+    atol: float,
+) -> tuple[float, int]:
+    """Save to a temporary file beside `path`, check it, and rename it only if it passes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder, so the rename is atomic; same suffix, which torch.export.save wants.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        save(tmp)
+        worst, n = check(tmp)
+        if not worst <= atol:
+            raise CxrlearnError(
+                f"the exported file disagrees with the Python pipeline (max |diff| = "
+                f"{worst:.3g} > {atol:g} on {n} inputs); nothing was written", path=path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return worst, n
+
+
+def _script(src: _Source) -> torch.jit.ScriptModule:
+    wrapper = EndToEndModel(src.model, src.preprocess, src.temperature)
+    with upstream_deprecation("`torch.jit.script`"):
+        return torch.jit.script(wrapper)
+
+
+def _check_loaded(path: Path, meta: ExportMetadata, src: _Source,
+                  images: Sequence[np.ndarray], with_uint8: bool, batched_only: bool
+                  ) -> tuple[float, int]:
+    module = load_module(path, meta.file_format)
+    found = network_sha256(module, meta.file_format)
+    if found is not None and found != meta.weights_sha256:
+        raise CxrlearnError("the saved weights do not hash to the recorded sha256", path=path)
+    return _compare(module, src, images, with_uint8, batched_only)
+
+
+def export_torchscript(
+    source: ModelSource,
+    path: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    preprocess: Preprocess | None = None,
+    temperature: float | None = None,
+    check_images: Sequence[np.ndarray] | None = None,
+    atol: float = 1e-5,
+) -> ExportResult:
+    """Script the whole pipeline (`EndToEndModel`) with `torch.jit.script` and save it.
+
+    The file takes a raw grey image, uint8 or float, `(H, W)` or `(B, 1, H, W)`, of any
+    size, and returns probabilities `(B, K)`; it runs with `torch.jit.load` in Python or
+    C++ (LibTorch), with no cxrlearn needed. TorchScript is deprecated upstream in favour
+    of `torch.export` (see `export_program`); it is still what PyTorch Mobile apps load.
+
+    Args:
+        source: A checkpoint path (`best.pt`), a loaded checkpoint dict, or an `nn.Module`
+            (which then needs `class_names` and `preprocess`).
+        path: The file to write, usually `model.pt`. Written only if the check passes.
+        class_names: Override (or, for a bare model, give) the class names.
+        preprocess: Override (or give) the preprocessing settings.
+        temperature: Override T; default the checkpoint's `"temperature"`, else 1.
+        check_images: Grey float images for the parity check; default
+            `sample_check_images()`.
+        atol: Largest accepted |p_file - p_python|.
+
+    Returns:
+        An `ExportResult`.
+
+    Raises:
+        CxrlearnError: Unreadable checkpoint, or the reloaded file disagrees with the
+            Python pipeline (then no file is written).
+    """
+    src = _resolve(source, class_names, preprocess, temperature)
+    meta = _metadata(src, "torchscript", None, ("uint8", "float32"))
+    images = sample_check_images() if check_images is None else list(check_images)
+    scripted = _script(src)
+
+    def save(tmp: Path) -> None:
+        with upstream_deprecation("`torch.jit.save`"):
+            torch.jit.save(scripted, str(tmp), _extra_files=_extra_files(meta))
+
+    worst, n = _write_checked(
+        Path(path), save, lambda tmp: _check_loaded(tmp, meta, src, images, True, False), atol)
+    return ExportResult(Path(path), meta, worst, n)
+
+
+def export_lite(
+    source: ModelSource,
+    path: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    preprocess: Preprocess | None = None,
+    temperature: float | None = None,
+    check_images: Sequence[np.ndarray] | None = None,
+    atol: float = 1e-5,
+    optimize: bool = True,
+) -> ExportResult:
+    """Write the scripted pipeline for PyTorch Mobile's lite interpreter (`.ptl`).
+
+    This is the file an Android or iOS app (or Flutter, through a PyTorch Mobile plugin)
+    loads. Both PyTorch Mobile and its lite interpreter are deprecated upstream in favour
+    of ExecuTorch, which runs `torch.export` programs (see `export_program`).
+
+    `torch.utils.mobile_optimizer.optimize_for_mobile` (batch norm folded into the
+    convolutions, XNNPACK kernels) is tried first. PyTorch builds without XNNPACK, such as
+    the CPU wheels of torch 2.13 for Linux, fail it with "Mobile optimization only
+    available with XNNPACK"; the unoptimised graph is then written, with a note in the
+    result. Either way the reloaded file must pass the parity check.
+
+    Args:
+        source: As in `export_torchscript`.
+        path: The file to write, usually `model.ptl`.
+        class_names: As in `export_torchscript`.
+        preprocess: As in `export_torchscript`.
+        temperature: As in `export_torchscript`.
+        check_images: As in `export_torchscript`.
+        atol: Largest accepted |p_file - p_python|.
+        optimize: Try `optimize_for_mobile` first.
+
+    Returns:
+        An `ExportResult`; `notes` says whether the optimisation was skipped and why.
+
+    Raises:
+        CxrlearnError: This PyTorch cannot write lite-interpreter files, or the check fails.
+    """
+    src = _resolve(source, class_names, preprocess, temperature)
+    meta = _metadata(src, "lite", None, ("uint8", "float32"))
+    images = sample_check_images() if check_images is None else list(check_images)
+    module = _script(src)
+    if not hasattr(module, "_save_for_lite_interpreter"):
+        raise CxrlearnError("this PyTorch cannot write lite-interpreter files; use the "
+                            "TorchScript (.pt) or torch.export (.pt2) format", path=path)
+    notes: list[str] = []
+    if optimize:
+        try:
+            from torch.utils.mobile_optimizer import optimize_for_mobile
+
+            module = optimize_for_mobile(module)
+        except (ImportError, RuntimeError) as e:
+            notes.append(f"optimize_for_mobile skipped ({_reason(e)}); the lite file holds "
+                         "the unoptimised scripted graph, which gives the same results")
+
+    def save(tmp: Path) -> None:
+        with upstream_deprecation("Lite Interpreter"):
+            module._save_for_lite_interpreter(str(tmp), _extra_files=_extra_files(meta))
+
+    worst, n = _write_checked(
+        Path(path), save, lambda tmp: _check_loaded(tmp, meta, src, images, True, False), atol)
+    return ExportResult(Path(path), meta, worst, n, tuple(notes))
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e)
+    if "XNNPACK" in text:
+        return "this PyTorch build has no XNNPACK"
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return first[:200]
+
+
+def export_program(
+    source: ModelSource,
+    path: str | Path,
+    *,
+    input_size: tuple[int, int] | None = None,
+    class_names: Sequence[str] | None = None,
+    preprocess: Preprocess | None = None,
+    temperature: float | None = None,
+    check_images: Sequence[np.ndarray] | None = None,
+    atol: float = 1e-5,
+) -> ExportResult:
+    """Trace the pipeline with `torch.export.export` and save the program (`.pt2`).
+
+    `torch.export` is the successor of TorchScript: it captures the graph by running the
+    model on example inputs with symbolic shapes, and ExecuTorch compiles such programs
+    for phones. Shapes are what it is strict about. The batch size is dynamic (1 to 1024),
+    but height and width are fixed at `input_size`: two steps of the pipeline branch on
+    the image size in Python (`percentile_tensor` turns the rank of the 2nd percentile
+    into an `int`, `transforms.resize` skips images already S x S), and `torch.export`
+    turns such branches into guards that hold for one size only. An app therefore resizes
+    to `input_size` before calling; percentiles are then taken on that image instead of
+    the full-size one, a small difference from the TorchScript file, which takes any size.
+    The program takes float32 `(B, 1, H, W)` in [0, 1] only (no uint8, no 2-D input).
+
+    Args:
+        source: As in `export_torchscript`.
+        path: The file to write; must end in `.pt2`, as `torch.export.save` expects.
+        input_size: (H, W) of the program's input; default (S, S), the training size.
+        class_names: As in `export_torchscript`.
+        preprocess: As in `export_torchscript`.
+        temperature: As in `export_torchscript`.
+        check_images: As in `export_torchscript`; resized to `input_size` for the check.
+        atol: Largest accepted |p_file - p_python|.
+
+    Returns:
+        An `ExportResult`.
+
+    Raises:
+        CxrlearnError: The path does not end in `.pt2`, `torch.export` fails on this
+            PyTorch, or the check fails.
+    """
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise CxrlearnError("a torch.export program is saved as a .pt2 file; change the "
+                            "suffix", path=path)
+    src = _resolve(source, class_names, preprocess, temperature)
+    size = (src.preprocess.image_size,) * 2 if input_size is None else tuple(input_size)
+    meta = _metadata(src, "export", (int(size[0]), int(size[1])), ("float32",))
+    raw = sample_check_images() if check_images is None else list(check_images)
+    # Resized with the pipeline's own resize, so the check uses inputs the program accepts.
+    images = [resize(torch.from_numpy(np.asarray(im, np.float32))[None], size[0])[0].numpy()
+              if size[0] == size[1] else _resize_hw(im, size) for im in raw]
+    wrapper = EndToEndModel(src.model, src.preprocess, src.temperature)
+    example = torch.from_numpy(np.stack(images[:2]))[:, None]  # (2, 1, H, W)
+    try:
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        program = torch.export.export(wrapper, (example,),
+                                      dynamic_shapes={"image": {0: batch}})
+    except Exception as e:  # torch.export reports unsupported code with many error types
+        raise CxrlearnError(f"torch.export could not capture the model ({_reason(e)})",
+                            path=path) from None
+
+    def save(tmp: Path) -> None:
+        torch.export.save(program, str(tmp), extra_files=_extra_files(meta))
+
+    worst, n = _write_checked(
+        path, save, lambda tmp: _check_loaded(tmp, meta, src, images, False, True), atol)
+    return ExportResult(path, meta, worst, n)
+
+
+def _resize_hw(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to a non-square (H, W) with the same filter as `transforms.resize`."""
+    x = torch.from_numpy(np.asarray(image, np.float32))[None, None]  # (1, 1, H, W)
+    out = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                          antialias=True)
+    return out[0, 0].numpy()

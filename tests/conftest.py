@@ -1,0 +1,80 @@
+"""Shared fixtures: the bundled sample, and small synthetic X-ray folders written to tmp_path.
+
+Tests never read /work/shared: real images come from `cxrlearn.data.sample_root()` (the copy
+inside the package), everything else is written by the test itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrlearn.data import CLASS_NAMES
+from cxrlearn.data import sample_root as _sample_root
+
+
+def _synthetic_xray(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth random grey image (uint8): unlike white noise it survives resizing, and two
+    of them are never near-duplicates of each other."""
+    coarse = rng.random((6, 6))
+    big = np.asarray(
+        Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    )
+    return big
+
+
+@pytest.fixture
+def sample_root() -> Path:
+    """The bundled sample: `<Class>/<file>.png`, 100 grey 128x128 X-rays per class."""
+    return _sample_root()
+
+
+@pytest.fixture
+def write_png() -> Callable[[Path, np.ndarray], Path]:
+    """Write a numpy array as a PNG (mode from the dtype: uint8 -> L, uint16 -> I;16)."""
+
+    def write(path: Path, array: np.ndarray) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path, format="PNG")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """Four classes x 5 synthetic 48x48 PNGs in the current Kaggle layout.
+
+    `<root>/<Class>/images/<Class>-<i>.png`, with a lung mask of each image in
+    `<root>/<Class>/masks/` (which readers must ignore).
+    """
+    root = tmp_path / "tiny"
+    rng = np.random.default_rng(1234)
+    for name in CLASS_NAMES:
+        (root / name / "images").mkdir(parents=True)
+        (root / name / "masks").mkdir(parents=True)
+        for i in range(5):
+            img = _synthetic_xray(rng, 48)
+            Image.fromarray(img).save(root / name / "images" / f"{name}-{i}.png")
+            mask = (img > 128).astype(np.uint8) * 255
+            Image.fromarray(mask).save(root / name / "masks" / f"{name}-{i}.png")
+    return root
+
+
+@pytest.fixture
+def copy_sample(sample_root: Path) -> Callable[..., Path]:
+    """Copy the first `per_class` sample X-rays of some classes to `dest/<Class>/`."""
+
+    def copy(dest: Path, per_class: int = 3, classes: tuple[str, ...] = CLASS_NAMES) -> Path:
+        for name in classes:
+            (dest / name).mkdir(parents=True, exist_ok=True)
+            for src in sorted((sample_root / name).glob("*.png"))[:per_class]:
+                shutil.copy(src, dest / name / src.name)
+        return dest
+
+    return copy
