@@ -34,9 +34,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cxrlearn.checkpoint import load_checkpoint, save_checkpoint
+from cxrlearn.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    is_distributed,
+)
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.schedule import SCHEDULES, lr_factor
 from cxrlearn.seeding import rng_state, seed_everything, set_rng_state
@@ -208,7 +216,10 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)  # (B, K)
             loss = loss_fn(logits, y)
-        if not torch.isfinite(loss):
+        bad = not torch.isfinite(loss).item()
+        if is_distributed():  # every rank must stop together, or the others wait forever
+            bad = all_reduce_sum([float(bad)], device)[0] > 0
+        if bad:
             raise TrainingDiverged(f"loss became {loss.item()} in batch {batch}; "
                                    "lower the learning rate")
         # 3. zero the gradients left over from the previous step
@@ -279,20 +290,30 @@ def evaluate(
             "macro_f1": macro_f1_from_confusion(cm)}
 
 
-def _loader(dataset: Dataset, config: TrainConfig, epoch: int | None) -> DataLoader:
+def _loader(dataset: Dataset, config: TrainConfig, epoch: int | None,
+            env: DistEnv | None = None) -> DataLoader:
     """A DataLoader; for training (`epoch` given) its shuffle is seeded by (seed, epoch).
 
     Seeding each epoch's order from the seed and the epoch, rather than from a generator that
     runs on, is what lets a resumed run see the same batches as an uninterrupted one.
+    Training always goes through a `DistributedSampler` (one replica when not distributed):
+    rank r of N takes every N-th index of one shared permutation, so the N slices of a batch
+    together are exactly the batch a single process would take.
     """
     if epoch is None:
         return DataLoader(dataset, batch_size=config.batch_size, shuffle=False,
                           num_workers=config.num_workers)
-    seed = int(np.random.SeedSequence([config.seed, epoch, 7]).generate_state(1)[0])
-    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
+    world, rank = (env.world_size, env.rank) if env is not None else (1, 0)
+    if config.batch_size % world:
+        raise CxrlearnError(f"batch size {config.batch_size} does not split evenly over "
+                            f"{world} processes")
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                 seed=config.seed)
+    sampler.set_epoch(epoch)  # a new permutation every epoch, the same on every rank
+    local_batch = config.batch_size // world
+    return DataLoader(dataset, batch_size=local_batch, sampler=sampler,
                       num_workers=config.num_workers,
-                      drop_last=len(dataset) > config.batch_size)  # BN needs batches > 1
+                      drop_last=len(sampler) > local_batch)  # BN needs batches > 1
 
 
 def _is_better(score: float, best: float | None, select_by: str) -> bool:
@@ -313,6 +334,7 @@ def fit(
     meta: dict[str, Any] | None = None,
     on_batch: Callable[[int, dict[str, float]], None] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    dist_env: DistEnv | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` for `config.num_epochs`, choosing the best epoch on the validation split.
 
@@ -328,6 +350,10 @@ def fit(
         meta: Extra plain data stored in every checkpoint (architecture, preprocessing).
         on_batch: Called as `on_batch(epoch, stats)` after every training batch.
         on_epoch: Called with each epoch's history row.
+        dist_env: Set under `torchrun` (see `cxrlearn.distributed`): the model is wrapped in
+            DistributedDataParallel, each rank trains on its slice of every batch
+            (`config.batch_size` stays the global batch), training numbers are summed over
+            ranks, and only rank 0 writes checkpoints. The process group must be initialised.
 
     Returns:
         The history: per epoch `epoch`, `train_loss`, `train_accuracy`, `val_loss`,
@@ -349,7 +375,7 @@ def fit(
                                                      for i in range(len(train_data))]
     loss_fn = make_loss_fn(config, labels, num_classes).to(device)
     optimizer = make_optimizer(model, config)
-    steps_per_epoch = len(_loader(train_data, config, epoch=0))
+    steps_per_epoch = len(_loader(train_data, config, 0, dist_env))
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     amp_dtype = _autocast_dtype(device, config)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -370,6 +396,11 @@ def fit(
         history = list(ckpt["history"])
         best, since_best, start_epoch = ckpt["best"], ckpt["since_best"], ckpt["epoch"]
 
+    writes = out is not None and (dist_env is None or dist_env.is_main)
+    # DDP all-reduces gradients in backward; `model` stays the plain module for saving.
+    train_model = model if dist_env is None else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
     def state(epoch: int) -> dict[str, Any]:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
@@ -384,10 +415,15 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         try:
             tr = train_one_epoch(
-                model, _loader(train_data, config, epoch), loss_fn, optimizer, device,
+                train_model, _loader(train_data, config, epoch, dist_env), loss_fn, optimizer,
+                device,
                 scheduler, scaler, amp_dtype, config.channels_last,
                 on_batch=None if on_batch is None else (lambda s, e=epoch: on_batch(e, s)),
             )
+            if dist_env is not None:
+                # Per-replica BN statistics differ; take rank 0's so every rank validates,
+                # decides and saves the same model.
+                broadcast_buffers(model)
             va = evaluate(model, val_loader, loss_fn, device, num_classes, config.channels_last)
         except TrainingDiverged as e:
             kept = f"; {out / 'last.pt'} holds epoch {epoch}" if out and epoch > 0 else ""
@@ -396,10 +432,12 @@ def fit(
             kept = (f"{out / 'last.pt'} holds epoch {epoch}; continue with resume"
                     if out and epoch > 0 else "no epoch was finished")
             raise TrainingInterrupted(f"interrupted in epoch {epoch + 1}: {kept}") from None
-        row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+        loss_sum, correct, seen = all_reduce_sum(
+            [tr["loss"] * tr["images"], tr["accuracy"] * tr["images"], tr["images"]], device)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                "val_loss": va["loss"], "val_accuracy": va["accuracy"],
                "val_macro_f1": va["macro_f1"], "lr": lr,
-               "images_per_s": tr["images_per_s"], "seconds": tr["seconds"]}
+               "images_per_s": seen / max(tr["seconds"], 1e-9), "seconds": tr["seconds"]}
         history.append(row)
         score = va["macro_f1"] if config.select_by == "macro_f1" else va["loss"]
         improved = _is_better(score, best, config.select_by) and math.isfinite(score)
@@ -407,10 +445,11 @@ def fit(
             best, since_best = score, 0
         else:
             since_best += 1
-        if out is not None:
+        if writes:
             save_checkpoint(out / "last.pt", state(epoch + 1))
             if improved:
                 save_checkpoint(out / "best.pt", state(epoch + 1))
+        barrier()  # no rank runs ahead of the checkpoint
         if on_epoch is not None:
             on_epoch(row)
         if config.patience is not None and since_best >= config.patience:

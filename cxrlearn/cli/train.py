@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import TextColumn
 from rich.table import Table
 
+from cxrlearn import distributed
 from cxrlearn.calibration import fit_temperature
 from cxrlearn.cli.progress import progress_bar
 from cxrlearn.cli.runs import logits_of, open_run, split_dataset
@@ -96,6 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="train on these classes only")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over the global batch")
     add_train_arguments(p, epochs=DEFAULTS.num_epochs)
     p.set_defaults(func=run)
 
@@ -142,12 +146,26 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
         raise CxrlearnError("already holds a run; continue it with --resume or choose "
                             "another --out", path=out)
     device = select_device(args.device)
+    env = distributed.detect()  # set when started by torchrun
+    if env is not None:
+        device = distributed.init_process_group(env, device)
+        if not env.is_main:
+            console = Console(quiet=True)  # rank 0 alone prints and writes files
+        console.print(f"distributed: {env.world_size} processes "
+                      f"({'nccl' if device.type == 'cuda' else 'gloo'}); global batch "
+                      f"{args.batch_size} = {env.world_size} x {args.batch_size // env.world_size}"
+                      " per process; the learning rate is for the global batch, so it is "
+                      "not rescaled")
     console.print(f"device: [bold]{describe_device(device)}[/]")
     scan = scan_folder(data_root, getattr(args, "classes", None))
     for entry in scan.unknown:
         console.print(f"[yellow]warning:[/] {entry}: not a class folder, ignored")
     out.mkdir(parents=True, exist_ok=True)
-    rows = _split(args, scan, out, console)
+    if env is None or env.is_main:
+        rows = _split(args, scan, out, console)
+    distributed.barrier()  # the others read the manifest rank 0 wrote
+    if env is not None and not env.is_main:
+        rows = read_manifest(out / "manifest.csv", scan.root, scan.class_names)
 
     config = TrainConfig(num_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          class_weighted=args.class_weighted, patience=args.patience,
@@ -160,9 +178,11 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
                        "channels": args.channels, "mean": list(mean), "std": list(std)},
         "data_root": str(scan.root.resolve()),
     }
-    (out / "config.json").write_text(json.dumps(
-        {"train": dataclasses.asdict(config), **meta, "pretrained": args.pretrained,
-         "freeze_backbone": args.freeze_backbone, "device": str(device)}, indent=2) + "\n")
+    if env is None or env.is_main:
+        (out / "config.json").write_text(json.dumps(
+            {"train": dataclasses.asdict(config), **meta, "pretrained": args.pretrained,
+             "freeze_backbone": args.freeze_backbone, "device": str(device),
+             "world_size": 1 if env is None else env.world_size}, indent=2) + "\n")
 
     cache_dir = args.cache_dir or default_cache_dir()
     with progress_bar(console) as progress:
@@ -190,9 +210,15 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
         console.print(str(load_imagenet_weights(model, source, progress=True)))
     if args.freeze_backbone:
         freeze_backbone(model)
+    if getattr(args, "sync_bn", False):
+        model = distributed.use_sync_batchnorm(model, device)
 
     history = _fit_with_progress(model, train_data, val_data, config, device, scan, out,
-                                 last if resume else None, meta, console)
+                                 last if resume else None, meta, console, env)
+    if env is not None:
+        distributed.barrier()
+        if not env.is_main:
+            return TrainedRun(out, scan.class_names, rows, history, scan.root)
     _write_history(out, history)
     _calibrate(out, device, console)
     best = max(history, key=lambda r: r["val_macro_f1"])
@@ -202,7 +228,7 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
 
 
 def _fit_with_progress(model, train_data, val_data, config, device, scan, out, resume, meta,
-                       console: Console):
+                       console: Console, env=None):
     table = Table(title="training")
     for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "val macro-F1",
                 "img/s"):
@@ -223,8 +249,10 @@ def _fit_with_progress(model, train_data, val_data, config, device, scan, out, r
                 f"acc {r['val_accuracy']:.3f} macro-F1 {r['val_macro_f1']:.3f} "
                 f"| {r['images_per_s']:.0f} img/s")
 
+        main_rank = env is None or env.is_main
         return fit(model, train_data, val_data, config, device, scan.class_names, out_dir=out,
-                   resume=resume, meta=meta, on_batch=on_batch, on_epoch=on_epoch)
+                   resume=resume, meta=meta, on_batch=on_batch if main_rank else None,
+                   on_epoch=on_epoch if main_rank else None, dist_env=env)
 
 
 def _calibrate(out: Path, device, console: Console) -> None:
@@ -249,5 +277,9 @@ def _write_history(out: Path, history: list[dict[str, float]]) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    train_run(args, console, args.out, args.resume)
+    try:
+        train_run(args, console, args.out, args.resume)
+    finally:
+        if distributed.is_distributed():
+            torch.distributed.destroy_process_group()
     return 0

@@ -125,7 +125,8 @@ def prepare_images(
 
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + ".tmp.npz")
+        # A name of its own per process: under torchrun every rank may build the same cache.
+        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp.npz")
         np.savez(
             tmp,
             images=images,
