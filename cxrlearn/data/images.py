@@ -68,7 +68,8 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as a single-channel float image.
 
     Args:
-        path: A PNG or JPEG file (8-bit or 16-bit grey, RGB, RGBA or palette).
+        path: A PNG or JPEG file (8-bit or 16-bit grey, RGB, RGBA or palette), or a DICOM
+            file (needs the `dicom` extra, pydicom).
         max_pixels: Refuse images with more pixels than this.
 
     Returns:
@@ -83,6 +84,11 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise CxrlearnError("no such file", path=path)
+    # Imported here: cxrlearn.data.dicom itself uses this module's helpers.
+    from cxrlearn.data.dicom import is_dicom_file, load_dicom
+
+    if is_dicom_file(path):  # a .dcm/.dicom name or the "DICM" marker at byte 128
+        return load_dicom(path, max_pixels)
     try:
         with warnings.catch_warnings():
             # PIL warns before its own bomb limit; we check our limit just below.

@@ -12,6 +12,8 @@ Lesson: lessons/06_torchscript_export.ipynb
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,13 @@ from cxrlearn.data import load_image, sample_root
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export.load import load_module, network_sha256, upstream_deprecation
 from cxrlearn.export.metadata import CLASS_NAMES_NAME, METADATA_NAME, ExportMetadata
-from cxrlearn.export.pipeline import EndToEndModel, Preprocess, eager_probs, weights_sha256
-from cxrlearn.transforms import resize
+from cxrlearn.export.pipeline import (
+    EndToEndModel,
+    Preprocess,
+    eager_probs,
+    resize_hw,
+    weights_sha256,
+)
 
 __all__ = [
     "ExportResult",
@@ -110,14 +117,16 @@ def sample_check_images() -> list[np.ndarray]:
     return [*images, images[0][5:122, 10:111].copy()]
 
 
-def _metadata(src: _Source, file_format: str, input_size: tuple[int, int] | None,
-              input_dtypes: tuple[str, ...]) -> ExportMetadata:
+def _metadata(src: _Source, wrapper: EndToEndModel, file_format: str,
+              input_size: tuple[int, int] | None, input_dtypes: tuple[str, ...]
+              ) -> ExportMetadata:
+    # The hash is of the weights as saved: the wrapper's float32 CPU copy of the network.
     return ExportMetadata(
         file_format=file_format,
         class_names=src.class_names,
         preprocess=src.preprocess,
         temperature=src.temperature,
-        weights_sha256=weights_sha256(src.model.state_dict()),
+        weights_sha256=weights_sha256(wrapper.model.state_dict()),
         input_size=input_size,
         input_dtypes=input_dtypes,
         cxrlearn_version=cxrlearn.__version__,
@@ -138,29 +147,44 @@ def _compare(
     batched_only: bool,
 ) -> tuple[float, int]:
     """Max |p_file - p_python| over each image alone (float, and uint8 if asked) and a batch
-    of the images that share the first one's size. Returns (max diff, inputs compared)."""
-    cases: list[tuple[Tensor, list[np.ndarray | Tensor]]] = []
-    for image in images:
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32))  # (H, W)
-        cases.append((x[None, None] if batched_only else x, [x]))
+    of the images that share the first one's size. Returns (max diff, inputs compared).
+
+    The Python pipeline runs once, on all images together (each is prepared on its own, so
+    sizes may differ). A uint8 copy whose values / 255 give back the float image exactly,
+    as for every 8-bit file `load_image` reads, shares its reference row.
+    """
+    floats = [torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in images]  # (H, W)
+    want = eager_probs(src.model, floats, src.preprocess, src.temperature)  # (N, K)
+    cases: list[tuple[Tensor, Tensor]] = []  # (input for the file, expected probabilities)
+    for i, x in enumerate(floats):
+        cases.append((x[None, None] if batched_only else x, want[i:i + 1]))
         if with_uint8:
             u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)  # (H, W)
-            cases.append((u8, [u8]))
-    same = [torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in images
-            if np.shape(im) == np.shape(images[0])]
-    if len(same) > 1:
-        cases.append((torch.stack(same)[:, None], same))  # (B, 1, H, W)
+            same = torch.equal(u8.to(torch.float32) / 255.0, x)
+            cases.append((u8, want[i:i + 1] if same else
+                          eager_probs(src.model, [u8], src.preprocess, src.temperature)))
+    rows = [i for i, x in enumerate(floats) if x.shape == floats[0].shape]
+    if len(rows) > 1:
+        cases.append((torch.stack([floats[i] for i in rows])[:, None], want[rows]))
     worst = 0.0
-    for x, eager_images in cases:
+    for x, expected in cases:
         with torch.no_grad():
             got = run(x)  # (B, K)
-        want = eager_probs(src.model, eager_images, src.preprocess, src.temperature)
-        if got.shape != want.shape:
+        if got.shape != expected.shape:
             raise CxrlearnError(f"the file returned shape {tuple(got.shape)}, the Python "
-                                f"pipeline {tuple(want.shape)}")
-        diff = float((got - want).abs().max())
+                                f"pipeline {tuple(expected.shape)}")
+        diff = float((got - expected).abs().max())
         worst = diff if not diff <= worst else worst  # a NaN diff sticks
     return worst, len(cases)
+
+
+def _check_classes(src: _Source, image: np.ndarray, path: Path) -> None:
+    """One class name per output of the model, or a clear error naming the target file."""
+    num_outputs = eager_probs(src.model, [image], src.preprocess).shape[1]
+    if num_outputs != len(src.class_names):
+        raise CxrlearnError(f"the model has {num_outputs} outputs but there are "
+                            f"{len(src.class_names)} class names {list(src.class_names)}",
+                            path=path)
 
 
 def _write_checked(
@@ -171,8 +195,10 @@ def _write_checked(
 ) -> tuple[float, int]:
     """Save to a temporary file beside `path`, check it, and rename it only if it passes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so the rename is atomic; same suffix, which torch.export.save wants.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    # A private folder on the same file system, so the final rename is atomic. The file in
+    # it has the final name because the savers name the archive's root folder after it.
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = tmp_dir / path.name
     try:
         save(tmp)
         worst, n = check(tmp)
@@ -182,13 +208,15 @@ def _write_checked(
                 f"{worst:.3g} > {atol:g} on {n} inputs); nothing was written", path=path)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return worst, n
 
 
-def _script(src: _Source) -> torch.jit.ScriptModule:
-    wrapper = EndToEndModel(src.model, src.preprocess, src.temperature)
+def _wrap(src: _Source) -> EndToEndModel:
+    return EndToEndModel(src.model, src.preprocess, src.temperature)
+
+
+def _script(wrapper: EndToEndModel) -> torch.jit.ScriptModule:
     with upstream_deprecation("`torch.jit.script`"):
         return torch.jit.script(wrapper)
 
@@ -239,9 +267,11 @@ def export_torchscript(
             Python pipeline (then no file is written).
     """
     src = _resolve(source, class_names, preprocess, temperature)
-    meta = _metadata(src, "torchscript", None, ("uint8", "float32"))
+    wrapper = _wrap(src)
+    meta = _metadata(src, wrapper, "torchscript", None, ("uint8", "float32"))
     images = sample_check_images() if check_images is None else list(check_images)
-    scripted = _script(src)
+    _check_classes(src, images[0], Path(path))
+    scripted = _script(wrapper)
 
     def save(tmp: Path) -> None:
         with upstream_deprecation("`torch.jit.save`"):
@@ -292,9 +322,11 @@ def export_lite(
         CxrlearnError: This PyTorch cannot write lite-interpreter files, or the check fails.
     """
     src = _resolve(source, class_names, preprocess, temperature)
-    meta = _metadata(src, "lite", None, ("uint8", "float32"))
+    wrapper = _wrap(src)
+    meta = _metadata(src, wrapper, "lite", None, ("uint8", "float32"))
     images = sample_check_images() if check_images is None else list(check_images)
-    module = _script(src)
+    _check_classes(src, images[0], Path(path))
+    module = _script(wrapper)
     if not hasattr(module, "_save_for_lite_interpreter"):
         raise CxrlearnError("this PyTorch cannot write lite-interpreter files; use the "
                             "TorchScript (.pt) or torch.export (.pt2) format", path=path)
@@ -303,7 +335,7 @@ def export_lite(
         try:
             from torch.utils.mobile_optimizer import optimize_for_mobile
 
-            module = optimize_for_mobile(module)
+            module = optimize_for_mobile(module, preserved_methods=["preprocess"])
         except (ImportError, RuntimeError) as e:
             notes.append(f"optimize_for_mobile skipped ({_reason(e)}); the lite file holds "
                          "the unoptimised scripted graph, which gives the same results")
@@ -372,13 +404,13 @@ def export_program(
                             "suffix", path=path)
     src = _resolve(source, class_names, preprocess, temperature)
     size = (src.preprocess.image_size,) * 2 if input_size is None else tuple(input_size)
-    meta = _metadata(src, "export", (int(size[0]), int(size[1])), ("float32",))
+    wrapper = _wrap(src)
+    meta = _metadata(src, wrapper, "export", (int(size[0]), int(size[1])), ("float32",))
     raw = sample_check_images() if check_images is None else list(check_images)
-    # Resized with the pipeline's own resize, so the check uses inputs the program accepts.
-    images = [resize(torch.from_numpy(np.asarray(im, np.float32))[None], size[0])[0].numpy()
-              if size[0] == size[1] else _resize_hw(im, size) for im in raw]
-    wrapper = EndToEndModel(src.model, src.preprocess, src.temperature)
-    example = torch.from_numpy(np.stack(images[:2]))[:, None]  # (2, 1, H, W)
+    images = [resize_hw(im, size) for im in raw]  # inputs the program accepts
+    _check_classes(src, images[0], path)
+    # An example batch of 2: torch.export treats a size of 1 as a constant, not a symbol.
+    example = torch.from_numpy(np.stack((images * 2)[:2]))[:, None]  # (2, 1, H, W)
     try:
         batch = torch.export.Dim("batch", min=1, max=1024)
         program = torch.export.export(wrapper, (example,),
@@ -394,10 +426,3 @@ def export_program(
         path, save, lambda tmp: _check_loaded(tmp, meta, src, images, False, True), atol)
     return ExportResult(path, meta, worst, n)
 
-
-def _resize_hw(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize to a non-square (H, W) with the same filter as `transforms.resize`."""
-    x = torch.from_numpy(np.asarray(image, np.float32))[None, None]  # (1, 1, H, W)
-    out = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False,
-                                          antialias=True)
-    return out[0, 0].numpy()

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export.metadata import ExportMetadata, read_metadata
-from cxrlearn.export.pipeline import weights_sha256
+from cxrlearn.export.pipeline import resize_hw, weights_sha256
 
 __all__ = ["ExportedModel", "load_exported", "is_export", "upstream_deprecation"]
 
@@ -94,7 +94,7 @@ def is_export(path: str | Path) -> bool:
     """True when `path` is a file that cxrlearn exported (it holds `cxrlearn.json`).
 
     Raises:
-        CxrlearnError: The file is missing or not a zip archive.
+        CxrlearnError: The file is missing or unreadable.
     """
     return read_metadata(path) is not None
 
@@ -119,12 +119,18 @@ class ExportedModel:
         """Column order of the probabilities."""
         return self.metadata.class_names
 
-    def __call__(self, image: np.ndarray | Tensor) -> Tensor:
+    def __call__(self, image: np.ndarray | Tensor, fit_size: bool = False) -> Tensor:
         """Class probabilities for raw grey images (as `load_image` returns, or uint8).
 
         A `torch.export` program takes a float32 batch of the size it was exported for;
         for it, a 2-D image gets its batch and channel dimensions and uint8 is divided by
         255 here (what the other formats do inside the graph).
+
+        Args:
+            image: One grey image or a batch.
+            fit_size: For a `torch.export` program, resize a 2-D image of another size to
+                the program's `input_size` (`resize_hw`) instead of refusing it. Other
+                formats take any size and ignore this.
 
         Raises:
             CxrlearnError: The image does not have the size a `torch.export` program needs.
@@ -134,11 +140,14 @@ class ExportedModel:
         """
         x = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
         if self.metadata.input_size is not None:
-            if x.dim() == 2:
-                x = x[None, None]  # (1, 1, H, W)
             if x.dtype == torch.uint8:
                 x = x.to(torch.float32) / 255.0
-            if tuple(x.shape[-2:]) != self.metadata.input_size or x.dim() != 4:
+            x = x.to(torch.float32)  # the program was traced for float32 only
+            if x.dim() == 2:
+                if fit_size and tuple(x.shape) != self.metadata.input_size:
+                    x = torch.from_numpy(resize_hw(x, self.metadata.input_size))
+                x = x[None, None]  # (1, 1, H, W)
+            if x.dim() != 4 or x.shape[1] != 1 or tuple(x.shape[2:]) != self.metadata.input_size:
                 h, w = self.metadata.input_size
                 raise CxrlearnError(
                     f"this torch.export program takes (B, 1, {h}, {w}) images, got "

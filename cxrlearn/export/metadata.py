@@ -122,19 +122,19 @@ def _extra_entry(names: list[str], name: str) -> str | None:
 
 
 def read_metadata(path: str | Path) -> ExportMetadata | None:
-    """The metadata of a cxrlearn export, or None for any other readable zip (a checkpoint).
+    """The metadata of a cxrlearn export, or None for any other file (a checkpoint, say).
 
-    Only the zip directory and one small entry are read; no graph is loaded.
+    Only the zip directory and one small entry are read; no graph is loaded. Files that
+    are not zip archives (PyTorch's format since 1.6) are not exports either: None.
 
     Args:
         path: A `.pt`, `.ptl` or `.pt2` file (or anything else).
 
     Returns:
-        `ExportMetadata`, or None when the file is a zip archive without `cxrlearn.json`.
+        `ExportMetadata`, or None when the file holds no `cxrlearn.json`.
 
     Raises:
-        CxrlearnError: The file is missing, is not a zip archive (PyTorch's format), or its
-            `cxrlearn.json` is damaged.
+        CxrlearnError: The file is missing or unreadable, or its `cxrlearn.json` is damaged.
     """
     path = Path(path)
     if not path.is_file():
@@ -145,6 +145,8 @@ def read_metadata(path: str | Path) -> ExportMetadata | None:
             if entry is None:
                 return None
             text = z.read(entry).decode("utf-8")
-    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as e:
-        raise CxrlearnError(f"not a PyTorch file (not a zip archive: {e})", path=path) from None
+    except zipfile.BadZipFile:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CxrlearnError(f"cannot read the file ({e})", path=path) from None
     return ExportMetadata.from_json(text, path)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cxrlearn.contrast import stretch_contrast_tensor
@@ -28,7 +29,14 @@ from cxrlearn.transforms import IMAGENET_MEAN, IMAGENET_STD, Compose, Normalize,
 from cxrlearn.transforms import prepare as prepare_image
 from cxrlearn.transforms import resize as resize_image
 
-__all__ = ["Preprocess", "EndToEndModel", "eager_input", "eager_probs", "weights_sha256"]
+__all__ = [
+    "Preprocess",
+    "EndToEndModel",
+    "eager_input",
+    "eager_probs",
+    "resize_hw",
+    "weights_sha256",
+]
 
 
 @dataclass(frozen=True)
@@ -192,7 +200,8 @@ def eager_probs(
 ) -> Tensor:
     """Class probabilities the plain Python way: `eager_input`, the model, T, softmax.
 
-    This is the reference an exported file must match. The model is put in eval mode.
+    This is the reference an exported file must match. The model runs in eval mode and
+    is put back in the mode it was in.
 
     Args:
         model: The classifier.
@@ -206,10 +215,14 @@ def eager_probs(
     Shape:
         images: N x (H, W) -> (N, K)
     """
+    was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    x = torch.stack([eager_input(im, preprocess) for im in images])  # (N, C, S, S)
-    logits = model(x.to(device)).float().cpu()  # (N, K)
+    try:
+        device = next(model.parameters()).device
+        x = torch.stack([eager_input(im, preprocess) for im in images])  # (N, C, S, S)
+        logits = model(x.to(device)).float().cpu()  # (N, K)
+    finally:
+        model.train(was_training)
     return torch.softmax(logits / temperature, dim=1)
 
 
@@ -231,3 +244,18 @@ def weights_sha256(state_dict: Mapping[str, Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype
     return h.hexdigest()
+
+
+def resize_hw(image: np.ndarray | Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Resize one grey image to (H, W), square or not, with the filter of `transforms.resize`
+    (bilinear, antialiased). Used to fit images to a fixed-size `torch.export` program.
+
+    Shape:
+        image: (H0, W0) -> (H, W) float32
+    """
+    x = _as_float_image(image).to(torch.float32)[None, None]  # (1, 1, H0, W0)
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x[0, 0].numpy().copy()
+    out = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
+                        antialias=True)
+    return out[0, 0].numpy()

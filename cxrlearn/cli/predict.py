@@ -1,0 +1,181 @@
+"""`cxrlearn predict IMAGE... --model FILE`: classify X-ray files, print a table or JSON.
+
+FILE is either an export (`cxrlearn export`: `.pt`, `.ptl`, `.pt2`) or a checkpoint
+(`best.pt`); which one is found by looking inside, not at the name. With a checkpoint the
+eager model runs, and `--gradcam DIR` also writes a heat-map overlay per image. A file that
+cannot be read is reported and skipped; the exit status is 1 if any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from torch import nn
+
+from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint
+from cxrlearn.data import load_image
+from cxrlearn.data.dicom import is_dicom_file, load_dicom
+from cxrlearn.errors import CxrlearnError
+from cxrlearn.export import Preprocess, eager_input, eager_probs, load_exported, read_metadata
+from cxrlearn.gradcam import GradCAM, overlay
+from cxrlearn.transforms import prepare
+
+__all__ = ["add_parser", "run", "read_xray"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="classify X-ray files (PNG, JPEG, DICOM) with an export or checkpoint",
+        description="Print the predicted class and the probability of every class for each "
+                    "image. A teaching tool, not a diagnostic device.")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="PNG, JPEG or DICOM (.dcm, needs pydicom) files")
+    p.add_argument("--model", type=Path, required=True,
+                   help="model.pt/.ptl/.pt2 from `cxrlearn export`, or a checkpoint (best.pt)")
+    p.add_argument("--gradcam", type=Path, default=None, metavar="DIR",
+                   help="write a Grad-CAM overlay per image to DIR (needs a checkpoint)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def read_xray(path: Path) -> np.ndarray:
+    """One X-ray file as float32 (H, W) in [0, 1]: DICOM through `load_dicom`, else
+    `load_image`."""
+    return load_dicom(path) if is_dicom_file(path) else load_image(path)
+
+
+@dataclass
+class Predictor:
+    """What `predict` needs from a model file, whichever kind it is."""
+
+    kind: str  # "checkpoint", or the export's file format
+    class_names: tuple[str, ...]
+    probs: Callable[[np.ndarray], torch.Tensor]  # (H, W) -> (K,)
+    model: nn.Module | None = None  # the eager network, for Grad-CAM (checkpoints only)
+    preprocess: Preprocess | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def open_model(path: Path) -> Predictor:
+    """An export (it holds cxrlearn.json) or else a checkpoint; errors name the file."""
+    metadata = read_metadata(path)
+    if metadata is not None:
+        exported = load_exported(path)
+        notes = []
+        if metadata.input_size is not None:
+            h, w = metadata.input_size
+            notes.append(f"{path.name} is a torch.export program for {h}x{w} inputs: images "
+                         "of other sizes are resized to that first")
+        return Predictor(metadata.file_format, metadata.class_names,
+                         lambda image: exported(image, fit_size=True)[0], notes=notes)
+    try:
+        ckpt = load_checkpoint(path)
+    except CxrlearnError:
+        raise
+    except Exception as e:  # torch.load fails on arbitrary bytes in many ways (KeyError, ...)
+        raise CxrlearnError("neither a cxrlearn export nor a readable checkpoint "
+                            f"({type(e).__name__}: {e})",
+                            path=path) from None
+    model = model_from_checkpoint(ckpt, path)
+    try:
+        preprocess = Preprocess.from_dict(ckpt["meta"]["preprocess"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CxrlearnError(f"checkpoint has no usable meta.preprocess ({e})", path=path) from None
+    temperature = float(ckpt.get("temperature", 1.0))  # set by calibration, if it was run
+    return Predictor("checkpoint", tuple(ckpt["class_names"]),
+                     lambda image: eager_probs(model, [image], preprocess, temperature)[0],
+                     model=model, preprocess=preprocess)
+
+
+def _write_gradcam(cam: GradCAM, image: np.ndarray, preprocess: Preprocess, out: Path) -> None:
+    x = eager_input(image, preprocess)[None]  # (1, C, S, S)
+    result = cam(x)  # explains the predicted class
+    shown = prepare(image, preprocess.image_size, preprocess.low, preprocess.high)  # (1, S, S)
+    Image.fromarray(overlay(shown[0].numpy(), result.cams[0])).save(out)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    predictor = open_model(args.model)
+    gradcam_dir: Path | None = args.gradcam
+    if gradcam_dir is not None and predictor.model is None:
+        predictor.notes.append(f"Grad-CAM needs a checkpoint such as best.pt (it hooks a layer "
+                               f"of the eager network); {args.model.name} is an exported "
+                               "file, so no overlays were written")
+        gradcam_dir = None
+    if gradcam_dir is not None:
+        gradcam_dir.mkdir(parents=True, exist_ok=True)
+
+    results: list[dict] = []
+    used_names: set[str] = set()
+    cam = GradCAM(predictor.model) if gradcam_dir is not None else None
+    with cam if cam is not None else nullcontext():
+        for path in args.images:
+            try:
+                image = read_xray(path)
+                probs = predictor.probs(image).tolist()
+            except CxrlearnError as e:
+                results.append({"file": str(path), "error": e.message})
+                continue
+            best = int(np.argmax(probs))
+            row = {"file": str(path), "prediction": predictor.class_names[best],
+                   "probabilities": dict(zip(predictor.class_names, probs, strict=True))}
+            if cam is not None and predictor.preprocess is not None:
+                name = _unique(f"{path.stem}_gradcam.png", used_names)
+                _write_gradcam(cam, image, predictor.preprocess, gradcam_dir / name)
+                row["gradcam"] = str(gradcam_dir / name)
+            results.append(row)
+
+    if args.json:
+        doc = {"model": str(args.model), "kind": predictor.kind,
+               "class_names": list(predictor.class_names), "notes": predictor.notes,
+               "results": results}
+        console.out(json.dumps(doc, indent=2), highlight=False)
+    else:
+        _print_table(console, args.model, predictor, results)
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """`name`, or `name` with a counter, so two images called x.png do not overwrite."""
+    stem, suffix = name.rsplit(".", 1)
+    candidate, i = name, 1
+    while candidate in used:
+        candidate, i = f"{stem}-{i}.{suffix}", i + 1
+    used.add(candidate)
+    return candidate
+
+
+def _print_table(console: Console, model: Path, predictor: Predictor, results: list[dict]) -> None:
+    table = Table(title=f"Predictions of {escape(model.name)} ({predictor.kind})",
+                  caption="A teaching tool, not a diagnostic device.")
+    table.add_column("file", overflow="fold")
+    table.add_column("prediction")
+    for name in predictor.class_names:
+        table.add_column(escape(name), justify="right")
+    for r in results:
+        if "error" in r:
+            continue
+        cells = [f"[bold]{p:.3f}[/]" if name == r["prediction"] else f"{p:.3f}"
+                 for name, p in r["probabilities"].items()]
+        table.add_row(escape(r["file"]), escape(r["prediction"]), *cells)
+    console.print(table)
+    for note in predictor.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    for r in results:
+        if "gradcam" in r:
+            console.print(f"Grad-CAM: {escape(r['gradcam'])}", highlight=False, soft_wrap=True)
+    for r in results:
+        if "error" in r:
+            console.print(f"[red]bad file:[/] {escape(r['file'])}: {escape(r['error'])}",
+                          highlight=False, soft_wrap=True)
