@@ -10,28 +10,23 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from torch import nn
 
-from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint
 from cxrlearn.data import load_image
-from cxrlearn.data.dicom import is_dicom_file, load_dicom
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.export import Preprocess, eager_input, eager_probs, load_exported, read_metadata
+from cxrlearn.export import Preprocess, eager_input
 from cxrlearn.gradcam import GradCAM, overlay
+from cxrlearn.predictor import Predictor, open_model
 from cxrlearn.transforms import prepare
 
-__all__ = ["add_parser", "run", "read_xray"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,55 +42,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write a Grad-CAM overlay per image to DIR (needs a checkpoint)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
-
-
-def read_xray(path: Path) -> np.ndarray:
-    """One X-ray file as float32 (H, W) in [0, 1]: DICOM through `load_dicom`, else
-    `load_image`."""
-    return load_dicom(path) if is_dicom_file(path) else load_image(path)
-
-
-@dataclass
-class Predictor:
-    """What `predict` needs from a model file, whichever kind it is."""
-
-    kind: str  # "checkpoint", or the export's file format
-    class_names: tuple[str, ...]
-    probs: Callable[[np.ndarray], torch.Tensor]  # (H, W) -> (K,)
-    model: nn.Module | None = None  # the eager network, for Grad-CAM (checkpoints only)
-    preprocess: Preprocess | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def open_model(path: Path) -> Predictor:
-    """An export (it holds cxrlearn.json) or else a checkpoint; errors name the file."""
-    metadata = read_metadata(path)
-    if metadata is not None:
-        exported = load_exported(path)
-        notes = []
-        if metadata.input_size is not None:
-            h, w = metadata.input_size
-            notes.append(f"{path.name} is a torch.export program for {h}x{w} inputs: images "
-                         "of other sizes are resized to that first")
-        return Predictor(metadata.file_format, metadata.class_names,
-                         lambda image: exported(image, fit_size=True)[0], notes=notes)
-    try:
-        ckpt = load_checkpoint(path)
-    except CxrlearnError:
-        raise
-    except Exception as e:  # torch.load fails on arbitrary bytes in many ways (KeyError, ...)
-        raise CxrlearnError("neither a cxrlearn export nor a readable checkpoint "
-                            f"({type(e).__name__}: {e})",
-                            path=path) from None
-    model = model_from_checkpoint(ckpt, path)
-    try:
-        preprocess = Preprocess.from_dict(ckpt["meta"]["preprocess"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CxrlearnError(f"checkpoint has no usable meta.preprocess ({e})", path=path) from None
-    temperature = float(ckpt.get("temperature", 1.0))  # set by calibration, if it was run
-    return Predictor("checkpoint", tuple(ckpt["class_names"]),
-                     lambda image: eager_probs(model, [image], preprocess, temperature)[0],
-                     model=model, preprocess=preprocess)
 
 
 def _write_gradcam(cam: GradCAM, image: np.ndarray, preprocess: Preprocess, out: Path) -> None:
@@ -122,7 +68,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     with cam if cam is not None else nullcontext():
         for path in args.images:
             try:
-                image = read_xray(path)
+                image = load_image(path)
                 probs = predictor.probs(image).tolist()
             except CxrlearnError as e:
                 results.append({"file": str(path), "error": e.message})

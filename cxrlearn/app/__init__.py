@@ -1,0 +1,34 @@
+"""The app: a trained model behind a web page and an HTTP API, on the student's own machine.
+
+The reference project ended in a phone app: take a picture of a chest X-ray, get the
+network's answer. cxrlearn's counterpart is a local web app started with one command,
+
+    cxrlearn app --model runs/NAME/best.pt        # or an exported model.pt
+
+which serves a page (choose or drop an X-ray, see the class probabilities and the Grad-CAM
+overlay) and the JSON API a mobile app would call: `POST /api/predict` with the image as
+the multipart field `file`. `create_app` builds it (`cxrlearn.app.server`); FastAPI writes
+its OpenAPI description at `/openapi.json` and shows it at `/docs`.
+
+It needs the optional extra: `pip install 'cxrlearn[app]'` (FastAPI, uvicorn,
+python-multipart). Importing this package without them raises ModuleNotFoundError;
+`cxrlearn app` checks first and says what to install.
+
+A teaching tool, not a diagnostic device.
+
+Lesson: lessons/07_app.ipynb
+"""
+
+from __future__ import annotations
+
+from cxrlearn.app.server import (
+    DEFAULT_MAX_BYTES,
+    DISCLAIMER,
+    Prediction,
+    XrayService,
+    create_app,
+    read_upload,
+)
+
+__all__ = ["DEFAULT_MAX_BYTES", "DISCLAIMER", "Prediction", "XrayService", "create_app",
+           "read_upload"]

@@ -1,0 +1,88 @@
+"""`cxrlearn app --model PATH`: the web page and HTTP API on this machine (FastAPI + uvicorn).
+
+The model is loaded before the server starts, so a wrong file is one red line, not a
+server that answers every request with an error. Without `--model` nothing is trained:
+the command says how to get a model and exits with status 2. Without the `app` extra it
+says what to install. See `cxrlearn.app` and lessons/07_app.ipynb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from cxrlearn.errors import CxrlearnError
+
+__all__ = ["add_parser", "run", "missing_app_packages"]
+
+# Package (as pip names it) -> the modules it may provide; python-multipart was imported
+# as `multipart` before version 0.0.13 and as `python_multipart` since.
+APP_PACKAGES = {"fastapi": ("fastapi",), "uvicorn": ("uvicorn",),
+                "python-multipart": ("python_multipart", "multipart")}
+
+NO_MODEL = """\
+[bold red]cxrlearn app needs a model:[/] --model PATH, a checkpoint (best.pt) or an
+exported file (model.pt). The app trains nothing. To get a model on a CPU in minutes:
+
+  cxrlearn demo --out runs/demo              # train on the bundled sample X-rays
+  cxrlearn app --model runs/demo/best.pt     # probabilities and Grad-CAM
+
+or export it first (probabilities only, no Grad-CAM):
+
+  cxrlearn export --run runs/demo
+  cxrlearn app --model runs/demo/model.pt"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app", help="serve a web page and HTTP API that classify uploaded X-rays",
+        description="Start a local web app: upload a chest X-ray, see the class probabilities "
+                    "and the Grad-CAM overlay. Needs `pip install 'cxrlearn[app]'`. "
+                    "A teaching tool, not a diagnostic device.")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint (best.pt, or its run folder) for probabilities and "
+                        "Grad-CAM, or an exported model.pt/.ptl/.pt2 for probabilities only")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.set_defaults(func=run)
+
+
+def missing_app_packages() -> list[str]:
+    """The packages of the `app` extra that are not installed (names as pip knows them)."""
+    return [package for package, modules in APP_PACKAGES.items()
+            if all(importlib.util.find_spec(m) is None for m in modules)]
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    if args.model is None:
+        console.print(NO_MODEL, highlight=False, soft_wrap=True)
+        return 2
+    missing = missing_app_packages()
+    if missing:
+        raise CxrlearnError(f"the app needs {', '.join(missing)}, which "
+                            f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                            "pip install 'cxrlearn[app]'")
+    import uvicorn  # imported here: the other commands must work without the extra
+
+    from cxrlearn.app import create_app
+
+    app = create_app(args.model)  # a bad model file fails here, before the server starts
+    info = app.state.service.info
+    console.print(f"cxrlearn app: [bold]{escape(info.file)}[/] ({info.kind}, "
+                  f"{len(info.classes)} classes)", highlight=False)
+    if info.gradcam_note:
+        console.print(f"[yellow]note:[/] {escape(info.gradcam_note)}", highlight=False,
+                      soft_wrap=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/] listening on {escape(args.host)}: other machines "
+                      "can reach the app, and it has no login", highlight=False)
+    url = f"http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/"
+    console.print(f"open [bold]{url}[/] in a browser (Ctrl-C stops the server). "
+                  "A teaching tool, not a diagnostic device.", highlight=False, soft_wrap=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,433 @@
+"""The app's HTTP API (`cxrlearn.app`) through FastAPI's test client, and `cxrlearn app`.
+
+The oracle for every probability is the eager Python pipeline, `eager_probs`, on the image
+as `load_image` or `load_dicom` reads the same file; for every overlay it is `GradCAM` and
+`overlay` called directly on the network. Nothing here opens a port: the test client calls
+the app in-process (tests/test_app_browser.py runs a real server and a real browser).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import re
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+import cxrlearn
+import cxrlearn.cli as cli
+from cxrlearn.app import DISCLAIMER, create_app
+from cxrlearn.checkpoint import save_checkpoint
+from cxrlearn.data import load_image, sample_root
+from cxrlearn.data.dicom import load_dicom
+from cxrlearn.errors import CxrlearnError
+from cxrlearn.export import (
+    Preprocess,
+    eager_input,
+    eager_probs,
+    export_torchscript,
+    read_metadata,
+    weights_sha256,
+)
+from cxrlearn.gradcam import GradCAM, overlay
+from cxrlearn.resnet import resnet18
+from cxrlearn.transforms import prepare
+
+CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+PREPROCESS = {"image_size": 64, "low": 2.0, "high": 98.0, "channels": 3,
+              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+PRE = Preprocess.from_dict(PREPROCESS)
+APP_STATIC = Path(cxrlearn.__file__).resolve().parent / "app" / "static"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a few shared cores, more threads only wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(7)
+    return resnet18(num_classes=4).eval()
+
+
+def _save(path: Path, model: torch.nn.Module, **extra) -> Path:
+    return save_checkpoint(path, {
+        "model": model.state_dict(), "class_names": CLASSES, "epoch": 1,
+        "meta": {"arch": {"name": "resnet18", "num_classes": 4, "in_channels": 3},
+                 "preprocess": PREPROCESS}, **extra})
+
+
+@pytest.fixture(scope="module")
+def xrays() -> list[Path]:
+    """One bundled X-ray per class."""
+    return [sorted((sample_root() / c).glob("*.png"))[0] for c in CLASSES]
+
+
+@pytest.fixture(scope="module")
+def files(model, xrays, tmp_path_factory) -> dict[str, Path]:
+    """best.pt (checkpoint) and model.pt (its TorchScript export)."""
+    folder = tmp_path_factory.mktemp("app")
+    best = _save(folder / "best.pt", model)
+    # Two check images keep the export's self-check short; the tests below check the rest.
+    export_torchscript(best, folder / "model.pt", check_images=[load_image(p) for p in xrays[:2]])
+    return {"checkpoint": best, "export": folder / "model.pt"}
+
+
+@pytest.fixture(scope="module")
+def clients(files):
+    """One test client per kind of model file, opened once for the module."""
+    with TestClient(create_app(files["checkpoint"])) as ckpt, \
+            TestClient(create_app(files["export"])) as export:
+        yield {"checkpoint": ckpt, "export": export}
+
+
+def _post(client: TestClient, name: str, data: bytes, query: str = ""):
+    return client.post(f"/api/predict{query}", files={"file": (name, data)})
+
+
+def _oracle(model, image: np.ndarray, temperature: float = 1.0) -> torch.Tensor:
+    return eager_probs(model, [image], PRE, temperature)[0]
+
+
+def _check_answer(answer: dict, want: torch.Tensor, atol: float) -> None:
+    assert answer["classes"] == CLASSES
+    assert list(answer["probabilities"]) == CLASSES
+    got = torch.tensor([answer["probabilities"][c] for c in CLASSES])
+    torch.testing.assert_close(got, want.float(), atol=atol, rtol=0)
+    assert answer["predicted"] == CLASSES[int(want.argmax())]
+    assert answer["disclaimer"] == DISCLAIMER
+
+
+def _png_array(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+
+# Exported graphs are checked against the Python pipeline to 1e-5 when written; the
+# checkpoint runs that very pipeline, so it must agree to float rounding.
+ATOL = {"checkpoint": 1e-7, "export": 1e-5}
+KIND = {"checkpoint": "checkpoint", "export": "torchscript"}  # what the API calls each file
+
+
+# --- good images: PNG, JPEG, DICOM ---------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["checkpoint", "export"])
+def test_png_matches_eager_pipeline(clients, files, model, xrays, kind):
+    for path in xrays:
+        response = _post(clients[kind], path.name, path.read_bytes())
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        _check_answer(answer, _oracle(model, load_image(path)), ATOL[kind])
+        assert answer["image_shape"] == [128, 128]
+        assert answer["model"] == {"file": files[kind].name, "kind": KIND[kind],
+                                   "sha256": weights_sha256(model.state_dict())}
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "export"])
+def test_jpeg_matches_eager_pipeline(clients, model, xrays, tmp_path, kind):
+    jpeg = tmp_path / "xray.jpg"
+    Image.open(xrays[2]).convert("L").save(jpeg, quality=85)
+    answer = _post(clients[kind], "xray.jpg", jpeg.read_bytes()).json()
+    _check_answer(answer, _oracle(model, load_image(jpeg)), ATOL[kind])
+
+
+def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2",
+                slope: float = 1.0, intercept: float = 0.0) -> Path:
+    """A single-frame 12-bit DICOM Part 10 file (explicit VR little endian)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.Modality = "CR"
+    ds.set_pixel_data(stored.astype(np.uint16), photometric, 12)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "export"])
+def test_dicom_matches_eager_pipeline(clients, model, xrays, tmp_path, kind):
+    grey = np.asarray(Image.open(xrays[0]).convert("L"), dtype=np.uint16)
+    # MONOCHROME1 with a rescale: the reader must invert and rescale, as load_dicom does.
+    dcm = write_dicom(tmp_path / "scan.dcm", (255 - grey) * 16, "MONOCHROME1", 0.5, -100.0)
+    want = _oracle(model, load_dicom(dcm))
+    _check_answer(_post(clients[kind], "scan.dcm", dcm.read_bytes()).json(), want, ATOL[kind])
+    # Found by its "DICM" marker too, whatever name the browser sends.
+    _check_answer(_post(clients[kind], "scan", dcm.read_bytes()).json(), want, ATOL[kind])
+
+
+def test_temperature_of_the_checkpoint_is_applied(model, xrays, tmp_path):
+    best = _save(tmp_path / "calibrated.pt", model, temperature=2.5)
+    with TestClient(create_app(best)) as client:
+        answer = _post(client, xrays[0].name, xrays[0].read_bytes()).json()
+        info = client.get("/api/model").json()
+    image = load_image(xrays[0])
+    _check_answer(answer, _oracle(model, image, 2.5), 1e-7)
+    assert not torch.allclose(_oracle(model, image, 2.5), _oracle(model, image, 1.0))
+    assert info["temperature"] == 2.5
+
+
+def test_a_run_folder_means_its_best_checkpoint(files):
+    app = create_app(files["checkpoint"].parent)
+    assert app.state.service.info.file == "best.pt"
+
+
+# --- Grad-CAM ------------------------------------------------------------------------------
+
+def test_gradcam_overlay_equals_the_library(model, xrays, tmp_path):
+    # An untrained network says "COVID" (class 0) to everything; a bias on class 2 makes it
+    # say "Normal", so that an overlay of class 0 (or of any fixed class) cannot pass.
+    biased = copy.deepcopy(model)
+    with torch.no_grad():
+        biased.fc.bias[2] += 5.0
+    with TestClient(create_app(_save(tmp_path / "biased.pt", biased))) as client:
+        for path in xrays[:2]:
+            answer = _post(client, path.name, path.read_bytes()).json()
+            assert answer["predicted"] == "Normal"
+            image = load_image(path)
+            with GradCAM(biased) as cam:
+                heat = cam(eager_input(image, PRE)[None], 2).cams[0]
+            seen = prepare(image, PRE.image_size, PRE.low, PRE.high)[0].numpy()
+            want = overlay(seen, heat)  # (S, S, 3) uint8
+            got = _png_array(answer["gradcam_png"])
+            assert got.shape == (64, 64, 3)
+            np.testing.assert_array_equal(got, want)
+            assert answer["gradcam_note"] is None
+
+
+def test_gradcam_can_be_switched_off(clients, xrays):
+    answer = _post(clients["checkpoint"], "x.png", xrays[0].read_bytes(), "?gradcam=false").json()
+    assert answer["gradcam_png"] is None and answer["gradcam_note"] is None
+
+
+def test_export_gives_no_gradcam_and_says_why(clients, xrays):
+    answer = _post(clients["export"], "x.png", xrays[0].read_bytes()).json()
+    assert answer["gradcam_png"] is None
+    assert "Grad-CAM" in answer["gradcam_note"] and "checkpoint" in answer["gradcam_note"]
+    info = clients["export"].get("/api/model").json()
+    assert info["gradcam"] is False and info["gradcam_note"] == answer["gradcam_note"]
+
+
+# --- health, model, page, schema -----------------------------------------------------------
+
+def test_health(clients):
+    assert clients["export"].get("/api/health").json() == {"status": "ok",
+                                                           "version": cxrlearn.__version__}
+
+
+def test_model_description(clients, files, model):
+    sha = weights_sha256(model.state_dict())
+    assert read_metadata(files["export"]).weights_sha256 == sha
+    for kind, client in clients.items():
+        info = client.get("/api/model").json()
+        assert info["classes"] == CLASSES
+        assert info["preprocess"] == PREPROCESS
+        assert info["sha256"] == sha  # a checkpoint and its export: the same weights
+        assert info["kind"] == KIND[kind]
+        assert info["gradcam"] is (kind == "checkpoint")
+        assert info["temperature"] == 1.0
+        assert info["limits"] == {"max_bytes": 10 * 2**20, "max_pixels": 64_000_000}
+
+
+def test_page_is_served_with_its_own_files_only(clients):
+    page = clients["checkpoint"].get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "not a diagnostic device" in page.text
+    assert 'src="/static/app.js"' in page.text and 'href="/static/app.css"' in page.text
+    for name in ("index.html", "app.js", "app.css"):
+        text = (APP_STATIC / name).read_text()
+        assert "http://" not in text and "https://" not in text, name  # no CDN: works offline
+    script = clients["checkpoint"].get("/static/app.js")
+    assert script.status_code == 200 and script.text == (APP_STATIC / "app.js").read_text()
+
+
+def test_openapi_schema_documents_the_api(clients):
+    schema = clients["checkpoint"].get("/openapi.json").json()
+    assert {"/api/predict", "/api/health", "/api/model"} <= set(schema["paths"])
+    assert "/" not in schema["paths"]
+    predict = schema["paths"]["/api/predict"]["post"]
+    ok = predict["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/Prediction"}
+    for status in ("400", "413", "422"):
+        body = predict["responses"][status]["content"]["application/json"]["schema"]
+        assert body == {"$ref": "#/components/schemas/ApiError"}
+    fields = schema["components"]["schemas"]["Prediction"]["properties"]
+    assert {"predicted", "probabilities", "classes", "model", "gradcam_png"} <= set(fields)
+    assert "sha256" in schema["components"]["schemas"]["ModelRef"]["properties"]
+
+
+# --- bad input: a 4xx with a message, and the server keeps serving -------------------------
+
+def _bad_inputs() -> list[tuple[str, bytes, int, str]]:
+    png = sorted((sample_root() / "Normal").glob("*.png"))[0].read_bytes()
+    return [
+        ("notes.txt", b"Not an X-ray, just some text.\n", 422, "not an image"),
+        ("cut.png", png[: len(png) // 2], 422, "corrupt or truncated"),
+        ("empty.png", b"", 400, "empty"),
+        ("fake.dcm", b"DICM? no, not really", 422, "DICOM"),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "export"])
+@pytest.mark.parametrize(("name", "data", "status", "words"), _bad_inputs(),
+                         ids=["text", "corrupt", "empty", "fake-dicom"])
+def test_bad_upload_is_a_4xx_with_a_message(clients, xrays, kind, name, data, status, words):
+    response = _post(clients[kind], name, data)
+    assert response.status_code == status
+    assert response.json() == {"error": response.json()["error"]}  # nothing else
+    message = response.json()["error"]
+    assert message.startswith(f"{name}: ") and words in message
+    assert "/tmp" not in message and "upload" not in message.split(":")[0]  # names the user's file
+    assert _post(clients[kind], "ok.png", xrays[0].read_bytes()).status_code == 200
+
+
+def test_size_limit_in_bytes(files, xrays):
+    limit = 3000
+    with TestClient(create_app(files["checkpoint"], max_bytes=limit)) as client:
+        # Exactly the limit is allowed through to the reader (which finds no image in it).
+        at_limit = _post(client, "a.png", b"\x00" * limit)
+        assert at_limit.status_code == 422
+        # One byte more: refused by the endpoint, which names the file.
+        over = _post(client, "b.png", b"\x00" * (limit + 1))
+        assert over.status_code == 413
+        assert over.json()["error"].startswith("b.png: the upload is too large; the limit is "
+                                               "2.9 KiB")
+        # Far more: refused from the declared length, before the body is parsed.
+        huge = _post(client, "c.png", b"\x00" * (limit + 100_000))
+        assert huge.status_code == 413
+        assert re.match(r"the upload is too large \(10\d\.\d KiB\); the limit is 2\.9 KiB",
+                        huge.json()["error"])
+        assert _post(client, "small.png", _small_png(xrays[0], 32)).status_code == 200
+
+
+def _small_png(path: Path, size: int) -> bytes:
+    out = io.BytesIO()
+    Image.open(path).resize((size, size)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_pixel_limit(files, xrays):
+    with TestClient(create_app(files["export"], max_pixels=100 * 100)) as client:
+        big = _post(client, "big.png", xrays[0].read_bytes())  # 128 x 128 = 16,384 pixels
+        assert big.status_code == 422
+        assert big.json()["error"].startswith("big.png: image is 128x128 = 16,384 pixels")
+        assert _post(client, "ok.png", _small_png(xrays[0], 100)).status_code == 200
+
+
+def test_missing_file_field(clients):
+    response = clients["checkpoint"].post("/api/predict", data={"image": "x"})
+    assert response.status_code == 422
+    assert "`file`" in response.json()["error"]
+
+
+def test_unknown_route_has_the_same_error_shape(clients):
+    response = clients["checkpoint"].get("/api/nothing")
+    assert response.status_code == 404 and response.json() == {"error": "Not Found"}
+
+
+def test_bad_model_file_fails_before_serving(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    with pytest.raises(CxrlearnError, match="notes.txt"):
+        create_app(text)
+
+
+# --- threads -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["checkpoint", "export"])
+def test_twenty_concurrent_requests_each_get_the_single_request_answer(clients, xrays, kind):
+    client = clients[kind]
+    single = [_post(client, p.name, p.read_bytes()).json() for p in xrays]
+
+    def ask(i: int) -> dict:
+        path = xrays[i % len(xrays)]
+        return _post(client, path.name, path.read_bytes()).json()
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(ask, range(20)))
+    for i, answer in enumerate(answers):
+        assert answer == single[i % len(xrays)]  # probabilities and overlay, bit for bit
+
+
+def test_requests_really_run_at_the_same_time(files, xrays, monkeypatch):
+    """Four requests must all be inside the model call at once to pass the barrier; a
+    server that answered one request at a time would break it (BrokenBarrierError)."""
+    app = create_app(files["checkpoint"])
+    service = app.state.service
+    barrier = threading.Barrier(4, timeout=60)
+    probs = service.predictor.probs
+
+    def waiting_probs(image: np.ndarray) -> torch.Tensor:
+        barrier.wait()
+        return probs(image)
+
+    monkeypatch.setattr(service.predictor, "probs", waiting_probs)
+    with TestClient(app) as client, ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda p: _post(client, p.name, p.read_bytes()), xrays))
+    assert [a.status_code for a in answers] == [200] * 4
+
+
+# --- the command: cxrlearn app -------------------------------------------------------------
+
+@pytest.fixture
+def command(monkeypatch):
+    """Register the sub-command (a no-op once cxrlearn.cli lists it itself)."""
+    monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys((*cli.COMMANDS, "app"))))
+
+
+def test_command_without_model_explains_and_trains_nothing(command, capsys, monkeypatch):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("no model, no server"))
+    assert cli.main(["app"]) == 2
+    out = capsys.readouterr().out
+    assert "--model" in out and "cxrlearn demo" in out and "cxrlearn export" in out
+
+
+def test_command_without_the_extra_says_what_to_install(command, files, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if FastAPI were not installed
+    assert cli.main(["app", "--model", str(files["checkpoint"])]) == 1
+    err = capsys.readouterr().err
+    assert "fastapi" in err and "pip install 'cxrlearn[app]'" in err
+    assert "Traceback" not in err
+
+
+def test_command_serves_on_localhost_by_default(command, files, capsys, monkeypatch):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    assert cli.main(["app", "--model", str(files["export"])]) == 0
+    assert cli.main(["app", "--model", str(files["checkpoint"]), "--host", "0.0.0.0",
+                     "--port", "8123"]) == 0
+    (app1, kw1), (app2, kw2) = calls
+    assert (kw1["host"], kw1["port"]) == ("127.0.0.1", 8000)
+    assert (kw2["host"], kw2["port"]) == ("0.0.0.0", 8123)
+    assert app1.state.service.info.kind == "torchscript"
+    assert app2.state.service.info.kind == "checkpoint"
+    out = capsys.readouterr().out
+    assert "http://localhost:8000/" in out and "Grad-CAM" in out  # the export's note
+    assert "other machines" in out  # the warning for 0.0.0.0
+
+
+def test_command_with_a_missing_model_is_one_red_line(command, tmp_path, capsys):
+    assert cli.main(["app", "--model", str(tmp_path / "nope.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "nope.pt" in err and "Traceback" not in err

@@ -1,0 +1,231 @@
+"""The app in a real browser: uvicorn on 127.0.0.1, headless Chromium driven by Playwright.
+
+What a student does, checked against the eager pipeline: open the page, choose an X-ray,
+read the predicted class, the bars and the Grad-CAM overlay; drop a second X-ray on the
+page; choose a text file and read the error. A screenshot of the answered page is saved to
+the test's temporary folder; with CXRLEARN_APP_SCREENSHOT=docs/img/app.png it is also
+written there, for the docs (optionally of a trained checkpoint: CXRLEARN_APP_MODEL=PATH).
+
+Playwright drives Debian's Chromium (/usr/bin/chromium); it never downloads a browser. The
+test is skipped only when that browser is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from fastapi import FastAPI
+from PIL import Image
+from playwright.sync_api import sync_playwright
+
+from cxrlearn.app import DEFAULT_MAX_BYTES, create_app
+from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from cxrlearn.data import load_image, sample_root
+from cxrlearn.export import Preprocess, eager_input, eager_probs
+from cxrlearn.gradcam import GradCAM, overlay
+from cxrlearn.resnet import resnet18
+from cxrlearn.transforms import prepare
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless on a machine with no display, GPU or network, as root (hence --no-sandbox).
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+PREPROCESS = {"image_size": 64, "low": 2.0, "high": 98.0, "channels": 3,
+              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+TIMEOUT_MS = 60_000  # every browser wait; a contended CPU is slow, a hung page still fails
+
+
+@contextmanager
+def serving(app: FastAPI, timeout: float = 60.0) -> Iterator[str]:
+    """Run `app` under uvicorn in a thread on a free port of 127.0.0.1; yield its URL.
+
+    The socket is bound here, before the server starts, so the port cannot be taken in
+    between. The server is stopped, and its thread joined, when the block ends.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("uvicorn did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+    assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    """An untrained ResNet18 checkpoint, or the trained one named by CXRLEARN_APP_MODEL."""
+    if os.environ.get("CXRLEARN_APP_MODEL"):
+        return Path(os.environ["CXRLEARN_APP_MODEL"])
+    torch.manual_seed(11)
+    return save_checkpoint(tmp_path / "best.pt", {
+        "model": resnet18(num_classes=4).state_dict(), "class_names": CLASSES, "epoch": 1,
+        "meta": {"arch": {"name": "resnet18", "num_classes": 4, "in_channels": 3},
+                 "preprocess": PREPROCESS}})
+
+
+def _oracle(ckpt_path: Path, path: Path) -> tuple[dict[str, float], np.ndarray]:
+    """Probabilities and overlay of the eager pipeline and the library's Grad-CAM."""
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt, ckpt_path)
+    pre = Preprocess.from_dict(ckpt["meta"]["preprocess"])
+    image = load_image(path)
+    probs = eager_probs(model, [image], pre, float(ckpt.get("temperature", 1.0)))[0]
+    with GradCAM(model) as cam:
+        heat = cam(eager_input(image, pre)[None], int(probs.argmax())).cams[0]
+    seen = prepare(image, pre.image_size, pre.low, pre.high)[0].numpy()
+    return dict(zip(ckpt["class_names"], probs.tolist(), strict=True)), overlay(seen, heat)
+
+
+def _shown_answer(page) -> tuple[str, dict[str, float], np.ndarray]:
+    """The predicted class, the bars and the overlay as the page shows them."""
+    predicted = page.text_content("#predicted")
+    bars = page.eval_on_selector_all(
+        "#bars li", "items => items.map(li => [li.dataset.class, li.dataset.probability])")
+    src = page.get_attribute("#overlay", "src")
+    assert src.startswith("data:image/png;base64,")
+    png = base64.b64decode(src.split(",", 1)[1])
+    return predicted, {name: float(p) for name, p in bars}, np.asarray(Image.open(io.BytesIO(png)))
+
+
+def _check_shown(page, ckpt_path: Path, xray: Path) -> None:
+    want_probs, want_overlay = _oracle(ckpt_path, xray)
+    predicted, probs, shown_overlay = _shown_answer(page)
+    assert predicted == max(want_probs, key=want_probs.get)
+    assert list(probs) == list(want_probs)
+    np.testing.assert_allclose(list(probs.values()), list(want_probs.values()), atol=1e-6)
+    np.testing.assert_array_equal(shown_overlay, want_overlay)
+    assert page.is_visible("#overlay") and not page.is_visible("#error")
+    # The image is drawn: the browser decoded the PNG at the network's input size.
+    size = page.eval_on_selector("#overlay", "img => [img.naturalWidth, img.naturalHeight]")
+    assert size == list(shown_overlay.shape[:2])
+
+
+def _answered(page, name: str) -> None:
+    """Wait until the page shows the answer (or error) for the file called `name`."""
+    page.wait_for_function(
+        "name => document.getElementById('preview-caption').textContent.startsWith(name)"
+        " && document.getElementById('status').hidden", arg=name, timeout=TIMEOUT_MS)
+
+
+def _save_screenshot(png: bytes, path: Path) -> None:
+    """The screenshot for the docs, as compact as PNG gets without losing colours (a
+    256-colour palette would band the heat map)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(io.BytesIO(png)).convert("RGB").save(path, optimize=True)
+
+
+def test_upload_through_the_page(checkpoint, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install "
+                    "chromium) to run the browser test")
+    covid = sorted((sample_root() / "COVID").glob("*.png"))[0]
+    normal = sorted((sample_root() / "Normal").glob("*.png"))[0]
+    app = create_app(checkpoint)  # the default limits, as the screenshot shows them
+    requests: list[str] = []
+    problems: list[str] = []
+    with serving(app) as url, sync_playwright() as playwright, \
+            tempfile.TemporaryDirectory(prefix="cxrlearn-chromium-") as profile:
+        browser = playwright.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            viewport={"width": 980, "height": 720})
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(url + "/")
+            assert "not a diagnostic device" in page.text_content("#disclaimer")
+            page.wait_for_function(
+                "() => document.getElementById('model').textContent.startsWith('Model:')")
+
+            # 1. Choose a file.
+            page.set_input_files("#file", str(covid))
+            _answered(page, covid.name)
+            _check_shown(page, checkpoint, covid)
+            screenshot = page.screenshot(full_page=True)
+
+            # 2. Drop a file on the drop zone (a DataTransfer holding a File, as a drag does).
+            page.eval_on_selector(
+                "#drop", """(zone, [b64, name]) => {
+                    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                    const data = new DataTransfer();
+                    data.items.add(new File([bytes], name, {type: "image/png"}));
+                    zone.dispatchEvent(new DragEvent("drop", {dataTransfer: data,
+                                                              bubbles: true, cancelable: true}));
+                }""", [base64.b64encode(normal.read_bytes()).decode(), normal.name])
+            _answered(page, normal.name)
+            _check_shown(page, checkpoint, normal)
+
+            # 3. A text file: the server's message is shown, the old answer is not.
+            page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                                  "buffer": b"not an X-ray\n"}])
+            page.wait_for_selector("#error", state="visible")
+            error = page.text_content("#error")
+            assert error.startswith("notes.txt: ") and "not an image" in error
+            assert not page.is_visible("#result")
+
+            # 4. Too large: refused by the page itself, before any upload.
+            sent = len([r for r in requests if r.endswith("/api/predict?gradcam=true")])
+            page.set_input_files("#file", files=[{"name": "huge.png", "mimeType": "image/png",
+                                                  "buffer": b"\0" * (DEFAULT_MAX_BYTES + 1)}])
+            page.wait_for_function(
+                "() => document.getElementById('error').textContent.startsWith('huge.png')")
+            assert "limit" in page.text_content("#error")
+            assert len([r for r in requests if r.endswith("/api/predict?gradcam=true")]) == sent
+
+            # 5. The text file again, then a good one: the server kept serving.
+            page.set_input_files("#file", str(covid))
+            _answered(page, covid.name)
+            _check_shown(page, checkpoint, covid)
+        finally:
+            browser.close()
+
+    assert sent == 3  # covid, normal, notes.txt went to the server
+    # Everything came from the app itself (no CDN); the previews are blob: URLs.
+    outside = [r for r in requests if not r.startswith((url + "/", "blob:", "data:"))]
+    assert outside == []
+    # A rejected upload is a 4xx, which Chromium logs as a failed resource: nothing else.
+    assert all("status of 422" in p for p in problems), problems
+
+    (tmp_path / "app.png").write_bytes(screenshot)
+    target = os.environ.get("CXRLEARN_APP_SCREENSHOT")
+    if target:
+        _save_screenshot(screenshot, Path(target))
+    assert Image.open(tmp_path / "app.png").size[0] == 980
+
+
+def test_serving_stops_cleanly(checkpoint):
+    """The helper above must not leave a server behind: after the block, nothing listens."""
+    with serving(create_app(checkpoint)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+
