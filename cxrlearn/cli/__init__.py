@@ -23,7 +23,7 @@ from cxrlearn.errors import CxrlearnError
 __all__ = ["main", "build_parser"]
 
 # Sub-command modules, in the order `cxrlearn --help` lists them.
-COMMANDS = ("demo", "train", "evaluate", "export", "predict", "app", "data")
+COMMANDS = ("demo", "train", "evaluate", "gradcam", "export", "predict", "app", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:
