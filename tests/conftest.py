@@ -78,3 +78,15 @@ def copy_sample(sample_root: Path) -> Callable[..., Path]:
         return dest
 
     return copy
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module: on a few shared cores, more threads only wait
+    for each other. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -51,13 +51,7 @@ PRE = Preprocess.from_dict(PREPROCESS)
 APP_STATIC = Path(cxrlearn.__file__).resolve().parent / "app" / "static"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a few shared cores, more threads only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

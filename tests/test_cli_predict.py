@@ -28,13 +28,7 @@ CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 PREPROCESS = Preprocess(32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a few shared cores, more threads only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -87,13 +87,7 @@ def _python_pipeline(model, image: np.ndarray, temperature: float = 1.0) -> torc
         return torch.softmax(model(x[None]) / temperature, dim=1)[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a few shared cores, more threads only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
