@@ -10,18 +10,28 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cxrlearn.calibration import apply_temperature, expected_calibration_error
+from cxrlearn.checkpoint import load_checkpoint
 from cxrlearn.cli.progress import progress_bar
 from cxrlearn.cli.runs import Run, logits_of, open_run, split_dataset
 from cxrlearn.device import select_device
-from cxrlearn.metrics import classification_report, confusion_matrix, sensitivity_specificity
+from cxrlearn.errors import CxrlearnError
+from cxrlearn.metrics import (
+    UndefinedMetricWarning,
+    classification_report,
+    confusion_matrix,
+    sensitivity_specificity,
+)
 from cxrlearn.plots import (
     plot_confident_mistakes,
     plot_confusion_matrix,
@@ -60,6 +70,22 @@ def _intervals_table(rep: dict, intervals: dict) -> Table:
     return t
 
 
+def _json_safe(value):
+    """`value` with every NaN or infinity replaced by None (JSON's null).
+
+    An undefined score (the AUC or sensitivity of a class absent from the split) is NaN;
+    `json.dumps` would write it as the bare word NaN, which is not JSON and which strict
+    readers (JavaScript's JSON.parse, jq) reject.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def evaluate_run(run: Run, split: str, out: Path, device: torch.device, console: Console,
                  batch_size: int = 64) -> dict:
     """Predict one split of a run, print the report, write report.json, predictions.csv, plots."""
@@ -74,11 +100,20 @@ def evaluate_run(run: Run, split: str, out: Path, device: torch.device, console:
     y_pred = probs.argmax(axis=1)
     names = list(run.class_names)
 
-    rep = classification_report(y_true, y_pred, names)
-    intervals = report_intervals(y_true, y_pred, names, seed=0)
-    cm = confusion_matrix(y_true, y_pred, len(names))
-    sens, spec = sensitivity_specificity(cm)
-    aucs = one_vs_rest_auc(y_true, probs)
+    # Undefined scores (a class never predicted, or absent from the split) are expected on
+    # small splits: say so once, as a note, rather than as a Python warning with a source line.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UndefinedMetricWarning)
+        rep = classification_report(y_true, y_pred, names)
+        intervals = report_intervals(y_true, y_pred, names, seed=0)
+        cm = confusion_matrix(y_true, y_pred, len(names))
+        sens, spec = sensitivity_specificity(cm)
+        aucs = one_vs_rest_auc(y_true, probs)
+    notes = dict.fromkeys(str(w.message) for w in caught
+                          if issubclass(w.category, UndefinedMetricWarning))
+    for w in caught:  # anything else is unexpected: let it through unchanged
+        if not issubclass(w.category, UndefinedMetricWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     result = {
         "split": split, "n": int(len(y_true)), "checkpoint": str(run.checkpoint_path),
         "report": rep,
@@ -92,19 +127,23 @@ def evaluate_run(run: Run, split: str, out: Path, device: torch.device, console:
                 "after_temperature": expected_calibration_error(probs, y_true)},
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")  # tuples -> lists
+    (out / "report.json").write_text(
+        json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
     with (out / "predictions.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "true", "predicted", *[f"p_{n}" for n in names]])
         for path, t, p, row in zip(data.paths, y_true, y_pred, probs, strict=True):
             w.writerow([path, names[t], names[p], *[f"{v:.6f}" for v in row]])
     images = np.stack([data.prepared(i)[0].numpy() / 255.0 for i in range(len(data))])
-    figures = {
-        "confusion_matrix.png": plot_confusion_matrix(cm, names),
-        "roc_curves.png": plot_roc_curves(y_true, probs, names),
-        "reliability.png": plot_reliability_diagram(probs, y_true),
-        "confident_mistakes.png": plot_confident_mistakes(images, y_true, probs, names),
-    }
+    with warnings.catch_warnings():
+        # The ROC plot recomputes the curves: their warnings are already in `notes`.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        figures = {
+            "confusion_matrix.png": plot_confusion_matrix(cm, names),
+            "roc_curves.png": plot_roc_curves(y_true, probs, names),
+            "reliability.png": plot_reliability_diagram(probs, y_true),
+            "confident_mistakes.png": plot_confident_mistakes(images, y_true, probs, names),
+        }
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=100)
 
@@ -116,6 +155,8 @@ def evaluate_run(run: Run, split: str, out: Path, device: torch.device, console:
     for k, n in enumerate(names):
         extra.add_row(n, f"{sens[k]:.3f}", f"{spec[k]:.3f}", f"{aucs[k]:.3f}")
     console.print(extra)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(f"calibration: ECE {result['ece']['before_temperature']:.3f} before, "
                   f"{result['ece']['after_temperature']:.3f} after temperature "
                   f"T = {run.temperature:.2f}")
@@ -123,8 +164,27 @@ def evaluate_run(run: Run, split: str, out: Path, device: torch.device, console:
     return result
 
 
+def _open(args: argparse.Namespace) -> Run:
+    """`open_run`, with errors that say what to do when the data folder has moved."""
+    if args.data is not None and not args.data.is_dir():
+        raise CxrlearnError("data folder not found (given with --data)", path=args.data)
+    try:
+        return open_run(args.run, args.checkpoint, args.data)
+    except CxrlearnError:
+        if args.data is not None or not (args.run / args.checkpoint).is_file():
+            raise
+        # The manifest's paths are relative to the data folder recorded at training time;
+        # if that folder is gone, say so (and how to fix it) rather than name one image.
+        ckpt = load_checkpoint(args.run / args.checkpoint)
+        recorded = Path(ckpt["meta"]["data_root"])
+        if not recorded.is_dir():
+            raise CxrlearnError("the run's data folder is gone; if it moved, give its new "
+                                "place with --data", path=recorded) from None
+        raise
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
-    the_run = open_run(args.run, args.checkpoint, args.data)
+    the_run = _open(args)
     evaluate_run(the_run, args.split, args.out or args.run, select_device(args.device), console,
                  args.batch_size)
     return 0

@@ -1,0 +1,211 @@
+"""`cxrlearn evaluate` end to end, on a run trained for one epoch on a few sample X-rays.
+
+The model is barely trained, so its numbers are not the point: the point is that what the
+command writes agrees with itself. The oracle for report.json is predictions.csv, recounted
+here by hand (accuracy and the confusion matrix by counting rows), so a report computed
+from other predictions than the ones written, or a confusion matrix transposed, fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import re
+import shutil
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cxrlearn.checkpoint import load_checkpoint
+from cxrlearn.cli import main
+from cxrlearn.data import CLASS_NAMES, read_manifest, sample_root
+from cxrlearn.metrics import UndefinedMetricWarning, classification_report
+from cxrlearn.uncertainty import wilson_interval
+
+PER_CLASS = 8
+TEST_PER_CLASS = 3
+FAST = ["--image-size", "32", "--batch-size", "8", "--test-per-class", str(TEST_PER_CLASS),
+        "--val-fraction", "0.3"]
+# Figure sizes in plots.py, in inches, saved at dpi=100 by evaluate.
+PLOT_PIXELS = {"confusion_matrix.png": (1100, 450), "roc_curves.png": (550, 500),
+               "reliability.png": (500, 600)}
+
+
+def _quiet_main(argv: list[str]) -> tuple[int, str]:
+    """`main(argv)` with stdout captured (module-scoped fixtures cannot use capsys)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(argv)
+    return rc, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """One tiny run shared by every test: 8 X-rays per class (3 test), 1 epoch at 32 px.
+
+    The copy is what conftest's `copy_sample(dest, per_class=8)` makes; that fixture is
+    function-scoped, so it cannot feed this module-scoped one.
+    """
+    base = tmp_path_factory.mktemp("evaluate")
+    data = base / "data"
+    for name in CLASS_NAMES:
+        (data / name).mkdir(parents=True)
+        for src in sorted((sample_root() / name).glob("*.png"))[:PER_CLASS]:
+            shutil.copy(src, data / name / src.name)
+    run = base / "run"
+    rc, _ = _quiet_main(["train", "--data", str(data), "--out", str(run), "--epochs", "1",
+                         "--cache-dir", str(base / "cache"), *FAST])
+    assert rc == 0
+    return {"base": base, "data": data, "run": run}
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained) -> dict:
+    rc, printed = _quiet_main(["evaluate", "--run", str(trained["run"])])
+    return {"rc": rc, "printed": printed, **trained}
+
+
+def _predictions(folder: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with (folder / "predictions.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _counted(rows: list[dict[str, str]]) -> tuple[list[list[int]], float]:
+    """Confusion matrix (rows true, columns predicted) and accuracy, by counting CSV rows."""
+    pairs = Counter((r["true"], r["predicted"]) for r in rows)
+    cm = [[pairs[(t, p)] for p in CLASS_NAMES] for t in CLASS_NAMES]
+    correct = sum(r["true"] == r["predicted"] for r in rows)
+    return cm, correct / len(rows)
+
+
+def test_evaluate_prints_the_report(evaluated):
+    assert evaluated["rc"] == 0
+    printed = evaluated["printed"]
+    _, rows = _predictions(evaluated["run"])
+    _, accuracy = _counted(rows)
+    n_test = TEST_PER_CLASS * len(CLASS_NAMES)
+    assert f"test split, {n_test} images" in printed
+    for text in ("precision", "recall", "f1-score", "support", "macro avg", "weighted avg",
+                 "95% intervals", "accuracy (Wilson)", "one-vs-rest", "calibration: ECE",
+                 "wrote report.json, predictions.csv and 4 plots", *CLASS_NAMES):
+        assert text in printed, text
+    # The intervals table shows the accuracy as a percentage: the counted one.
+    assert re.search(rf"accuracy \(Wilson\)\W+{re.escape(f'{accuracy:.2%}')}", printed)
+
+
+def test_report_json_equals_the_report_recounted_from_predictions(evaluated):
+    result = json.loads((evaluated["run"] / "report.json").read_text())
+    _, rows = _predictions(evaluated["run"])
+    cm, accuracy = _counted(rows)
+    n = len(rows)
+
+    assert result["split"] == "test" and result["n"] == n
+    assert result["confusion_matrix"] == cm
+    assert result["report"]["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    index = {name: k for k, name in enumerate(CLASS_NAMES)}
+    y_true = [index[r["true"]] for r in rows]
+    y_pred = [index[r["predicted"]] for r in rows]
+    with warnings.catch_warnings():
+        # A barely trained model may never predict some class; the report warns about it.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        expected = classification_report(y_true, y_pred, CLASS_NAMES)
+    assert result["report"] == expected  # JSON keeps floats exactly (repr round-trips)
+
+    for k, name in enumerate(CLASS_NAMES):
+        tp = cm[k][k]
+        fn = sum(cm[k]) - tp
+        fp = sum(cm[i][k] for i in range(len(CLASS_NAMES))) - tp
+        tn = n - tp - fn - fp
+        assert result["report"][name]["support"] == tp + fn
+        assert result["sensitivity"][name] == pytest.approx(tp / (tp + fn))
+        assert result["specificity"][name] == pytest.approx(tn / (tn + fp))
+    correct = sum(cm[k][k] for k in range(len(CLASS_NAMES)))
+    assert result["intervals"]["accuracy"] == pytest.approx(list(wilson_interval(correct, n)))
+    # The temperature reported is the one `train` fitted on validation and stored in best.pt.
+    best = load_checkpoint(evaluated["run"] / "best.pt")
+    assert result["temperature"] == pytest.approx(best["temperature"])
+    assert result["temperature"] > 0
+
+
+def test_predictions_csv_has_one_row_per_test_image(evaluated):
+    header, rows = _predictions(evaluated["run"])
+    assert header == ["path", "true", "predicted", *[f"p_{n}" for n in CLASS_NAMES]]
+    manifest = read_manifest(evaluated["run"] / "manifest.csv", evaluated["data"], CLASS_NAMES)
+    tests = {(r.path.resolve(), CLASS_NAMES[r.label]) for r in manifest if r.split == "test"}
+    assert len(tests) == TEST_PER_CLASS * len(CLASS_NAMES)
+    assert len(rows) == len(tests)
+    assert {(Path(r["path"]).resolve(), r["true"]) for r in rows} == tests
+    for r in rows:
+        probs = [float(r[f"p_{n}"]) for n in CLASS_NAMES]
+        assert all(0.0 <= p <= 1.0 for p in probs)
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)  # 6 decimals each
+        top = max(probs)
+        if probs.count(top) == 1:  # written with 6 decimals, near-ties may round together
+            assert r["predicted"] == CLASS_NAMES[probs.index(top)]
+
+
+def test_plots_are_written_as_png(evaluated):
+    for name in ("confusion_matrix.png", "roc_curves.png", "reliability.png",
+                 "confident_mistakes.png"):
+        with Image.open(evaluated["run"] / name) as img:
+            img.load()  # decodes every pixel: a truncated file fails here
+            assert img.format == "PNG"
+            if name in PLOT_PIXELS:
+                assert img.size == PLOT_PIXELS[name]
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_missing_run_folder_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "no-such-run"
+    assert main(["evaluate", "--run", str(missing)]) == 1
+    assert _error_line(capsys) == f"error: {missing}: run folder not found"
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, trained, capsys):
+    run = tmp_path / "run-without-best"
+    run.mkdir()
+    shutil.copy(trained["run"] / "manifest.csv", run / "manifest.csv")
+    assert main(["evaluate", "--run", str(run)]) == 1
+    assert _error_line(capsys) == f"error: {run / 'best.pt'}: checkpoint not found"
+
+
+def test_data_given_with_data_must_exist(tmp_path, trained, capsys):
+    nowhere = tmp_path / "nowhere"
+    assert main(["evaluate", "--run", str(trained["run"]), "--data", str(nowhere)]) == 1
+    assert _error_line(capsys) == f"error: {nowhere}: data folder not found (given with --data)"
+
+
+def test_moved_data_is_one_line_and_data_fixes_it(evaluated, tmp_path, capsys):
+    data = evaluated["data"]
+    moved = evaluated["base"] / "moved-data"
+    data.rename(moved)
+    try:
+        assert main(["evaluate", "--run", str(evaluated["run"])]) == 1
+        line = _error_line(capsys)
+        assert line.startswith(f"error: {data.resolve()}: ")
+        assert "--data" in line
+        out = tmp_path / "again"
+        assert main(["evaluate", "--run", str(evaluated["run"]), "--data", str(moved),
+                     "--out", str(out)]) == 0
+    finally:
+        moved.rename(data)
+    first = json.loads((evaluated["run"] / "report.json").read_text())
+    again = json.loads((out / "report.json").read_text())
+    # Same model, same images found in their new place: the same numbers.
+    for key in ("report", "confusion_matrix", "intervals", "auc", "temperature"):
+        assert again[key] == first[key], key
+    _, rows = _predictions(out)
+    assert all(Path(r["path"]).resolve().is_relative_to(moved.resolve()) for r in rows)
