@@ -3,6 +3,8 @@
 # Exits non-zero as soon as one of the three fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "== ruff"
+.venv/bin/ruff check cxrlearn tests benchmarks
 echo "== pytest: tests/"
 MPLBACKEND=Agg .venv/bin/python -m pytest tests -q
 echo "== pytest --nbval: lessons/"
