@@ -23,6 +23,7 @@ Lesson: lessons/03_training_loop_and_devices.ipynb
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -282,7 +283,8 @@ def evaluate(
         `loss`, `accuracy`, `macro_f1`.
     """
     logits, y = predict(model, loader, device, channels_last)
-    loss = loss_fn.cpu()(logits, y).item()
+    # A CPU copy: Module.cpu() moves in place, and fit goes on training with loss_fn.
+    loss = copy.deepcopy(loss_fn).cpu()(logits, y).item()
     pred = logits.argmax(dim=1)
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(cm, (y.numpy(), pred.numpy()), 1)  # rows: true class, columns: predicted
