@@ -15,6 +15,12 @@ undoing what the weights already know. Then:
 applies it. A pure function is easy to plot, to test and to save (the scheduler's state is
 just the step count).
 
+`size_fraction` and `scaled_side` schedule the image size the same way: progressive resizing
+trains the early epochs on smaller images, which cost about the square of the side, and the
+last epochs at full size (Howard's fast.ai DAWNBench entry, 2018; FFCV's ResNet recipes,
+Leclerc et al. 2023, arXiv 2306.12517). On a CPU, where every epoch counts, the same budget
+then holds more epochs.
+
 Lesson: lessons/03_training_loop_and_devices.ipynb
 """
 
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["SCHEDULES", "lr_factor"]
+__all__ = ["SCHEDULES", "lr_factor", "size_fraction", "scaled_side"]
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 _DIV, _FINAL_DIV = 25.0, 1e4
@@ -53,3 +59,32 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str = "onecy
         return 1.0
     t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return (1 + math.cos(math.pi * t)) / 2
+
+
+def size_fraction(epoch: int, num_epochs: int, start: float, hold: float = 0.5,
+                  full_from: float = 0.75) -> float:
+    """Share of the full image side to train at in `epoch` (0-based): progressive resizing.
+
+    `start` for the first `hold` of the run, then growing linearly to 1 at `full_from` of
+    the run; the rest, and always the last epoch, at full size. `start=1` switches it off.
+    """
+    if not 0 < start <= 1:
+        raise ValueError(f"start must be in (0, 1], got {start}")
+    full_at = min(full_from * num_epochs, num_epochs - 1)  # first epoch at full size
+    hold_until = min(hold * num_epochs, full_at)
+    if start == 1 or epoch >= full_at:
+        return 1.0
+    if epoch < hold_until:
+        return start
+    return start + (1.0 - start) * (epoch - hold_until) / (full_at - hold_until)
+
+
+def scaled_side(side: int, fraction: float, multiple: int = 16) -> int:
+    """`side * fraction` rounded to a multiple of `multiple` (at least one), never above `side`.
+
+    Few distinct sizes keep the run simple to read; a side of at least 16 keeps ResNet18's
+    five halvings above one pixel.
+    """
+    if fraction >= 1:
+        return side
+    return min(side, max(multiple, round(side * fraction / multiple) * multiple))

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -47,7 +48,7 @@ from cxrlearn.distributed import (
     is_distributed,
 )
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.schedule import SCHEDULES, lr_factor
+from cxrlearn.schedule import SCHEDULES, lr_factor, scaled_side, size_fraction
 from cxrlearn.seeding import rng_state, seed_everything, set_rng_state
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "make_loss_fn",
     "class_weights",
     "macro_f1_from_confusion",
+    "resize_batch",
     "train_one_epoch",
     "evaluate",
     "predict",
@@ -83,6 +85,11 @@ class TrainConfig:
         class_weighted: Weight the loss by inverse class frequency (for imbalanced data).
         amp: Mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU/MPS.
         channels_last: Store activations as NHWC, faster on recent GPUs and some CPUs.
+        progressive_resize: Progressive resizing: the first half of the run trains on images
+            scaled to this share of their side, then the size grows to full by three quarters
+            of the run (`cxrlearn.schedule.size_fraction`). 1.0 switches it off. Validation
+            runs at the size just trained at; only full-size epochs compete for `best.pt` and
+            count towards `patience`.
         patience: Stop after this many epochs without a better validation score (None: never).
         select_by: `"macro_f1"` (higher is better) or `"val_loss"` (lower is better).
         seed: Seed of initialisation-independent randomness: shuffling and augmentation.
@@ -101,6 +108,7 @@ class TrainConfig:
     class_weighted: bool = False
     amp: bool = True
     channels_last: bool = False
+    progressive_resize: float = 1.0
     patience: int | None = None
     select_by: str = "macro_f1"
     seed: int = 0
@@ -115,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"select_by must be macro_f1 or val_loss, got {self.select_by!r}")
         if self.num_epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("num_epochs, batch_size and lr must be positive")
+        if not 0 < self.progressive_resize <= 1:
+            raise ValueError(f"progressive_resize must be in (0, 1], got {self.progressive_resize}")
 
 
 class TrainingDiverged(CxrlearnError):
@@ -185,6 +195,21 @@ def _autocast_dtype(device: torch.device, config: TrainConfig) -> torch.dtype | 
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def resize_batch(x: Tensor, fraction: float) -> Tensor:
+    """Scale a batch's images to `fraction` of their side (see `cxrlearn.schedule.scaled_side`).
+
+    Bilinear with antialiasing, so shrinking averages pixels instead of skipping them. The
+    images are already normalised; resizing is linear, so it commutes with normalisation.
+
+    Shape:
+        (B, C, H, W) -> (B, C, h, w)
+    """
+    h, w = scaled_side(x.shape[-2], fraction), scaled_side(x.shape[-1], fraction)
+    if (h, w) == tuple(x.shape[-2:]):
+        return x
+    return F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -196,23 +221,29 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     on_batch: Callable[[dict[str, float]], None] | None = None,
+    image_scale: float = 1.0,
 ) -> dict[str, float]:
     """One pass over `loader`, updating the weights after every batch.
 
+    `image_scale` below 1 trains on smaller copies of the images (progressive resizing).
+
     Returns:
-        `loss` (mean over images), `accuracy`, `images`, `seconds`, `images_per_s`.
+        `loss` (mean over images), `accuracy`, `images`, `seconds`, `images_per_s`,
+        `image_size` (the side trained at, 0 for an empty loader).
 
     Raises:
         TrainingDiverged: The loss of a batch is NaN or infinite (no step is taken with it).
     """
     model.train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, side = 0.0, 0, 0, 0
     start = time.perf_counter()
     for batch, (x, y) in enumerate(loader):
-        # 1. move the batch to where the model is
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        # 1. move the batch to where the model is (smaller, early in progressive resizing)
+        x = resize_batch(x.to(device, non_blocking=True), image_scale)
+        x = x.contiguous(memory_format=memory_format)
         y = y.to(device, non_blocking=True)
+        side = x.shape[-1]
         # 2. forward: scores for every class, then the loss
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(x)  # (B, K)
@@ -248,15 +279,18 @@ def train_one_epoch(
                       "accuracy": correct / seen, "images_per_s": seen / max(elapsed, 1e-9)})
     seconds = time.perf_counter() - start
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
-            "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9)}
+            "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9),
+            "image_size": side}
 
 
 @torch.no_grad()
 def predict(
     model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None, image_scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Logits and targets for every image of `loader`, in order, with the model in eval mode.
+
+    `image_scale` below 1 shrinks the images first (`resize_batch`), as in training.
 
     Shape:
         -> logits (N, K) float32 on the CPU, y (N,)
@@ -265,7 +299,7 @@ def predict(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     all_logits, all_y = [], []
     for x, y in loader:
-        x = x.to(device, memory_format=memory_format)
+        x = resize_batch(x.to(device), image_scale).contiguous(memory_format=memory_format)
         all_logits.append(model(x).float().cpu())
         all_y.append(torch.as_tensor(y))
         if on_batch is not None:
@@ -275,14 +309,16 @@ def predict(
 
 def evaluate(
     model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
-    num_classes: int, channels_last: bool = False,
+    num_classes: int, channels_last: bool = False, image_scale: float = 1.0,
 ) -> dict[str, float]:
     """Loss, accuracy and macro-F1 on `loader`; changes nothing.
+
+    `image_scale` below 1 evaluates on shrunk images (`resize_batch`).
 
     Returns:
         `loss`, `accuracy`, `macro_f1`.
     """
-    logits, y = predict(model, loader, device, channels_last)
+    logits, y = predict(model, loader, device, channels_last, image_scale=image_scale)
     # A CPU copy: Module.cpu() moves in place, and fit goes on training with loss_fn.
     loss = copy.deepcopy(loss_fn).cpu()(logits, y).item()
     pred = logits.argmax(dim=1)
@@ -359,7 +395,8 @@ def fit(
 
     Returns:
         The history: per epoch `epoch`, `train_loss`, `train_accuracy`, `val_loss`,
-        `val_accuracy`, `val_macro_f1`, `lr`, `images_per_s`, `seconds`.
+        `val_accuracy`, `val_macro_f1`, `lr`, `image_size` (the side trained at),
+        `images_per_s`, `seconds`.
 
     Raises:
         TrainingDiverged: The loss became NaN/inf; `last.pt` still holds the last good epoch.
@@ -415,18 +452,23 @@ def fit(
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
+        scale = size_fraction(epoch, config.num_epochs, config.progressive_resize)
         try:
             tr = train_one_epoch(
                 train_model, _loader(train_data, config, epoch, dist_env), loss_fn, optimizer,
                 device,
                 scheduler, scaler, amp_dtype, config.channels_last,
                 on_batch=None if on_batch is None else (lambda s, e=epoch: on_batch(e, s)),
+                image_scale=scale,
             )
             if dist_env is not None:
                 # Per-replica BN statistics differ; take rank 0's so every rank validates,
                 # decides and saves the same model.
                 broadcast_buffers(model)
-            va = evaluate(model, val_loader, loss_fn, device, num_classes, config.channels_last)
+            # Validate at the size just trained at: a network trained on small images scores
+            # badly on large ones until its last epochs at full size.
+            va = evaluate(model, val_loader, loss_fn, device, num_classes, config.channels_last,
+                          image_scale=scale)
         except TrainingDiverged as e:
             kept = f"; {out / 'last.pt'} holds epoch {epoch}" if out and epoch > 0 else ""
             raise TrainingDiverged(f"epoch {epoch + 1}: {e.message}{kept}") from None
@@ -438,14 +480,18 @@ def fit(
             [tr["loss"] * tr["images"], tr["accuracy"] * tr["images"], tr["images"]], device)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                "val_loss": va["loss"], "val_accuracy": va["accuracy"],
-               "val_macro_f1": va["macro_f1"], "lr": lr,
+               "val_macro_f1": va["macro_f1"], "lr": lr, "image_size": tr["image_size"],
                "images_per_s": seen / max(tr["seconds"], 1e-9), "seconds": tr["seconds"]}
         history.append(row)
         score = va["macro_f1"] if config.select_by == "macro_f1" else va["loss"]
-        improved = _is_better(score, best, config.select_by) and math.isfinite(score)
+        # Only full-size epochs compete for best.pt and count for patience: the best model is
+        # used at full size, and scores at different sizes do not compare.
+        full_size = scale >= 1.0
+        improved = (full_size and _is_better(score, best, config.select_by)
+                    and math.isfinite(score))
         if improved:
             best, since_best = score, 0
-        else:
+        elif full_size:
             since_best += 1
         if writes:
             save_checkpoint(out / "last.pt", state(epoch + 1))

@@ -18,7 +18,7 @@ from cxrlearn.data import XrayDataset
 from cxrlearn.device import describe_device, select_device
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.resnet import resnet18
-from cxrlearn.schedule import lr_factor
+from cxrlearn.schedule import lr_factor, scaled_side, size_fraction
 from cxrlearn.seeding import rng_state, seed_everything, set_rng_state
 from cxrlearn.training import (
     TrainConfig,
@@ -28,6 +28,7 @@ from cxrlearn.training import (
     evaluate,
     fit,
     macro_f1_from_confusion,
+    resize_batch,
 )
 from cxrlearn.transforms import eval_transform, train_transform
 
@@ -51,7 +52,7 @@ class TinyNet(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def _toy_data(n_per_class: int, seed: int, transform) -> XrayDataset:
+def _toy_data(n_per_class: int, seed: int, transform, size: int = S) -> XrayDataset:
     """Learnable toy images: class k has a bright horizontal band at height k.
 
     Bands, not quadrants: the training transform flips left-right, which must not change
@@ -61,22 +62,24 @@ def _toy_data(n_per_class: int, seed: int, transform) -> XrayDataset:
     images, labels = [], []
     for k in range(4):
         for _ in range(n_per_class):
-            img = rng.integers(0, 60, (S, S)).astype(np.uint8)
-            img[k * 4 : k * 4 + 4, :] += 150
+            img = rng.integers(0, 60, (size, size)).astype(np.uint8)
+            band = size // 4
+            img[k * band : (k + 1) * band, :] += 150
             images.append(img)
             labels.append(k)
     paths = [f"toy-{i}.png" for i in range(len(labels))]  # never read: images are given
-    return XrayDataset(paths, labels, S, transform, images=np.stack(images), seed=seed)
+    return XrayDataset(paths, labels, size, transform, images=np.stack(images), seed=seed)
 
 
-def _run(tmp: Path | None, num_epochs: int = 3, resume=None, on_epoch=None, **cfg):
+def _run(tmp: Path | None, num_epochs: int = 3, resume=None, on_epoch=None, size: int = S,
+         **cfg):
     torch.manual_seed(0)
     model = TinyNet()
     cfg = {"batch_size": 8, "lr": 1e-2, "warmup_epochs": 1, **cfg}
     config = TrainConfig(num_epochs=num_epochs, **cfg)
-    history = fit(model, _toy_data(6, 0, train_transform()), _toy_data(3, 1, eval_transform()),
-                  config, torch.device("cpu"), CLASSES, out_dir=tmp, resume=resume, meta=META,
-                  on_epoch=on_epoch)
+    history = fit(model, _toy_data(6, 0, train_transform(), size),
+                  _toy_data(3, 1, eval_transform(), size), config, torch.device("cpu"), CLASSES,
+                  out_dir=tmp, resume=resume, meta=META, on_epoch=on_epoch)
     return model, history
 
 
@@ -105,21 +108,51 @@ def test_training_learns_the_toy_task():
     assert history[-1]["val_accuracy"] >= 0.75
 
 
-def test_resume_after_interruption_ends_with_the_same_weights(tmp_path):
-    full, h_full = _run(tmp_path / "full", num_epochs=4)
+@pytest.mark.parametrize("progressive", [1.0, 0.5])
+def test_resume_after_interruption_ends_with_the_same_weights(tmp_path, progressive):
+    cfg = {"num_epochs": 4, "size": 64, "progressive_resize": progressive}
+    full, h_full = _run(tmp_path / "full", **cfg)
 
     def stop_after_two(row):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "cut", num_epochs=4, on_epoch=stop_after_two)
+        _run(tmp_path / "cut", on_epoch=stop_after_two, **cfg)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
     torch.manual_seed(123)  # resuming must not depend on the global state at the time
-    resumed, h_res = _run(tmp_path / "cut", num_epochs=4, resume=tmp_path / "cut" / "last.pt")
+    resumed, h_res = _run(tmp_path / "cut", resume=tmp_path / "cut" / "last.pt", **cfg)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert _metrics(h_full) == _metrics(h_res)
+
+
+def test_progressive_resizing_trains_small_first_and_full_size_at_the_end(tmp_path):
+    # 6 epochs from 0.5: 0.5 for epochs 0-2, 0.5 + 0.5 * (3 - 3) / 1.5, (4 - 3) / 1.5, then 1
+    _, history = _run(tmp_path, num_epochs=6, size=64, progressive_resize=0.5)
+    assert [r["image_size"] for r in history] == [32, 32, 32, 32, 48, 64]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 6
+
+
+def test_progressive_epochs_validate_small_and_never_become_best(tmp_path, monkeypatch):
+    import cxrlearn.training as training
+
+    scales = []
+
+    def worse_every_epoch(model, loader, loss_fn, device, num_classes, channels_last=False,
+                          image_scale=1.0):
+        scales.append(image_scale)
+        return {"loss": float(len(scales)), "accuracy": 0.5, "macro_f1": 1.0 - len(scales) / 10}
+
+    monkeypatch.setattr(training, "evaluate", worse_every_epoch)
+    _, history = _run(tmp_path, num_epochs=6, size=64, progressive_resize=0.5, patience=1)
+    assert scales == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.5 + 0.5 / 1.5, 1.0])
+    # Epoch 1 scored best, but at 32 px: only the full-size epoch 6 may become best.pt, and
+    # patience (1) does not stop the run during the small epochs.
+    assert len(history) == 6
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 6
+    _, plain = _run(None, num_epochs=2, size=64)
+    assert [r["image_size"] for r in plain] == [64, 64]
 
 
 def test_ctrl_c_inside_an_epoch_keeps_finished_epochs(tmp_path, monkeypatch):
@@ -300,6 +333,49 @@ def test_schedules_warm_up_then_never_exceed_the_peak(total, frac, kind):
     if kind == "onecycle" and total > 10 and warmup > 0:
         assert factors[0] == pytest.approx(1 / 25)
         assert factors[-1] == pytest.approx(1 / 25 / 1e4)
+
+
+@settings(max_examples=80, deadline=None)
+@given(epochs=st.integers(1, 60), start=st.floats(0.05, 1.0))
+def test_size_fraction_grows_from_start_to_full_size(epochs, start):
+    f = [size_fraction(e, epochs, start) for e in range(epochs)]
+    assert f[-1] == 1.0  # the last epoch is always at full size
+    assert all(start - 1e-12 <= x <= 1.0 for x in f)
+    assert all(a <= b for a, b in zip(f, f[1:], strict=False))
+    if epochs > 1:
+        assert f[0] == pytest.approx(start)
+    assert sum(x == 1.0 for x in f) >= epochs // 4  # the last quarter at full size
+
+
+def test_size_fraction_and_scaled_side_hand_values():
+    # 8 epochs: 0.5 for epochs 0-3, then 0.5 + 0.5 * (e - 4) / 2 up to epoch 6 = 3/4 of 8
+    assert [size_fraction(e, 8, 0.5) for e in range(8)] == pytest.approx(
+        [0.5, 0.5, 0.5, 0.5, 0.5, 0.75, 1, 1])
+    assert [size_fraction(e, 2, 0.5) for e in range(2)] == [0.5, 1.0]
+    assert [size_fraction(e, 3, 1.0) for e in range(3)] == [1.0, 1.0, 1.0]
+    assert scaled_side(128, 0.5) == 64
+    assert scaled_side(128, 0.7) == 96  # 89.6 -> nearest multiple of 16
+    assert scaled_side(128, 0.97) == 128  # 124.2 rounds to 128: never above the full side
+    assert scaled_side(16, 0.3) == 16  # at least one multiple
+    assert scaled_side(100, 1.0) == 100
+    with pytest.raises(ValueError, match="start"):
+        size_fraction(0, 4, 0.0)
+    with pytest.raises(ValueError, match="progressive_resize"):
+        TrainConfig(progressive_resize=1.5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(scale=st.floats(0.1, 10), shift=st.floats(-5, 5), fraction=st.floats(0.2, 0.9))
+def test_resize_batch_commutes_with_normalisation(scale, shift, fraction):
+    # Normalising then resizing == resizing then normalising: resizing is a weighted average
+    # whose weights sum to one. That is why progressive resizing may act on normalised batches.
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    small = resize_batch(x, fraction)
+    side = scaled_side(64, fraction)
+    assert small.shape == (2, 3, side, side)
+    torch.testing.assert_close(resize_batch(x * scale + shift, fraction), small * scale + shift,
+                               atol=1e-4 * (scale + abs(shift)), rtol=1e-5)
+    assert resize_batch(x, 1.0) is x
 
 
 def test_cosine_schedule_hand_values():

@@ -58,6 +58,7 @@ from cxrlearn.transforms import (
 __all__ = ["add_parser"]
 
 DEFAULTS = TrainConfig()
+AUGMENTS = ("flip+affine", "flip", "none")
 
 
 def default_cache_dir() -> Path:
@@ -72,6 +73,13 @@ def add_train_arguments(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs ({epochs})")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate")
+    p.add_argument("--progressive-resize", type=float, default=0.5,
+                   metavar="FRACTION",
+                   help="train the first half of the run at this share of --image-size, "
+                        "growing to full size by 3/4 of the run (0.5; 1: off)")
+    p.add_argument("--augment", choices=AUGMENTS, default="flip",
+                   help="training augmentation: random left-right flip (flip), plus small "
+                        "rotation, zoom and shift (flip+affine)")
     p.add_argument("--pretrained", default="none",
                    help="'none' (from scratch), 'imagenet' (download torchvision's weights) "
                         "or a path to a .pth file in torchvision's format")
@@ -169,6 +177,7 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
 
     config = TrainConfig(num_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          class_weighted=args.class_weighted, patience=args.patience,
+                         progressive_resize=args.progressive_resize,
                          seed=args.seed, num_workers=args.num_workers)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if args.channels == 3 else (GREY_MEAN, GREY_STD)
     meta = {
@@ -181,7 +190,8 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
     if env is None or env.is_main:
         (out / "config.json").write_text(json.dumps(
             {"train": dataclasses.asdict(config), **meta, "pretrained": args.pretrained,
-             "freeze_backbone": args.freeze_backbone, "device": str(device),
+             "freeze_backbone": args.freeze_backbone, "augment": args.augment,
+             "device": str(device),
              "world_size": 1 if env is None else env.world_size}, indent=2) + "\n")
 
     cache_dir = args.cache_dir or default_cache_dir()
@@ -198,7 +208,8 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
                            args.image_size, transform, images=prepared.images[idx],
                            seed=args.seed)
 
-    train_data = dataset("train", train_transform(args.channels))
+    train_data = dataset("train", train_transform(args.channels, flip=args.augment != "none",
+                                                  affine=args.augment == "flip+affine"))
     val_data = dataset("val", eval_transform(args.channels))
     console.print(f"split: {len(train_data)} train, {len(val_data)} val, "
                   f"{sum(r.split == 'test' for r in rows)} test (kept closed until evaluation)")
@@ -221,7 +232,8 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
             return TrainedRun(out, scan.class_names, rows, history, scan.root)
     _write_history(out, history)
     _calibrate(out, device, console)
-    best = max(history, key=lambda r: r["val_macro_f1"])
+    full = max(r["image_size"] for r in history)  # only full-size epochs compete for best.pt
+    best = max((r for r in history if r["image_size"] == full), key=lambda r: r["val_macro_f1"])
     console.print(f"best validation macro-F1 {best['val_macro_f1']:.3f} at epoch "
                   f"{best['epoch']}; run folder: [bold]{out}[/]")
     return TrainedRun(out, scan.class_names, rows, history, scan.root)
@@ -247,7 +259,7 @@ def _fit_with_progress(model, train_data, val_data, config, device, scan, out, r
                 f"epoch {r['epoch']:>3}: train loss {r['train_loss']:.3f} "
                 f"acc {r['train_accuracy']:.3f} | val loss {r['val_loss']:.3f} "
                 f"acc {r['val_accuracy']:.3f} macro-F1 {r['val_macro_f1']:.3f} "
-                f"| {r['images_per_s']:.0f} img/s")
+                f"| {r['image_size']} px {r['images_per_s']:.0f} img/s")
 
         main_rank = env is None or env.is_main
         return fit(model, train_data, val_data, config, device, scan.class_names, out_dir=out,
