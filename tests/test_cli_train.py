@@ -37,15 +37,36 @@ def test_train_writes_a_complete_run_folder(tmp_path, data, capsys):
     with (out / "history.csv").open() as f:
         history = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in history] == [1, 2]
+    # the defaults: progressive resizing from half the side, the last epoch at full size
+    assert [int(r["image_size"]) for r in history] == [16, 32]
     config = json.loads((out / "config.json").read_text())
     assert config["preprocess"]["image_size"] == 32
     assert config["train"]["num_epochs"] == 2
+    assert config["train"]["progressive_resize"] == 0.5 and config["augment"] == "flip"
     last = load_checkpoint(out / "last.pt", classes)
     assert last["epoch"] == 2
     model = model_from_checkpoint(last)
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
     printed = capsys.readouterr().out
     assert "epoch   2:" in printed and "best validation macro-F1" in printed
+
+
+def test_train_options_for_size_and_augmentation(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "2",
+               "--cache-dir", str(tmp_path / "cache"), "--progressive-resize", "1",
+               "--augment", "flip+affine", *FAST])
+    assert rc == 0
+    with (out / "history.csv").open() as f:
+        assert [int(r["image_size"]) for r in csv.DictReader(f)] == [32, 32]
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["progressive_resize"] == 1.0 and config["augment"] == "flip+affine"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", str(data), "--out", str(tmp_path / "bad"),
+              "--progressive-resize", "1.5"])
+    assert exit_info.value.code != 0
+    assert "--progressive-resize: must be in (0, 1], got 1.5" in capsys.readouterr().err
 
 
 def test_train_refuses_to_overwrite_and_resumes(tmp_path, data, capsys):

@@ -67,13 +67,24 @@ def default_cache_dir() -> Path:
     return Path(base) / "cxrlearn"
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def add_train_arguments(p: argparse.ArgumentParser, epochs: int) -> None:
     """Arguments shared by `train` and `demo`."""
     p.add_argument("--image-size", type=int, default=128, help="side of the square input (128)")
     p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs ({epochs})")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate")
-    p.add_argument("--progressive-resize", type=float, default=0.5,
+    p.add_argument("--progressive-resize", type=_fraction, default=0.5,
                    metavar="FRACTION",
                    help="train the first half of the run at this share of --image-size, "
                         "growing to full size by 3/4 of the run (0.5; 1: off)")
