@@ -90,3 +90,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def write_dicom() -> Callable[..., Path]:
+    """A writer of minimal single-frame DICOM Part 10 files (explicit VR little endian).
+
+    `write_dicom(path, stored, photometric="MONOCHROME2", slope=None, intercept=None,
+    bits=12)`; rescale tags are written only when given. Skips the test without pydicom.
+    """
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    def write(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2",
+              slope: float | None = None, intercept: float | None = None,
+              bits: int = 12) -> Path:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        ds.SOPClassUID = SecondaryCaptureImageStorage
+        ds.Modality = "CR"
+        dtype = np.uint8 if bits <= 8 else np.uint16
+        ds.set_pixel_data(stored.astype(dtype), photometric, bits)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if slope is not None:
+            ds.RescaleSlope = slope
+        if intercept is not None:
+            ds.RescaleIntercept = intercept
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    return write

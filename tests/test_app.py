@@ -22,8 +22,6 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 import cxrlearn
 import cxrlearn.cli as cli
@@ -140,24 +138,8 @@ def test_jpeg_matches_eager_pipeline(clients, model, xrays, tmp_path, kind):
     _check_answer(answer, _oracle(model, load_image(jpeg)), ATOL[kind])
 
 
-def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2",
-                slope: float = 1.0, intercept: float = 0.0) -> Path:
-    """A single-frame 12-bit DICOM Part 10 file (explicit VR little endian)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.Modality = "CR"
-    ds.set_pixel_data(stored.astype(np.uint16), photometric, 12)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 @pytest.mark.parametrize("kind", ["checkpoint", "export"])
-def test_dicom_matches_eager_pipeline(clients, model, xrays, tmp_path, kind):
+def test_dicom_matches_eager_pipeline(clients, model, xrays, tmp_path, kind, write_dicom):
     grey = np.asarray(Image.open(xrays[0]).convert("L"), dtype=np.uint16)
     # MONOCHROME1 with a rescale: the reader must invert and rescale, as load_dicom does.
     dcm = write_dicom(tmp_path / "scan.dcm", (255 - grey) * 16, "MONOCHROME1", 0.5, -100.0)

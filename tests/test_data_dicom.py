@@ -8,7 +8,6 @@ then 1 - x for MONOCHROME1.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,34 +17,6 @@ from cxrlearn.data.dicom import is_dicom_file, load_dicom, rescale_dicom_pixels
 from cxrlearn.errors import CxrlearnError
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage  # noqa: E402
-
-
-def write_dicom(
-    path: Path,
-    stored: np.ndarray,
-    photometric: str = "MONOCHROME2",
-    slope: float | None = None,
-    intercept: float | None = None,
-    bits: int = 12,
-) -> Path:
-    """A minimal single-frame DICOM Part 10 file (explicit VR little endian)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.Modality = "CR"
-    dtype = np.uint8 if bits <= 8 else np.uint16
-    ds.set_pixel_data(stored.astype(dtype), photometric, bits)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    if slope is not None:
-        ds.RescaleSlope = slope
-    if intercept is not None:
-        ds.RescaleIntercept = intercept
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def _minmax(v: np.ndarray) -> np.ndarray:
@@ -64,7 +35,7 @@ def test_rescale_by_hand():
     assert stored.tolist() == [[0, 10], [20, 40]]  # input untouched
 
 
-def test_monochrome2_with_slope_and_intercept(tmp_path):
+def test_monochrome2_with_slope_and_intercept(tmp_path, write_dicom):
     rng = np.random.default_rng(0)
     stored = rng.integers(0, 4096, size=(24, 30))
     path = write_dicom(tmp_path / "a.dcm", stored, slope=0.5, intercept=-1024)
@@ -73,7 +44,7 @@ def test_monochrome2_with_slope_and_intercept(tmp_path):
     np.testing.assert_allclose(got, _minmax(stored * 0.5 - 1024), atol=1e-6)
 
 
-def test_monochrome1_is_inverted(tmp_path):
+def test_monochrome1_is_inverted(tmp_path, write_dicom):
     rng = np.random.default_rng(1)
     v = rng.integers(0, 4096, size=(16, 16))
     mono2 = load_dicom(write_dicom(tmp_path / "m2.dcm", v, "MONOCHROME2"))
@@ -83,14 +54,14 @@ def test_monochrome1_is_inverted(tmp_path):
     np.testing.assert_allclose(mono2, _minmax(v), atol=1e-6)
 
 
-def test_an_8_bit_xray_reads_like_its_png(tmp_path):
+def test_an_8_bit_xray_reads_like_its_png(tmp_path, write_dicom):
     png = sorted((sample_root() / "Normal").glob("*.png"))[0]
     u8 = np.round(load_image(png) * 255).astype(np.uint8)
     got = load_dicom(write_dicom(tmp_path / "x.dcm", u8, bits=8))
     np.testing.assert_allclose(got, _minmax(u8), atol=1e-6)
 
 
-def test_is_dicom_file(tmp_path):
+def test_is_dicom_file(tmp_path, write_dicom):
     path = write_dicom(tmp_path / "no_suffix", np.zeros((4, 4)))
     assert is_dicom_file(path)  # the "DICM" magic at byte 128
     assert is_dicom_file(tmp_path / "scan.DCM")  # the name is enough
@@ -98,7 +69,7 @@ def test_is_dicom_file(tmp_path):
     assert not is_dicom_file(tmp_path / "x.png")
 
 
-def test_errors_name_the_file(tmp_path):
+def test_errors_name_the_file(tmp_path, write_dicom):
     (tmp_path / "fake.dcm").write_text("not dicom at all")
     with pytest.raises(CxrlearnError, match=r"fake\.dcm: not a DICOM file"):
         load_dicom(tmp_path / "fake.dcm")
@@ -125,7 +96,7 @@ def test_errors_name_the_file(tmp_path):
         load_dicom(write_dicom(tmp_path / "big.dcm", np.zeros((8, 8))), max_pixels=63)
 
 
-def test_missing_pydicom_is_a_clear_error(tmp_path, monkeypatch):
+def test_missing_pydicom_is_a_clear_error(tmp_path, monkeypatch, write_dicom):
     path = write_dicom(tmp_path / "a.dcm", np.zeros((4, 4)))
     monkeypatch.setitem(sys.modules, "pydicom", None)  # makes `import pydicom` fail
     with pytest.raises(CxrlearnError, match=r"a\.dcm: reading DICOM needs pydicom"):
