@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,13 @@ from cxrlearn.device import select_device
 from cxrlearn.metrics import classification_report
 from cxrlearn.schedule import scaled_side, size_fraction
 from cxrlearn.uncertainty import report_intervals
+
+
+def _train(args: list[str]) -> None:
+    """`cxrlearn train ARGS`; its error was printed, so stop with its exit status."""
+    rc = cli_main(["train", *args])
+    if rc != 0:
+        sys.exit(rc)
 
 
 def epochs_in_budget(probe: Path, probe_s: float, budget_s: float) -> tuple[int, float]:
@@ -61,9 +69,9 @@ def epochs_in_budget(probe: Path, probe_s: float, budget_s: float) -> tuple[int,
     setup_s = max(0.0, probe_s - sum(secs) - val_total)
 
     def predicted(n: int) -> float:
-        sides = [scaled_side(full, size_fraction(e, n, start)) for e in range(n)]
+        plan = [scaled_side(full, size_fraction(e, n, start)) for e in range(n)]
         # validation runs at the size just trained at (calibration at full size)
-        return setup_s + val_s + sum(a + b * s**2 + val_s * (s / full) ** 2 for s in sides)
+        return setup_s + val_s + sum(a + b * s**2 + val_s * (s / full) ** 2 for s in plan)
 
     # Epoch times drift by about 7% between the probe and the run on a 2-core machine (an idle
     # run of 15 epochs predicted at 19.8 min took 21.2): plan for 93% of the budget.
@@ -89,8 +97,8 @@ def main() -> None:
     # full size), to know how many epochs fit in the budget
     probe = out / "probe"
     t = time.perf_counter()
-    cli_main(["train", "--data", str(args.data), "--out", str(probe), "--epochs", "3",
-              "--image-size", str(args.image_size), "--seed", str(args.seed), *args.extra])
+    _train(["--data", str(args.data), "--out", str(probe), "--epochs", "3",
+            "--image-size", str(args.image_size), "--seed", str(args.seed), *args.extra])
     probe_s = time.perf_counter() - t
     epochs, predicted_s = epochs_in_budget(probe, probe_s, args.minutes * 60)
     console.print(f"probe: 3 epochs in {probe_s:.0f} s; training {epochs} epochs, "
@@ -99,8 +107,8 @@ def main() -> None:
     # 2. the real run
     run_dir = out / "run"
     t = time.perf_counter()
-    cli_main(["train", "--data", str(args.data), "--out", str(run_dir), "--epochs", str(epochs),
-              "--image-size", str(args.image_size), "--seed", str(args.seed), *args.extra])
+    _train(["--data", str(args.data), "--out", str(run_dir), "--epochs", str(epochs),
+            "--image-size", str(args.image_size), "--seed", str(args.seed), *args.extra])
     minutes = (time.perf_counter() - t) / 60
 
     # 3. open the test split once
@@ -116,10 +124,7 @@ def main() -> None:
         table.add_column(col, justify="right")
     lo, hi = iv["accuracy"]
     flo, fhi = iv["macro avg"]["f1-score"]
-    with (run_dir / "history.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    full = max(int(r["image_size"]) for r in rows)  # best.pt is chosen among these epochs
-    best_val = max(float(r["val_macro_f1"]) for r in rows if int(r["image_size"]) == full)
+    best_val = run.ckpt["history"][run.ckpt["epoch"] - 1]["val_macro_f1"]  # best.pt's epoch
     table.add_row(str(epochs), f"{minutes:.1f}", f"{best_val:.3f}", str(len(y)),
                   f"{rep['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
                   f"{rep['macro avg']['f1-score']:.3f} [{flo:.3f}, {fhi:.3f}]")

@@ -24,7 +24,7 @@ from rich.table import Table
 from cxrlearn import distributed
 from cxrlearn.calibration import fit_temperature
 from cxrlearn.cli.progress import progress_bar
-from cxrlearn.cli.runs import logits_of, open_run, split_dataset
+from cxrlearn.cli.runs import Run, logits_of, open_run, split_dataset
 from cxrlearn.curves import plot_history
 from cxrlearn.data import (
     CLASS_NAMES,
@@ -242,9 +242,8 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
         if not env.is_main:
             return TrainedRun(out, scan.class_names, rows, history, scan.root)
     _write_history(out, history)
-    _calibrate(out, device, console)
-    full = max(r["image_size"] for r in history)  # only full-size epochs compete for best.pt
-    best = max((r for r in history if r["image_size"] == full), key=lambda r: r["val_macro_f1"])
+    best_ckpt = _calibrate(out, device, console).ckpt
+    best = best_ckpt["history"][best_ckpt["epoch"] - 1]  # the epoch fit chose for best.pt
     console.print(f"best validation macro-F1 {best['val_macro_f1']:.3f} at epoch "
                   f"{best['epoch']}; run folder: [bold]{out}[/]")
     return TrainedRun(out, scan.class_names, rows, history, scan.root)
@@ -278,8 +277,8 @@ def _fit_with_progress(model, train_data, val_data, config, device, scan, out, r
                    on_epoch=on_epoch if main_rank else None, dist_env=env)
 
 
-def _calibrate(out: Path, device, console: Console) -> None:
-    """Fit the temperature on the validation split and store it in best.pt.
+def _calibrate(out: Path, device, console: Console) -> Run:
+    """Fit the temperature on the validation split and store it in best.pt; return that run.
 
     Validation, because the test split stays closed; see `cxrlearn.calibration`.
     """
@@ -288,6 +287,7 @@ def _calibrate(out: Path, device, console: Console) -> None:
     temperature = fit_temperature(logits, y)
     run.save_temperature(temperature)
     console.print(f"temperature fitted on the validation split: T = {temperature:.2f}")
+    return run
 
 
 def _write_history(out: Path, history: list[dict[str, float]]) -> None:
