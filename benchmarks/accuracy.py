@@ -64,8 +64,9 @@ def epochs_in_budget(probe: Path, probe_s: float, budget_s: float) -> tuple[int,
     val_s = time.perf_counter() - t
     config = json.loads((probe / "config.json").read_text())
     start, full = config["train"]["progressive_resize"], config["preprocess"]["image_size"]
-    # validations at each epoch's size, and the calibration at full size
-    val_total = val_s * (1 + sum((s / full) ** 2 for s in sides))
+    # validations at each epoch's size, and the calibration at full size (two passes with
+    # flip averaging)
+    val_total = val_s * ((2 if run.flip_average else 1) + sum((s / full) ** 2 for s in sides))
     setup_s = max(0.0, probe_s - sum(secs) - val_total)
 
     def predicted(n: int) -> float:
@@ -113,7 +114,8 @@ def main() -> None:
 
     # 3. open the test split once
     run = open_run(run_dir)
-    logits, y = logits_of(run.model, split_dataset(run, "test"), select_device())
+    logits, y = logits_of(run.model, split_dataset(run, "test"), select_device(),
+                          flip_average=run.flip_average)
     y_pred = torch.argmax(logits, dim=1).numpy()
     rep = classification_report(y.numpy(), y_pred, list(run.class_names))
     iv = report_intervals(y.numpy(), y_pred, list(run.class_names), seed=0)

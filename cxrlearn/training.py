@@ -50,6 +50,7 @@ from cxrlearn.distributed import (
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.schedule import SCHEDULES, lr_factor, scaled_side, size_fraction
 from cxrlearn.seeding import rng_state, seed_everything, set_rng_state
+from cxrlearn.tta import flip_averaged_logits
 
 __all__ = [
     "TrainConfig",
@@ -287,10 +288,13 @@ def train_one_epoch(
 def predict(
     model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False,
     on_batch: Callable[[int], None] | None = None, image_scale: float = 1.0,
+    flip_average: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Logits and targets for every image of `loader`, in order, with the model in eval mode.
 
     `image_scale` below 1 shrinks the images first (`resize_batch`), as in training.
+    `flip_average` averages the logits of each image and its mirror image
+    (`cxrlearn.tta.flip_averaged_logits`).
 
     Shape:
         -> logits (N, K) float32 on the CPU, y (N,)
@@ -300,7 +304,8 @@ def predict(
     all_logits, all_y = [], []
     for x, y in loader:
         x = resize_batch(x.to(device), image_scale).contiguous(memory_format=memory_format)
-        all_logits.append(model(x).float().cpu())
+        logits = flip_averaged_logits(model, x) if flip_average else model(x)
+        all_logits.append(logits.float().cpu())
         all_y.append(torch.as_tensor(y))
         if on_batch is not None:
             on_batch(len(y))

@@ -19,10 +19,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from cxrlearn.checkpoint import load_checkpoint
 from cxrlearn.cli import main
+from cxrlearn.cli.runs import open_run, split_dataset
 from cxrlearn.data import CLASS_NAMES, read_manifest, sample_root
 from cxrlearn.metrics import UndefinedMetricWarning, classification_report
 from cxrlearn.uncertainty import wilson_interval
@@ -148,6 +150,22 @@ def test_predictions_csv_has_one_row_per_test_image(evaluated):
         top = max(probs)
         if probs.count(top) == 1:  # written with 6 decimals, near-ties may round together
             assert r["predicted"] == CLASS_NAMES[probs.index(top)]
+
+
+def test_probabilities_are_flip_averaged_as_the_run_says(evaluated):
+    """`train` stores flip averaging by default; evaluate's probabilities are its average."""
+    run = open_run(evaluated["run"])
+    assert run.flip_average
+    data = split_dataset(run, "test")
+    x = torch.stack([data[i][0] for i in range(len(data))])  # (N, C, S, S)
+    with torch.no_grad():
+        logits = (run.model(x) + run.model(x.flip(-1))) / 2
+    want = torch.softmax(logits / run.temperature, dim=1)
+    _, rows = _predictions(evaluated["run"])
+    by_path = {Path(r["path"]).resolve(): r for r in rows}
+    for path, probs in zip(data.paths, want, strict=True):
+        got = [float(by_path[Path(path).resolve()][f"p_{n}"]) for n in CLASS_NAMES]
+        assert got == pytest.approx(probs.tolist(), abs=2e-6)  # 6 decimals in the CSV
 
 
 def test_plots_are_written_as_png(evaluated):

@@ -43,6 +43,7 @@ def test_train_writes_a_complete_run_folder(tmp_path, data, capsys):
     assert config["preprocess"]["image_size"] == 32
     assert config["train"]["num_epochs"] == 2
     assert config["train"]["progressive_resize"] == 0.5 and config["augment"] == "flip"
+    assert config["preprocess"]["flip_average"] is True  # test-time flip averaging
     last = load_checkpoint(out / "last.pt", classes)
     assert last["epoch"] == 2
     model = model_from_checkpoint(last)
@@ -55,12 +56,14 @@ def test_train_options_for_size_and_augmentation(tmp_path, data, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "2",
                "--cache-dir", str(tmp_path / "cache"), "--progressive-resize", "1",
-               "--augment", "flip+affine", *FAST])
+               "--augment", "flip+affine", "--tta", "none", *FAST])
     assert rc == 0
     with (out / "history.csv").open() as f:
         assert [int(r["image_size"]) for r in csv.DictReader(f)] == [32, 32]
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["progressive_resize"] == 1.0 and config["augment"] == "flip+affine"
+    assert config["preprocess"]["flip_average"] is False
+    assert load_checkpoint(out / "best.pt")["meta"]["preprocess"]["flip_average"] is False
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--data", str(data), "--out", str(tmp_path / "bad"),

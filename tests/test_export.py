@@ -59,11 +59,12 @@ def _model(seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def _checkpoint(path: Path, model: torch.nn.Module, **extra) -> Path:
+def _checkpoint(path: Path, model: torch.nn.Module, preprocess: Preprocess = PREPROCESS,
+                **extra) -> Path:
     return save_checkpoint(path, {
         "model": model.state_dict(), "class_names": CLASSES, "epoch": 1,
         "meta": {"arch": {"name": "resnet18", "num_classes": 4, "in_channels": 3},
-                 "preprocess": PREPROCESS.to_dict()},
+                 "preprocess": preprocess.to_dict()},
         **extra,
     })
 
@@ -286,6 +287,20 @@ def test_checkpoint_temperature_is_exported(model, tmp_path):
     torch.testing.assert_close(got, _python_pipeline(model, image, 2.5)[None],
                                rtol=0, atol=1e-6)
     assert not torch.allclose(got, _python_pipeline(model, image, 1.0)[None], atol=1e-3)
+
+
+def test_flip_average_travels_from_checkpoint_to_file(model, tmp_path):
+    """A checkpoint that averages over mirror images exports a file that does the same."""
+    ckpt = _checkpoint(tmp_path / "flip.pt", model, Preprocess(SIZE, flip_average=True))
+    image = sample_check_images()[1]
+    result = export_torchscript(ckpt, tmp_path / "m.pt", check_images=[image])
+    assert result.metadata.preprocess.flip_average is True
+    x = eval_transform(3)(prepare(image, SIZE).to(torch.float32) / 255.0)[None]
+    with torch.no_grad():
+        want = torch.softmax((model(x) + model(x.flip(-1))) / 2, dim=1)
+    got = load_exported(result.path)(torch.from_numpy(image))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert not torch.allclose(got, _python_pipeline(model, image)[None], atol=1e-4)
 
 
 def test_failed_parity_check_writes_nothing(model, tmp_path, monkeypatch):

@@ -93,7 +93,8 @@ def evaluate_run(run: Run, split: str, out: Path, device: torch.device, console:
     with progress_bar(console) as progress:
         task = progress.add_task(f"predicting {split}", total=len(data))
         logits, y = logits_of(run.model, data, device, batch_size,
-                              on_batch=lambda n: progress.advance(task, n))
+                              on_batch=lambda n: progress.advance(task, n),
+                              flip_average=run.flip_average)
     probs_raw = torch.softmax(logits, dim=1).numpy()
     probs = torch.softmax(apply_temperature(logits, run.temperature), dim=1).numpy()
     y_true = y.numpy()

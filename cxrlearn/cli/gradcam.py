@@ -4,7 +4,9 @@ For each X-ray: preprocess it exactly as training and evaluation did (the checkp
 `meta["preprocess"]`), predict, compute the Grad-CAM map of the predicted class (or of
 `--target`), and write a three-panel PNG: the image the network saw, the map, the overlay.
 The probability in the title and the table is calibrated with the checkpoint's
-temperature when it has one (see `cxrlearn.calibration`).
+temperature when it has one (see `cxrlearn.calibration`), and averaged over the image and
+its mirror image when the checkpoint says so (`cxrlearn.tta`); the map explains the pass
+over the image as it is.
 
 A map is a question to ask of the model, not an answer: heat on a shoulder, a text marker
 or the edge of the film means the model may have learned a shortcut. See
@@ -32,6 +34,7 @@ from cxrlearn.device import select_device
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.gradcam import GradCAM, gradcam_figure
 from cxrlearn.transforms import eval_transform, prepare
+from cxrlearn.tta import flip_averaged_logits
 
 __all__ = ["add_parser", "load_for_gradcam", "write_overlays"]
 
@@ -145,8 +148,9 @@ def write_overlays(
             else:
                 prepared = prepare(image, pre["image_size"], pre["low"], pre["high"])
                 x = transform(prepared.float() / 255.0)[None].to(device)  # (1, C, S, S)
-                with torch.no_grad():
-                    logits = model(x).float().cpu()  # (1, K)
+                with torch.no_grad():  # flip-averaged if the model is, as in predict
+                    logits = (flip_averaged_logits(model, x) if pre.get("flip_average", False)
+                              else model(x)).float().cpu()  # (1, K)
                 probs = torch.softmax(apply_temperature(logits, temperature), dim=1)[0]  # (K,)
                 predicted = int(probs.argmax())
                 explained = predicted if target_index is None else target_index

@@ -44,9 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _write_gradcam(cam: GradCAM, image: np.ndarray, preprocess: Preprocess, out: Path) -> None:
+def _write_gradcam(cam: GradCAM, image: np.ndarray, preprocess: Preprocess, target: int,
+                   out: Path) -> None:
     x = eager_input(image, preprocess)[None]  # (1, C, S, S)
-    result = cam(x)  # explains the predicted class
+    # The class the table reports (flip-averaged, if the model is); the map explains the
+    # network's pass over the image as it is.
+    result = cam(x, target)
     shown = prepare(image, preprocess.image_size, preprocess.low, preprocess.high)  # (1, S, S)
     Image.fromarray(overlay(shown[0].numpy(), result.cams[0])).save(out)
 
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                    "probabilities": dict(zip(predictor.class_names, probs, strict=True))}
             if cam is not None and predictor.preprocess is not None:
                 name = _unique(f"{path.stem}_gradcam.png", used_names)
-                _write_gradcam(cam, image, predictor.preprocess, gradcam_dir / name)
+                _write_gradcam(cam, image, predictor.preprocess, best, gradcam_dir / name)
                 row["gradcam"] = str(gradcam_dir / name)
             results.append(row)
 

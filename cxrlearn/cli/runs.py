@@ -36,6 +36,11 @@ class Run:
         return self.ckpt["meta"]["preprocess"]
 
     @property
+    def flip_average(self) -> bool:
+        """Whether predictions average the image and its mirror image (`cxrlearn.tta`)."""
+        return bool(self.preprocess.get("flip_average", False))
+
+    @property
     def temperature(self) -> float:
         return float(self.ckpt.get("temperature", 1.0))
 
@@ -78,7 +83,9 @@ def split_dataset(run: Run, split: str, cache_dir: Path | None = None) -> XrayDa
 
 
 def logits_of(model: nn.Module, data: XrayDataset, device: torch.device,
-              batch_size: int = 64, on_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits `(N, K)` and labels `(N,)` of a dataset, in order."""
+              batch_size: int = 64, on_batch=None,
+              flip_average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `(N, K)` and labels `(N,)` of a dataset, in order (see `training.predict`)."""
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    return predict(model.to(device), loader, device, on_batch=on_batch)
+    return predict(model.to(device), loader, device, on_batch=on_batch,
+                   flip_average=flip_average)

@@ -91,6 +91,10 @@ def add_train_arguments(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--augment", choices=AUGMENTS, default="flip",
                    help="training augmentation: random left-right flip (flip), plus small "
                         "rotation, zoom and shift (flip+affine)")
+    p.add_argument("--tta", choices=("flip", "none"), default="flip",
+                   help="test-time augmentation stored with the model: average the logits of "
+                        "each image and its mirror image (flip) when evaluating, predicting "
+                        "and exporting")
     p.add_argument("--pretrained", default="none",
                    help="'none' (from scratch), 'imagenet' (download torchvision's weights) "
                         "or a path to a .pth file in torchvision's format")
@@ -195,7 +199,8 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
         "arch": {"name": "resnet18", "num_classes": len(scan.class_names),
                  "in_channels": args.channels},
         "preprocess": {"image_size": args.image_size, "low": 2.0, "high": 98.0,
-                       "channels": args.channels, "mean": list(mean), "std": list(std)},
+                       "channels": args.channels, "mean": list(mean), "std": list(std),
+                       "flip_average": args.tta == "flip"},
         "data_root": str(scan.root.resolve()),
     }
     if env is None or env.is_main:
@@ -283,7 +288,8 @@ def _calibrate(out: Path, device, console: Console) -> Run:
     Validation, because the test split stays closed; see `cxrlearn.calibration`.
     """
     run = open_run(out)
-    logits, y = logits_of(run.model, split_dataset(run, "val"), device)
+    logits, y = logits_of(run.model, split_dataset(run, "val"), device,
+                          flip_average=run.flip_average)
     temperature = fit_temperature(logits, y)
     run.save_temperature(temperature)
     console.print(f"temperature fitted on the validation split: T = {temperature:.2f}")

@@ -46,7 +46,7 @@ class ExportMetadata:
     Attributes:
         file_format: `"torchscript"`, `"lite"` or `"export"` (a `torch.export` program).
         class_names: Column order of the probabilities.
-        preprocess: Image size, stretch percentiles, channels, mean and std.
+        preprocess: Image size, stretch percentiles, channels, mean and std, flip averaging.
         temperature: T the logits are divided by (1.0 when the model is not calibrated).
         weights_sha256: `weights_sha256` of the network's state dict.
         input_size: (H, W) the file accepts, or None when any size works.

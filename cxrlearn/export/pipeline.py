@@ -28,6 +28,7 @@ from cxrlearn.contrast import stretch_contrast_tensor
 from cxrlearn.transforms import IMAGENET_MEAN, IMAGENET_STD, Compose, Normalize, ToChannels
 from cxrlearn.transforms import prepare as prepare_image
 from cxrlearn.transforms import resize as resize_image
+from cxrlearn.tta import flip_averaged_logits
 
 __all__ = [
     "Preprocess",
@@ -50,6 +51,9 @@ class Preprocess:
         channels: 3 (grey repeated, ImageNet layout) or 1.
         mean: Per-channel mean subtracted after scaling to [0, 1]; one value per channel.
         std: Per-channel standard deviation divided by.
+        flip_average: Average the logits of the image and of its mirror image
+            (test-time augmentation, `cxrlearn.tta`). Not preprocessing strictly, but a
+            setting of the pipeline the model was evaluated with, so it travels with it.
     """
 
     image_size: int
@@ -58,6 +62,7 @@ class Preprocess:
     channels: int = 3
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    flip_average: bool = False
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -74,7 +79,8 @@ class Preprocess:
         return cls(image_size=int(d["image_size"]), low=float(d.get("low", 2.0)),
                    high=float(d.get("high", 98.0)), channels=int(d.get("channels", 3)),
                    mean=tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),
-                   std=tuple(float(v) for v in d.get("std", IMAGENET_STD)))
+                   std=tuple(float(v) for v in d.get("std", IMAGENET_STD)),
+                   flip_average=bool(d.get("flip_average", False)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: tuples become lists."""
@@ -91,7 +97,8 @@ class EndToEndModel(nn.Module):
         x = resize(x, S)                    bilinear, antialiased
         x = round(255 x) / 255              the 8-bit rounding of `transforms.prepare`
         x = (repeat(x, C) - mean) / std
-        probs = softmax(model(x) / T)
+        logits = model(x), or (model(x) + model(mirror(x))) / 2 with flip_average
+        probs = softmax(logits / T)
 
     Every step is written with operations TorchScript and `torch.export` understand, and
     every attribute has a type TorchScript can infer (int, float, Tensor), which is what
@@ -119,6 +126,7 @@ class EndToEndModel(nn.Module):
         self.low = float(preprocess.low)
         self.high = float(preprocess.high)
         self.channels = int(preprocess.channels)
+        self.flip_average = bool(preprocess.flip_average)
         self.temperature = float(temperature)
         # Buffers, not parameters: saved in the file, never trained.
         c = preprocess.channels
@@ -157,7 +165,10 @@ class EndToEndModel(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, image: Tensor) -> Tensor:
-        logits = self.model(self.preprocess(image))  # (B, K)
+        x = self.preprocess(image)  # (B, C, S, S)
+        logits = self.model(x)  # (B, K)
+        if self.flip_average:  # cxrlearn.tta.flip_averaged_logits, written out for TorchScript
+            logits = (logits + self.model(torch.flip(x, dims=[-1]))) / 2
         return torch.softmax(logits / self.temperature, dim=1)
 
 
@@ -200,6 +211,8 @@ def eager_probs(
 ) -> Tensor:
     """Class probabilities the plain Python way: `eager_input`, the model, T, softmax.
 
+    With `preprocess.flip_average` the logits are `cxrlearn.tta.flip_averaged_logits`.
+
     This is the reference an exported file must match. The model runs in eval mode and
     is put back in the mode it was in.
 
@@ -220,7 +233,9 @@ def eager_probs(
     try:
         device = next(model.parameters()).device
         x = torch.stack([eager_input(im, preprocess) for im in images])  # (N, C, S, S)
-        logits = model(x.to(device)).float().cpu()  # (N, K)
+        x = x.to(device)
+        logits = flip_averaged_logits(model, x) if preprocess.flip_average else model(x)
+        logits = logits.float().cpu()  # (N, K)
     finally:
         model.train(was_training)
     return torch.softmax(logits / temperature, dim=1)
