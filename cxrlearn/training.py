@@ -86,11 +86,14 @@ class TrainConfig:
         class_weighted: Weight the loss by inverse class frequency (for imbalanced data).
         amp: Mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU/MPS.
         channels_last: Store activations as NHWC, faster on recent GPUs and some CPUs.
-        progressive_resize: Progressive resizing: the first half of the run trains on images
-            scaled to this share of their side, then the size grows to full by three quarters
-            of the run (`cxrlearn.schedule.size_fraction`). 1.0 switches it off. Validation
+        progressive_resize: Progressive resizing: the first `resize_hold` of the run trains on
+            images scaled to this share of their side, then the size grows to full by
+            `resize_full_from` of the run (`cxrlearn.schedule.size_fraction`). 1.0 switches
+            it off. Validation
             runs at the size just trained at; only full-size epochs compete for `best.pt` and
             count towards `patience`.
+        resize_hold: With progressive resizing, the share of the run at the smallest size.
+        resize_full_from: ... and the share of the run after which it trains at full size.
         patience: Stop after this many epochs without a better validation score (None: never).
         select_by: `"macro_f1"` (higher is better) or `"val_loss"` (lower is better).
         seed: Seed of initialisation-independent randomness: shuffling and augmentation.
@@ -110,6 +113,8 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = False
     progressive_resize: float = 1.0
+    resize_hold: float = 0.5
+    resize_full_from: float = 0.75
     patience: int | None = None
     select_by: str = "macro_f1"
     seed: int = 0
@@ -126,6 +131,9 @@ class TrainConfig:
             raise ValueError("num_epochs, batch_size and lr must be positive")
         if not 0 < self.progressive_resize <= 1:
             raise ValueError(f"progressive_resize must be in (0, 1], got {self.progressive_resize}")
+        if not 0 <= self.resize_hold <= self.resize_full_from <= 1:
+            raise ValueError("need 0 <= resize_hold <= resize_full_from <= 1, got "
+                             f"{self.resize_hold}, {self.resize_full_from}")
 
 
 class TrainingDiverged(CxrlearnError):
@@ -457,7 +465,8 @@ def fit(
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        scale = size_fraction(epoch, config.num_epochs, config.progressive_resize)
+        scale = size_fraction(epoch, config.num_epochs, config.progressive_resize,
+                              config.resize_hold, config.resize_full_from)
         try:
             tr = train_one_epoch(
                 train_model, _loader(train_data, config, epoch, dist_env), loss_fn, optimizer,

@@ -37,13 +37,15 @@ def test_train_writes_a_complete_run_folder(tmp_path, data, capsys):
     with (out / "history.csv").open() as f:
         history = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in history] == [1, 2]
-    # the defaults: progressive resizing from half the side, the last epoch at full size
-    assert [int(r["image_size"]) for r in history] == [16, 32]
+    # the defaults: progressive resizing from 3/4 of the side (24 px, rounded to a multiple
+    # of 16: 32), so at 32 px both epochs are at full size
+    assert [int(r["image_size"]) for r in history] == [32, 32]
     config = json.loads((out / "config.json").read_text())
     assert config["preprocess"]["image_size"] == 32
     assert config["train"]["num_epochs"] == 2
-    assert config["train"]["progressive_resize"] == 0.5 and config["augment"] == "flip"
-    assert config["preprocess"]["flip_average"] is True  # test-time flip averaging
+    assert config["train"]["progressive_resize"] == 0.75 and config["augment"] == "flip"
+    assert (config["train"]["resize_hold"], config["train"]["resize_full_from"]) == (0.7, 0.8)
+    assert config["preprocess"]["flip_average"] is False  # no test-time flip averaging
     last = load_checkpoint(out / "last.pt", classes)
     assert last["epoch"] == 2
     model = model_from_checkpoint(last)
@@ -56,20 +58,36 @@ def test_train_options_for_size_and_augmentation(tmp_path, data, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "2",
                "--cache-dir", str(tmp_path / "cache"), "--progressive-resize", "1",
-               "--augment", "flip+affine", "--tta", "none", *FAST])
+               "--augment", "flip+affine", "--tta", "flip", *FAST])
     assert rc == 0
     with (out / "history.csv").open() as f:
         assert [int(r["image_size"]) for r in csv.DictReader(f)] == [32, 32]
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["progressive_resize"] == 1.0 and config["augment"] == "flip+affine"
-    assert config["preprocess"]["flip_average"] is False
-    assert load_checkpoint(out / "best.pt")["meta"]["preprocess"]["flip_average"] is False
+    assert config["preprocess"]["flip_average"] is True
+    assert load_checkpoint(out / "best.pt")["meta"]["preprocess"]["flip_average"] is True
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--data", str(data), "--out", str(tmp_path / "bad"),
               "--progressive-resize", "1.5"])
     assert exit_info.value.code != 0
     assert "--progressive-resize: must be in (0, 1], got 1.5" in capsys.readouterr().err
+
+    # hold and full-from: recorded when given, and a one-line error when they contradict
+    out = tmp_path / "schedule"
+    rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "3",
+               "--cache-dir", str(tmp_path / "cache"), "--progressive-resize", "0.5",
+               "--resize-hold", "0.6", "--resize-full-from", "0.9", *FAST])
+    assert rc == 0
+    with (out / "history.csv").open() as f:  # hold until 1.8, full at 2: 16, 16, 32
+        assert [int(r["image_size"]) for r in csv.DictReader(f)] == [16, 16, 32]
+    capsys.readouterr()
+    bad = tmp_path / "bad-schedule"
+    assert main(["train", "--data", str(data), "--out", str(bad), "--resize-hold", "0.9",
+                 "--resize-full-from", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "resize_hold <= resize_full_from" in err and not bad.exists()
 
 
 def test_train_refuses_to_overwrite_and_resumes(tmp_path, data, capsys):

@@ -134,6 +134,16 @@ def test_progressive_resizing_trains_small_first_and_full_size_at_the_end(tmp_pa
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 6
 
 
+def test_progressive_resizing_follows_the_configured_hold_and_full_from(tmp_path):
+    # 5 epochs from 0.5, hold 0.6 (epochs 0-2), full from 0.8 (epoch 4): epoch 3 is
+    # 0.5 + 0.5 * (3 - 3) / (4 - 3) = 0.5, so only the last epoch is at full size
+    _, history = _run(None, num_epochs=5, size=64, progressive_resize=0.5, resize_hold=0.6,
+                      resize_full_from=0.8)
+    assert [r["image_size"] for r in history] == [32, 32, 32, 32, 64]
+    with pytest.raises(ValueError, match="resize_hold"):
+        TrainConfig(resize_hold=0.9, resize_full_from=0.5)
+
+
 def test_progressive_epochs_validate_small_and_never_become_best(tmp_path, monkeypatch):
     import cxrlearn.training as training
 

@@ -84,17 +84,23 @@ def add_train_arguments(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument("--epochs", type=int, default=epochs, help=f"training epochs ({epochs})")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="peak learning rate")
-    p.add_argument("--progressive-resize", type=_fraction, default=0.5,
+    p.add_argument("--progressive-resize", type=_fraction, default=0.75,
                    metavar="FRACTION",
-                   help="train the first half of the run at this share of --image-size, "
-                        "growing to full size by 3/4 of the run (0.5; 1: off)")
+                   help="train the first part of the run (--resize-hold) at this share of "
+                        "--image-size, growing to full size by --resize-full-from (0.75; "
+                        "1: off)")
+    p.add_argument("--resize-hold", type=_fraction, default=0.7, metavar="SHARE",
+                   help="share of the epochs at the smallest size (0.7)")
+    p.add_argument("--resize-full-from", type=_fraction, default=0.8, metavar="SHARE",
+                   help="share of the epochs after which training is at full size (0.8)")
     p.add_argument("--augment", choices=AUGMENTS, default="flip",
                    help="training augmentation: random left-right flip (flip), plus small "
                         "rotation, zoom and shift (flip+affine)")
-    p.add_argument("--tta", choices=("flip", "none"), default="flip",
-                   help="test-time augmentation stored with the model: average the logits of "
-                        "each image and its mirror image (flip) when evaluating, predicting "
-                        "and exporting")
+    p.add_argument("--tta", choices=("flip", "none"), default="none",
+                   help="test-time augmentation stored with the model: flip averages the "
+                        "logits of each image and its mirror image when evaluating, "
+                        "predicting and exporting (default none: it did not help the "
+                        "default recipe on validation)")
     p.add_argument("--pretrained", default="none",
                    help="'none' (from scratch), 'imagenet' (download torchvision's weights) "
                         "or a path to a .pth file in torchvision's format")
@@ -180,6 +186,14 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
                       " per process; the learning rate is for the global batch, so it is "
                       "not rescaled")
     console.print(f"device: [bold]{describe_device(device)}[/]")
+    try:
+        config = TrainConfig(num_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             class_weighted=args.class_weighted, patience=args.patience,
+                             progressive_resize=args.progressive_resize,
+                             resize_hold=args.resize_hold, resize_full_from=args.resize_full_from,
+                             seed=args.seed, num_workers=args.num_workers)
+    except ValueError as e:  # e.g. --resize-hold above --resize-full-from
+        raise CxrlearnError(f"bad training settings: {e}") from None
     scan = scan_folder(data_root, getattr(args, "classes", None))
     for entry in scan.unknown:
         console.print(f"[yellow]warning:[/] {entry}: not a class folder, ignored")
@@ -190,10 +204,6 @@ def train_run(args: argparse.Namespace, console: Console, out: Path, resume: boo
     if env is not None and not env.is_main:
         rows = read_manifest(out / "manifest.csv", scan.root, scan.class_names)
 
-    config = TrainConfig(num_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         class_weighted=args.class_weighted, patience=args.patience,
-                         progressive_resize=args.progressive_resize,
-                         seed=args.seed, num_workers=args.num_workers)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if args.channels == 3 else (GREY_MEAN, GREY_STD)
     meta = {
         "arch": {"name": "resnet18", "num_classes": len(scan.class_names),
