@@ -11,10 +11,12 @@ the loss, temperature scaling in `cxrlearn.calibration`) works on it unchanged. 
 flip-averaged network gives the same answer for an image and its mirror image, whatever
 its weights: that is the property the tests check.
 
-`cxrlearn train` stores the choice with the model (`meta.preprocess.flip_average`, on by
-default, `--tta none` to switch it off), so that `cxrlearn evaluate`, `predict`, `export`
-and the app all report the same predictions. On the pool benchmark it added 0.5 to 1.8
-points of validation macro-F1 to each of five trained networks (`benchmarks/README.md`).
+`cxrlearn train --tta flip` stores the choice with the model (`meta.preprocess.flip_average`),
+so that `cxrlearn evaluate`, `predict`, `export` and the app all report the same
+predictions. It is off by default: on the pool benchmark it changed the validation
+macro-F1 of seven trained networks by -1.1 to +1.8 points, and by -1.1 and 0.0 for the two
+trained with the current defaults (`benchmarks/README.md`). Whether it helps is a
+question for each recipe's validation split.
 Grad-CAM explains the first of the two passes, the image as it is.
 
 Lesson: lessons/04_evaluation_metrics.ipynb

@@ -48,7 +48,8 @@ def _quiet_main(argv: list[str]) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    """One tiny run shared by every test: 8 X-rays per class (3 test), 1 epoch at 32 px.
+    """One tiny run shared by every test: 8 X-rays per class (3 test), 1 epoch at 32 px,
+    with test-time flip averaging (so that evaluate's use of it is tested too).
 
     The copy is what conftest's `copy_sample(dest, per_class=8)` makes; that fixture is
     function-scoped, so it cannot feed this module-scoped one.
@@ -61,7 +62,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
             shutil.copy(src, data / name / src.name)
     run = base / "run"
     rc, _ = _quiet_main(["train", "--data", str(data), "--out", str(run), "--epochs", "1",
-                         "--cache-dir", str(base / "cache"), *FAST])
+                         "--cache-dir", str(base / "cache"), "--tta", "flip", *FAST])
     assert rc == 0
     return {"base": base, "data": data, "run": run}
 
@@ -153,7 +154,7 @@ def test_predictions_csv_has_one_row_per_test_image(evaluated):
 
 
 def test_probabilities_are_flip_averaged_as_the_run_says(evaluated):
-    """`train` stores flip averaging by default; evaluate's probabilities are its average."""
+    """`train --tta flip` stores flip averaging; evaluate's probabilities are its average."""
     run = open_run(evaluated["run"])
     assert run.flip_average
     data = split_dataset(run, "test")
