@@ -44,7 +44,7 @@ from cxrlearn.transforms import prepare
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 PREPROCESS = {"image_size": 64, "low": 2.0, "high": 98.0, "channels": 3,
-              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "flip_average": False}
 PRE = Preprocess.from_dict(PREPROCESS)
 APP_STATIC = Path(cxrlearn.__file__).resolve().parent / "app" / "static"
 
