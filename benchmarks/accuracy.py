@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import tempfile
@@ -28,7 +29,8 @@ from cxrlearn.cli import main as cli_main
 from cxrlearn.cli.runs import logits_of, open_run, split_dataset
 from cxrlearn.device import select_device
 from cxrlearn.metrics import classification_report
-from cxrlearn.schedule import scaled_side, size_fraction
+from cxrlearn.schedule import scaled_side
+from cxrlearn.training import TrainConfig
 from cxrlearn.uncertainty import report_intervals
 
 
@@ -63,16 +65,15 @@ def epochs_in_budget(probe: Path, probe_s: float, budget_s: float) -> tuple[int,
     logits_of(run.model, val, select_device())
     val_s = time.perf_counter() - t
     config = json.loads((probe / "config.json").read_text())
-    start, full = config["train"]["progressive_resize"], config["preprocess"]["image_size"]
-    hold = config["train"].get("resize_hold", 0.5)
-    full_from = config["train"].get("resize_full_from", 0.75)
+    train_config, full = TrainConfig(**config["train"]), config["preprocess"]["image_size"]
     # validations at each epoch's size, and the calibration at full size (two passes with
     # flip averaging)
     val_total = val_s * ((2 if run.flip_average else 1) + sum((s / full) ** 2 for s in sides))
     setup_s = max(0.0, probe_s - sum(secs) - val_total)
 
     def predicted(n: int) -> float:
-        plan = [scaled_side(full, size_fraction(e, n, start, hold, full_from)) for e in range(n)]
+        schedule = dataclasses.replace(train_config, num_epochs=n)
+        plan = [scaled_side(full, schedule.image_scale(e)) for e in range(n)]
         # validation runs at the size just trained at (calibration at full size)
         return setup_s + val_s + sum(a + b * s**2 + val_s * (s / full) ** 2 for s in plan)
 

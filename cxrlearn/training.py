@@ -50,7 +50,7 @@ from cxrlearn.distributed import (
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.schedule import SCHEDULES, lr_factor, scaled_side, size_fraction
 from cxrlearn.seeding import rng_state, seed_everything, set_rng_state
-from cxrlearn.tta import flip_averaged_logits
+from cxrlearn.tta import model_logits
 
 __all__ = [
     "TrainConfig",
@@ -89,9 +89,8 @@ class TrainConfig:
         progressive_resize: Progressive resizing: the first `resize_hold` of the run trains on
             images scaled to this share of their side, then the size grows to full by
             `resize_full_from` of the run (`cxrlearn.schedule.size_fraction`). 1.0 switches
-            it off. Validation
-            runs at the size just trained at; only full-size epochs compete for `best.pt` and
-            count towards `patience`.
+            it off. Validation runs at the size just trained at; only full-size epochs
+            compete for `best.pt` and count towards `patience`.
         resize_hold: With progressive resizing, the share of the run at the smallest size.
         resize_full_from: ... and the share of the run after which it trains at full size.
         patience: Stop after this many epochs without a better validation score (None: never).
@@ -134,6 +133,11 @@ class TrainConfig:
         if not 0 <= self.resize_hold <= self.resize_full_from <= 1:
             raise ValueError("need 0 <= resize_hold <= resize_full_from <= 1, got "
                              f"{self.resize_hold}, {self.resize_full_from}")
+
+    def image_scale(self, epoch: int) -> float:
+        """Share of the full image side to train at in `epoch` (0-based): `size_fraction`."""
+        return size_fraction(epoch, self.num_epochs, self.progressive_resize, self.resize_hold,
+                             self.resize_full_from)
 
 
 class TrainingDiverged(CxrlearnError):
@@ -312,8 +316,7 @@ def predict(
     all_logits, all_y = [], []
     for x, y in loader:
         x = resize_batch(x.to(device), image_scale).contiguous(memory_format=memory_format)
-        logits = flip_averaged_logits(model, x) if flip_average else model(x)
-        all_logits.append(logits.float().cpu())
+        all_logits.append(model_logits(model, x, flip_average).float().cpu())
         all_y.append(torch.as_tensor(y))
         if on_batch is not None:
             on_batch(len(y))
@@ -465,8 +468,7 @@ def fit(
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        scale = size_fraction(epoch, config.num_epochs, config.progressive_resize,
-                              config.resize_hold, config.resize_full_from)
+        scale = config.image_scale(epoch)
         try:
             tr = train_one_epoch(
                 train_model, _loader(train_data, config, epoch, dist_env), loss_fn, optimizer,

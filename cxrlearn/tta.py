@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["mirror", "flip_averaged_logits"]
+__all__ = ["mirror", "flip_averaged_logits", "model_logits"]
 
 
 def mirror(x: Tensor) -> Tensor:
@@ -46,3 +46,12 @@ def flip_averaged_logits(model: nn.Module, x: Tensor) -> Tensor:
         x: (B, C, H, W) -> (B, K)
     """
     return (model(x) + model(mirror(x))) / 2
+
+
+def model_logits(model: nn.Module, x: Tensor, flip_average: bool = False) -> Tensor:
+    """`model(x)`, or `flip_averaged_logits(model, x)` when `flip_average` is set.
+
+    Shape:
+        x: (B, C, H, W) -> (B, K)
+    """
+    return flip_averaged_logits(model, x) if flip_average else model(x)

@@ -32,9 +32,10 @@ from cxrlearn.cli.progress import progress_bar
 from cxrlearn.data import load_image
 from cxrlearn.device import select_device
 from cxrlearn.errors import CxrlearnError
+from cxrlearn.export import Preprocess
 from cxrlearn.gradcam import GradCAM, gradcam_figure
 from cxrlearn.transforms import eval_transform, prepare
-from cxrlearn.tta import flip_averaged_logits
+from cxrlearn.tta import model_logits
 
 __all__ = ["add_parser", "load_for_gradcam", "write_overlays"]
 
@@ -134,6 +135,7 @@ def write_overlays(
     # As `cxrlearn evaluate` does: training stored the mean and std of eval_transform.
     transform = eval_transform(pre["channels"])
     temperature = float(ckpt.get("temperature", 1.0))
+    flip_average = Preprocess.from_dict(pre).flip_average  # off in older checkpoints
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
@@ -149,8 +151,7 @@ def write_overlays(
                 prepared = prepare(image, pre["image_size"], pre["low"], pre["high"])
                 x = transform(prepared.float() / 255.0)[None].to(device)  # (1, C, S, S)
                 with torch.no_grad():  # flip-averaged if the model is, as in predict
-                    logits = (flip_averaged_logits(model, x) if pre.get("flip_average", False)
-                              else model(x)).float().cpu()  # (1, K)
+                    logits = model_logits(model, x, flip_average).float().cpu()  # (1, K)
                 probs = torch.softmax(apply_temperature(logits, temperature), dim=1)[0]  # (K,)
                 predicted = int(probs.argmax())
                 explained = predicted if target_index is None else target_index

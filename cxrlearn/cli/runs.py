@@ -13,6 +13,7 @@ from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_che
 from cxrlearn.data import XrayDataset, prepare_images, read_manifest
 from cxrlearn.data.splits import SplitRow
 from cxrlearn.errors import CxrlearnError
+from cxrlearn.export import Preprocess
 from cxrlearn.training import predict
 from cxrlearn.transforms import eval_transform
 
@@ -38,7 +39,7 @@ class Run:
     @property
     def flip_average(self) -> bool:
         """Whether predictions average the image and its mirror image (`cxrlearn.tta`)."""
-        return bool(self.preprocess.get("flip_average", False))
+        return Preprocess.from_dict(self.preprocess).flip_average  # off in older checkpoints
 
     @property
     def temperature(self) -> float:

@@ -28,7 +28,7 @@ from cxrlearn.contrast import stretch_contrast_tensor
 from cxrlearn.transforms import IMAGENET_MEAN, IMAGENET_STD, Compose, Normalize, ToChannels
 from cxrlearn.transforms import prepare as prepare_image
 from cxrlearn.transforms import resize as resize_image
-from cxrlearn.tta import flip_averaged_logits
+from cxrlearn.tta import model_logits
 
 __all__ = [
     "Preprocess",
@@ -234,8 +234,7 @@ def eager_probs(
         device = next(model.parameters()).device
         x = torch.stack([eager_input(im, preprocess) for im in images])  # (N, C, S, S)
         x = x.to(device)
-        logits = flip_averaged_logits(model, x) if preprocess.flip_average else model(x)
-        logits = logits.float().cpu()  # (N, K)
+        logits = model_logits(model, x, preprocess.flip_average).float().cpu()  # (N, K)
     finally:
         model.train(was_training)
     return torch.softmax(logits / temperature, dim=1)
