@@ -519,7 +519,8 @@ def test_randomised_target_block_changes_the_map(toy: Toy) -> None:
 def test_project_resnet18_frozen_backbone() -> None:
     # The default target layer on the project's own network, with a frozen backbone (only
     # `fc` trainable), in train mode: frozen batch norms must stay in eval mode afterwards.
-    from cxrlearn.resnet import freeze_backbone, resnet18
+    from cxrlearn.resnet import resnet18
+    from cxrlearn.transfer import freeze_backbone
 
     torch.manual_seed(0)
     model = resnet18(num_classes=4)

@@ -1,4 +1,5 @@
-"""Tests for cxrlearn.resnet: torchvision's names and counts, shapes, scripting, loading.
+"""Tests for cxrlearn.resnet and cxrlearn.transfer: torchvision's names and counts, shapes,
+scripting, loading ImageNet weights, freezing.
 
 torchvision is not installed, so its ResNet18 `state_dict()` keys and parameter counts are
 written here as data (from torchvision 0.2x `resnet18()`), and the shapes are checked
@@ -25,18 +26,20 @@ from torch import nn
 
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.resnet import (
-    RESNET18_IMAGENET_URL,
     BasicBlock,
     ResNet,
     conv1x1,
     conv3x3,
+    resnet18,
+    summary,
+    summary_rows,
+)
+from cxrlearn.transfer import (
+    RESNET18_IMAGENET_URL,
     freeze_backbone,
     load_imagenet_weights,
     replace_head,
-    resnet18,
     sum_rgb_weights,
-    summary,
-    summary_rows,
     unfreeze,
 )
 

@@ -43,9 +43,10 @@ from cxrlearn.data import (
 from cxrlearn.data.splits import SplitRow
 from cxrlearn.device import describe_device, select_device
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.resnet import freeze_backbone, load_imagenet_weights, resnet18
+from cxrlearn.resnet import resnet18
 from cxrlearn.seeding import seed_everything
 from cxrlearn.training import TrainConfig, fit
+from cxrlearn.transfer import freeze_backbone, load_imagenet_weights
 from cxrlearn.transforms import (
     GREY_MEAN,
     GREY_STD,
