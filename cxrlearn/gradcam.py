@@ -24,7 +24,8 @@ with d y_k / d A during the backward pass. Two alternatives look simpler and are
 
 A saliency map must depend on what the network learned. Adebayo et al., "Sanity Checks
 for Saliency Maps", NeurIPS 2018, propose the test: re-initialise the top layers, and the
-map should change. The tests of this module run that check.
+map should change. The tests of this module run that check. Drawing the map over the X-ray
+(`overlay`, `gradcam_figure`) is `cxrlearn.heatmap`.
 
 Lesson: lessons/05_grad_cam_with_hooks.ipynb
 """
@@ -35,11 +36,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import NamedTuple
 
-import matplotlib
-import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from cxrlearn.errors import CxrlearnError
@@ -47,10 +45,8 @@ from cxrlearn.errors import CxrlearnError
 __all__ = [
     "CamResult",
     "GradCAM",
-    "gradcam_figure",
     "gradcam_from",
     "minmax_normalise",
-    "overlay",
 ]
 
 
@@ -295,107 +291,3 @@ def _as_targets(targets: Tensor | Sequence[int] | int | None, logits: Tensor) ->
             f"targets must be class indices in 0..{num_classes - 1}, got {targets.tolist()}"
         )
     return targets
-
-
-def _as_numpy_2d(array: Tensor | np.ndarray, name: str) -> np.ndarray:
-    array = array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
-    if array.ndim != 2:
-        raise CxrlearnError(f"{name} must be a 2-D (H, W) array, got shape {array.shape}")
-    return array
-
-
-def overlay(
-    image: Tensor | np.ndarray,
-    cam: Tensor | np.ndarray,
-    alpha: float = 0.4,
-    cmap: str = "jet",
-) -> np.ndarray:
-    """Lay a coloured heat map over a grey image.
-
-    out = (1 - alpha) * grey + alpha * colour(cam), in RGB. With alpha = 0 the result is
-    the grey image repeated in three channels; with alpha = 1 it is the coloured map alone.
-
-    Args:
-        image: A grey image, either floats in [0, 1] or uint8.
-        cam: A heat map in [0, 1]. If its size differs from the image's, it is resized
-            (bilinear) to the image size.
-        alpha: Weight of the heat map, in [0, 1].
-        cmap: A matplotlib colormap name.
-
-    Returns:
-        An RGB image, dtype uint8.
-
-    Raises:
-        CxrlearnError: For arrays that are not 2-D, values or alpha outside [0, 1].
-
-    Shape:
-        image: (H, W), cam: (h, w) -> (H, W, 3)
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise CxrlearnError(f"alpha must be in [0, 1], got {alpha}")
-    grey = _as_numpy_2d(image, "image")
-    grey = grey / 255.0 if grey.dtype == np.uint8 else grey.astype(np.float64)  # (H, W)
-    heat = _as_numpy_2d(cam, "cam").astype(np.float64)
-    # Out-of-range values are a mix-up, not noise: clipping them would draw a wrong picture.
-    if grey.min() < 0 or grey.max() > 1:
-        raise CxrlearnError(
-            "image values must lie in [0, 1] (or be uint8); pass the image as it was "
-            "before normalisation"
-        )
-    if heat.min() < 0 or heat.max() > 1:
-        raise CxrlearnError("cam values must lie in [0, 1]; use CamResult.cams, not .raw")
-    if heat.shape != grey.shape:
-        resized = F.interpolate(
-            torch.from_numpy(heat)[None, None],  # (1, 1, h, w)
-            size=grey.shape,
-            mode="bilinear",
-            align_corners=False,
-        )
-        heat = resized[0, 0].numpy()  # (H, W)
-    colour = matplotlib.colormaps[cmap](heat)[..., :3]  # (H, W, 3), RGBA without the A
-    mixed = (1.0 - alpha) * grey[..., None] + alpha * colour  # (H, W, 3)
-    return np.round(mixed * 255.0).astype(np.uint8)
-
-
-def gradcam_figure(
-    image: Tensor | np.ndarray,
-    cam: Tensor | np.ndarray,
-    title: str,
-    prob: float | None = None,
-    alpha: float = 0.4,
-    cmap: str = "jet",
-) -> Figure:
-    """Image, heat map and overlay side by side, titled with the class and probability.
-
-    The figure is built without pyplot, so pyplot does not keep it open and nothing is
-    shown: save it with `savefig`, or, in a notebook, make it a cell's last value after
-    `%matplotlib inline` has run once.
-
-    Args:
-        image: A grey image, floats in [0, 1] or uint8.
-        cam: A heat map in [0, 1], at image size or smaller.
-        title: What is explained, usually the class name.
-        prob: The model's probability for that class, shown next to the title.
-        alpha: Weight of the heat map in the overlay.
-        cmap: A matplotlib colormap name.
-
-    Returns:
-        A matplotlib figure with three panels.
-
-    Shape:
-        image: (H, W), cam: (h, w)
-    """
-    grey = _as_numpy_2d(image, "image")
-    heat = _as_numpy_2d(cam, "cam")
-    fig = Figure(figsize=(7.5, 2.8), dpi=80, layout="constrained")
-    axes = fig.subplots(1, 3)
-    axes[0].imshow(grey, cmap="gray", vmin=0, vmax=255 if grey.dtype == np.uint8 else 1)
-    axes[0].set_title("image")
-    axes[1].imshow(heat, cmap=cmap, vmin=0, vmax=1)
-    axes[1].set_title("Grad-CAM")
-    axes[2].imshow(overlay(grey, heat, alpha=alpha, cmap=cmap))
-    axes[2].set_title("overlay")
-    for ax in axes:
-        ax.set_axis_off()
-    fig.suptitle(title if prob is None else f"{title} (p = {prob:.2f})")
-    return fig

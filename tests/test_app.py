@@ -38,7 +38,8 @@ from cxrlearn.export import (
     read_metadata,
     weights_sha256,
 )
-from cxrlearn.gradcam import GradCAM, overlay
+from cxrlearn.gradcam import GradCAM
+from cxrlearn.heatmap import overlay
 from cxrlearn.resnet import resnet18
 from cxrlearn.transforms import prepare
 

@@ -35,7 +35,8 @@ from cxrlearn.app import DEFAULT_MAX_BYTES, create_app
 from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from cxrlearn.data import load_image, sample_root
 from cxrlearn.export import Preprocess, eager_input, eager_probs
-from cxrlearn.gradcam import GradCAM, overlay
+from cxrlearn.gradcam import GradCAM
+from cxrlearn.heatmap import overlay
 from cxrlearn.resnet import resnet18
 from cxrlearn.transforms import prepare
 

@@ -24,7 +24,8 @@ from cxrlearn.checkpoint import save_checkpoint
 from cxrlearn.cli import main
 from cxrlearn.cli.gradcam import load_for_gradcam, write_overlays
 from cxrlearn.data import CLASS_NAMES, load_image, sample_root
-from cxrlearn.gradcam import GradCAM, gradcam_figure
+from cxrlearn.gradcam import GradCAM
+from cxrlearn.heatmap import gradcam_figure
 from cxrlearn.resnet import resnet18
 from cxrlearn.transforms import eval_transform, prepare
 

@@ -20,7 +20,8 @@ from cxrlearn.checkpoint import save_checkpoint
 from cxrlearn.data import load_image, sample_root
 from cxrlearn.data.dicom import load_dicom
 from cxrlearn.export import Preprocess, eager_input, eager_probs, load_exported
-from cxrlearn.gradcam import GradCAM, overlay
+from cxrlearn.gradcam import GradCAM
+from cxrlearn.heatmap import overlay
 from cxrlearn.resnet import resnet18
 from cxrlearn.transforms import prepare
 

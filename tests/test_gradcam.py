@@ -18,14 +18,8 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.gradcam import (
-    CamResult,
-    GradCAM,
-    gradcam_figure,
-    gradcam_from,
-    minmax_normalise,
-    overlay,
-)
+from cxrlearn.gradcam import CamResult, GradCAM, gradcam_from, minmax_normalise
+from cxrlearn.heatmap import gradcam_figure, overlay
 
 NUM_CLASSES = 4
 SIZE = 32  # toy images are SIZE x SIZE; the target layer's map is 8 x 8

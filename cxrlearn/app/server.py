@@ -65,7 +65,8 @@ from cxrlearn.data.dicom import DICOM_EXTENSIONS
 from cxrlearn.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, load_image
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export import eager_input, read_metadata, weights_sha256
-from cxrlearn.gradcam import GradCAM, overlay
+from cxrlearn.gradcam import GradCAM
+from cxrlearn.heatmap import overlay
 from cxrlearn.predictor import Predictor, open_model
 from cxrlearn.transforms import prepare
 

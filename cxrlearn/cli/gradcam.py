@@ -33,7 +33,8 @@ from cxrlearn.data import load_image
 from cxrlearn.device import select_device
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export import Preprocess
-from cxrlearn.gradcam import GradCAM, gradcam_figure
+from cxrlearn.gradcam import GradCAM
+from cxrlearn.heatmap import gradcam_figure
 from cxrlearn.transforms import eval_transform, prepare
 from cxrlearn.tta import model_logits
 

@@ -22,7 +22,8 @@ from rich.table import Table
 from cxrlearn.data import load_image
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export import Preprocess, eager_input
-from cxrlearn.gradcam import GradCAM, overlay
+from cxrlearn.gradcam import GradCAM
+from cxrlearn.heatmap import overlay
 from cxrlearn.predictor import Predictor, open_model
 from cxrlearn.transforms import prepare
 
