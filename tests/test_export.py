@@ -304,10 +304,10 @@ def test_flip_average_travels_from_checkpoint_to_file(model, tmp_path):
 
 
 def test_failed_parity_check_writes_nothing(model, tmp_path, monkeypatch):
-    import cxrlearn.export.files as files
+    import cxrlearn.export.parity as parity
 
-    real = files.eager_probs
-    monkeypatch.setattr(files, "eager_probs",
+    real = parity.eager_probs
+    monkeypatch.setattr(parity, "eager_probs",
                         lambda *a, **k: real(*a, **k).roll(1, dims=1))  # a wrong reference
     with pytest.raises(CxrlearnError, match=r"model\.pt: .*disagrees.*nothing was written"):
         export_torchscript(model, tmp_path / "model.pt", class_names=CLASSES,

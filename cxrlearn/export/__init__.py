@@ -31,15 +31,10 @@ Lesson: lessons/06_torchscript_export.ipynb
 
 from __future__ import annotations
 
-from cxrlearn.export.files import (
-    ExportResult,
-    export_lite,
-    export_program,
-    export_torchscript,
-    sample_check_images,
-)
+from cxrlearn.export.files import ExportResult, export_lite, export_program, export_torchscript
 from cxrlearn.export.load import ExportedModel, is_export, load_exported, upstream_deprecation
 from cxrlearn.export.metadata import EXPORT_FORMAT, FILE_FORMATS, ExportMetadata, read_metadata
+from cxrlearn.export.parity import sample_check_images
 from cxrlearn.export.pipeline import (
     EndToEndModel,
     Preprocess,

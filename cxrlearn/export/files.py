@@ -3,8 +3,9 @@
 Every writer follows the same steps: wrap the network in `EndToEndModel`, convert it
 (script it, or trace it with `torch.export`), save it to a temporary file next to the
 target with `cxrlearn.json` inside, load that file back with the loader an app would use,
-compare its probabilities with `eager_probs` on real X-rays, and only then rename it into
-place. A file that disagrees by more than `atol` is deleted and never seen.
+compare its probabilities with `eager_probs` on real X-rays (`cxrlearn.export.parity`), and
+only then rename it into place. A file that disagrees by more than `atol` is deleted and
+never seen.
 
 Lesson: lessons/06_torchscript_export.ipynb
 """
@@ -21,14 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import cxrlearn
 from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint
-from cxrlearn.data import load_image, sample_root
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.export.load import load_module, network_sha256, upstream_deprecation
+from cxrlearn.export.load import upstream_deprecation
 from cxrlearn.export.metadata import CLASS_NAMES_NAME, METADATA_NAME, ExportMetadata
+from cxrlearn.export.parity import check_saved_file, sample_check_images
 from cxrlearn.export.pipeline import (
     EndToEndModel,
     Preprocess,
@@ -39,7 +40,6 @@ from cxrlearn.export.pipeline import (
 
 __all__ = [
     "ExportResult",
-    "sample_check_images",
     "export_torchscript",
     "export_lite",
     "export_program",
@@ -104,19 +104,6 @@ def _resolve(
     return _Source(model, names, preprocess, t)
 
 
-def sample_check_images() -> list[np.ndarray]:
-    """Real X-rays for the parity check: the first sample image of each class, plus a
-    non-square crop of the first (117 x 101), so that resizing is checked both ways.
-
-    Shape:
-        -> N x (H, W) float32 in [0, 1]
-    """
-    root = sample_root()
-    images = [load_image(sorted(d.glob("*.png"))[0])
-              for d in sorted(root.iterdir()) if d.is_dir()]
-    return [*images, images[0][5:122, 10:111].copy()]
-
-
 def _metadata(src: _Source, wrapper: EndToEndModel, file_format: str,
               input_size: tuple[int, int] | None, input_dtypes: tuple[str, ...]
               ) -> ExportMetadata:
@@ -137,45 +124,6 @@ def _metadata(src: _Source, wrapper: EndToEndModel, file_format: str,
 def _extra_files(metadata: ExportMetadata) -> dict[str, str]:
     return {METADATA_NAME: metadata.to_json(),
             CLASS_NAMES_NAME: "".join(f"{c}\n" for c in metadata.class_names)}
-
-
-def _compare(
-    run: Callable[[Tensor], Tensor],
-    src: _Source,
-    images: Sequence[np.ndarray],
-    with_uint8: bool,
-    batched_only: bool,
-) -> tuple[float, int]:
-    """Max |p_file - p_python| over each image alone (float, and uint8 if asked) and a batch
-    of the images that share the first one's size. Returns (max diff, inputs compared).
-
-    The Python pipeline runs once, on all images together (each is prepared on its own, so
-    sizes may differ). A uint8 copy whose values / 255 give back the float image exactly,
-    as for every 8-bit file `load_image` reads, shares its reference row.
-    """
-    floats = [torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in images]  # (H, W)
-    want = eager_probs(src.model, floats, src.preprocess, src.temperature)  # (N, K)
-    cases: list[tuple[Tensor, Tensor]] = []  # (input for the file, expected probabilities)
-    for i, x in enumerate(floats):
-        cases.append((x[None, None] if batched_only else x, want[i:i + 1]))
-        if with_uint8:
-            u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)  # (H, W)
-            same = torch.equal(u8.to(torch.float32) / 255.0, x)
-            cases.append((u8, want[i:i + 1] if same else
-                          eager_probs(src.model, [u8], src.preprocess, src.temperature)))
-    rows = [i for i, x in enumerate(floats) if x.shape == floats[0].shape]
-    if len(rows) > 1:
-        cases.append((torch.stack([floats[i] for i in rows])[:, None], want[rows]))
-    worst = 0.0
-    for x, expected in cases:
-        with torch.no_grad():
-            got = run(x)  # (B, K)
-        if got.shape != expected.shape:
-            raise CxrlearnError(f"the file returned shape {tuple(got.shape)}, the Python "
-                                f"pipeline {tuple(expected.shape)}")
-        diff = float((got - expected).abs().max())
-        worst = diff if not diff <= worst else worst  # a NaN diff sticks
-    return worst, len(cases)
 
 
 def _check_classes(src: _Source, image: np.ndarray, path: Path) -> None:
@@ -219,16 +167,6 @@ def _wrap(src: _Source) -> EndToEndModel:
 def _script(wrapper: EndToEndModel) -> torch.jit.ScriptModule:
     with upstream_deprecation("`torch.jit.script`"):
         return torch.jit.script(wrapper)
-
-
-def _check_loaded(path: Path, meta: ExportMetadata, src: _Source,
-                  images: Sequence[np.ndarray], with_uint8: bool, batched_only: bool
-                  ) -> tuple[float, int]:
-    module = load_module(path, meta.file_format)
-    found = network_sha256(module, meta.file_format)
-    if found is not None and found != meta.weights_sha256:
-        raise CxrlearnError("the saved weights do not hash to the recorded sha256", path=path)
-    return _compare(module, src, images, with_uint8, batched_only)
 
 
 def export_torchscript(
@@ -277,8 +215,11 @@ def export_torchscript(
         with upstream_deprecation("`torch.jit.save`"):
             torch.jit.save(scripted, str(tmp), _extra_files=_extra_files(meta))
 
-    worst, n = _write_checked(
-        Path(path), save, lambda tmp: _check_loaded(tmp, meta, src, images, True, False), atol)
+    def check(tmp: Path) -> tuple[float, int]:
+        return check_saved_file(tmp, meta, src.model, images, with_uint8=True,
+                                batched_only=False)
+
+    worst, n = _write_checked(Path(path), save, check, atol)
     return ExportResult(Path(path), meta, worst, n)
 
 
@@ -344,8 +285,11 @@ def export_lite(
         with upstream_deprecation("Lite Interpreter"):
             module._save_for_lite_interpreter(str(tmp), _extra_files=_extra_files(meta))
 
-    worst, n = _write_checked(
-        Path(path), save, lambda tmp: _check_loaded(tmp, meta, src, images, True, False), atol)
+    def check(tmp: Path) -> tuple[float, int]:
+        return check_saved_file(tmp, meta, src.model, images, with_uint8=True,
+                                batched_only=False)
+
+    worst, n = _write_checked(Path(path), save, check, atol)
     return ExportResult(Path(path), meta, worst, n, tuple(notes))
 
 
@@ -422,7 +366,10 @@ def export_program(
     def save(tmp: Path) -> None:
         torch.export.save(program, str(tmp), extra_files=_extra_files(meta))
 
-    worst, n = _write_checked(
-        path, save, lambda tmp: _check_loaded(tmp, meta, src, images, False, True), atol)
+    def check(tmp: Path) -> tuple[float, int]:
+        return check_saved_file(tmp, meta, src.model, images, with_uint8=False,
+                                batched_only=True)  # a program takes (B, 1, H, W) float only
+
+    worst, n = _write_checked(path, save, check, atol)
     return ExportResult(path, meta, worst, n)
 
