@@ -7,7 +7,8 @@ network's answer. cxrlearn's counterpart is a local web app started with one com
 
 which serves a page (choose or drop an X-ray, see the class probabilities and the Grad-CAM
 overlay) and the JSON API a mobile app would call: `POST /api/predict` with the image as
-the multipart field `file`. `create_app` builds it (`cxrlearn.app.server`); FastAPI writes
+the multipart field `file`. `create_app` builds it (`cxrlearn.app.server`; the answers'
+shapes are `cxrlearn.app.schemas`, the model side `cxrlearn.app.service`); FastAPI writes
 its OpenAPI description at `/openapi.json` and shows it at `/docs`.
 
 It needs the optional extra: `pip install 'cxrlearn[app]'` (FastAPI, uvicorn,
@@ -21,14 +22,9 @@ Lesson: lessons/07_app.ipynb
 
 from __future__ import annotations
 
-from cxrlearn.app.server import (
-    DEFAULT_MAX_BYTES,
-    DISCLAIMER,
-    Prediction,
-    XrayService,
-    create_app,
-    read_upload,
-)
+from cxrlearn.app.schemas import DEFAULT_MAX_BYTES, DISCLAIMER, Prediction
+from cxrlearn.app.server import create_app
+from cxrlearn.app.service import XrayService, read_upload
 
 __all__ = ["DEFAULT_MAX_BYTES", "DISCLAIMER", "Prediction", "XrayService", "create_app",
            "read_upload"]

@@ -18,16 +18,16 @@ exported file (`cxrlearn export`) or a checkpoint (`best.pt`). Only a checkpoint
 Grad-CAM, because Grad-CAM hooks a layer of the eager network and back-propagates to it;
 an exported graph runs forward only.
 
+The answers' shapes are `cxrlearn.app.schemas`; reading the upload, predicting and drawing
+Grad-CAM are `cxrlearn.app.service`. This module is the HTTP part: routes, limits, errors.
+
 Threads. FastAPI runs each plain `def` endpoint in a pool of worker threads, so several
-requests run at once. Predictions run under `torch.inference_mode()`: a network in eval
-mode only reads its weights, so many threads may call the same model. Grad-CAM cannot run
-in inference mode (it needs autograd), and its forward hook would catch the activations of
-every pass through the hooked layer, its own or another thread's. So it runs on its own
-copy of the network, behind a lock: one Grad-CAM at a time, and predictions never wait for
-it. Each forward pass also uses PyTorch's intra-op threads (`torch.get_num_threads()`, one
-per core by default); with many requests at once they compete for the cores, and on a
-small machine `torch.set_num_threads(1)` in the script that starts the server gives each
-request one core. The library never sets it (house style, section 7).
+requests run at once; `XrayService` is written for that (predictions share the network,
+Grad-CAM has its own copy behind a lock). Each forward pass also uses PyTorch's intra-op
+threads (`torch.get_num_threads()`, one per core by default); with many requests at once
+they compete for the cores, and on a small machine `torch.set_num_threads(1)` in the
+script that starts the server gives each request one core. The library never sets it
+(house style, section 7).
 
 Errors. An expected fault in a request is a JSON answer `{"error": "..."}` with a message
 for a person, and the server keeps serving: an empty upload is 400, too many bytes 413, a
@@ -42,236 +42,35 @@ Lesson: lessons/07_app.ipynb
 from __future__ import annotations
 
 import base64
-import copy
-import io
-import tempfile
-import threading
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
-import torch
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrlearn import __version__
-from cxrlearn.checkpoint import load_checkpoint
-from cxrlearn.data.dicom import DICOM_EXTENSIONS
-from cxrlearn.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, load_image
+from cxrlearn.app.schemas import (
+    DEFAULT_MAX_BYTES,
+    DISCLAIMER,
+    ApiError,
+    Health,
+    ModelInfo,
+    Prediction,
+)
+from cxrlearn.app.service import XrayService, read_upload
+from cxrlearn.data.images import MAX_PIXELS
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.export import eager_input, read_metadata, weights_sha256
-from cxrlearn.gradcam import GradCAM
-from cxrlearn.heatmap import overlay
-from cxrlearn.predictor import Predictor, open_model
-from cxrlearn.transforms import prepare
 
-__all__ = [
-    "DEFAULT_MAX_BYTES",
-    "DISCLAIMER",
-    "ApiError",
-    "Health",
-    "Limits",
-    "ModelInfo",
-    "ModelRef",
-    "Prediction",
-    "XrayService",
-    "create_app",
-    "read_upload",
-]
-
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024
-"""Largest upload accepted, in bytes (10 MiB): a 16-bit 3000 x 3000 PNG is about 8 MiB."""
-
-DISCLAIMER = ("A teaching tool, not a diagnostic device: its answers are not a medical "
-              "opinion and must not guide anyone's care.")
+__all__ = ["create_app"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
 # Room for the multipart envelope (boundary lines, part headers) around the file itself.
 MULTIPART_SLACK = 64 * 1024
-
-
-# Response bodies. FastAPI turns these pydantic models into the OpenAPI schema at
-# /openapi.json (and the pages /docs and /redoc), which is what a mobile app is written against.
-
-class ApiError(BaseModel):
-    """Every error the API answers, whatever its status."""
-
-    error: str = Field(description="What went wrong, for a person to read.")
-
-
-class Health(BaseModel):
-    """The server is up (any answer at all says that much)."""
-
-    status: Literal["ok"] = "ok"
-    version: str = Field(description="cxrlearn version of the server.")
-
-
-class ModelRef(BaseModel):
-    """Which model answered: enough to tell two models apart."""
-
-    file: str = Field(description="Name of the model file.")
-    kind: str = Field(description='"checkpoint", or the export format: "torchscript", '
-                                  '"lite" or "export".')
-    sha256: str = Field(description="weights_sha256 of the network's weights; a checkpoint "
-                                    "and its export have the same one.")
-
-
-class Limits(BaseModel):
-    """What the server accepts."""
-
-    max_bytes: int = Field(description="Largest upload, in bytes.")
-    max_pixels: int = Field(description="Largest image, in pixels (width x height).")
-
-
-class ModelInfo(ModelRef):
-    """What `GET /api/model` says about the loaded model."""
-
-    classes: list[str] = Field(description="Class names, in the order of the probabilities.")
-    preprocess: dict[str, Any] = Field(description="Image size, contrast-stretch percentiles, "
-                                                   "channels, mean and std.")
-    temperature: float = Field(description="T the logits are divided by (1 = uncalibrated).")
-    gradcam: bool = Field(description="Whether this model can draw Grad-CAM overlays.")
-    gradcam_note: str | None = Field(None, description="Why there is no Grad-CAM, if not.")
-    notes: list[str] = Field(default_factory=list)
-    limits: Limits
-    disclaimer: str = DISCLAIMER
-
-
-class Prediction(BaseModel):
-    """The answer for one image."""
-
-    predicted: str = Field(description="The class with the highest probability.",
-                           examples=["COVID"])
-    probabilities: dict[str, float] = Field(description="Probability of each class.")
-    classes: list[str] = Field(description="Class names, in the model's order.")
-    model: ModelRef
-    image_shape: list[int] = Field(description="(height, width) of the image as read.")
-    gradcam_png: str | None = Field(
-        None, description="Grad-CAM of the predicted class over the image the network saw, "
-                          "a base64 PNG; present when a checkpoint is loaded and gradcam=true.")
-    gradcam_note: str | None = Field(None, description="Why gradcam_png is missing, if it is.")
-    disclaimer: str = DISCLAIMER
-
-
-def read_upload(data: bytes, filename: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read uploaded bytes as a grey image, the way `cxrlearn predict` reads a file.
-
-    The bytes go to a temporary file so that the reader the rest of cxrlearn uses,
-    `load_image`, decides what the file is from its contents (a DICOM file has the marker
-    "DICM" at byte 128). Of the name the browser sent only the suffix is kept, so that a
-    broken `.dcm` file gets the DICOM reader's message.
-
-    Args:
-        data: The uploaded file.
-        filename: Its name on the user's machine, for the messages; of it, only the suffix
-            reaches the file system.
-        max_pixels: Refuse larger images.
-
-    Raises:
-        CxrlearnError: Not an image, corrupt, or too large; the message names `filename`.
-
-    Shape:
-        -> (H, W) float32 in [0, 1]
-    """
-    suffix = Path(filename).suffix.lower()
-    if suffix not in IMAGE_EXTENSIONS + DICOM_EXTENSIONS:
-        suffix = ""  # never let a user-chosen name reach the file system
-    with tempfile.TemporaryDirectory(prefix="cxrlearn-upload-") as tmp:
-        path = Path(tmp) / f"upload{suffix}"
-        path.write_bytes(data)
-        try:
-            return load_image(path, max_pixels=max_pixels)  # PNG, JPEG or DICOM
-        except CxrlearnError as e:
-            # The library names the temporary file; the user knows the file by its name.
-            raise CxrlearnError(e.message, path=filename) from None
-
-
-class XrayService:
-    """The loaded model and everything a request needs from it; safe to call from threads.
-
-    Args:
-        model_path: An export (`model.pt`, `.ptl`, `.pt2`), a checkpoint (`best.pt`), or a
-            run folder (its `best.pt`).
-        max_bytes: Largest upload, in bytes.
-        max_pixels: Largest image, in pixels.
-
-    Raises:
-        CxrlearnError: The model file is missing or not a cxrlearn export or checkpoint.
-    """
-
-    def __init__(self, model_path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_pixels: int = MAX_PIXELS) -> None:
-        path = Path(model_path)
-        if path.is_dir():
-            path = path / "best.pt"
-        self.path = path
-        self.limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels)
-        self.predictor: Predictor = open_model(path)  # the loader of `cxrlearn predict`
-        self.info = _describe(path, self.predictor, self.limits)
-        self.ref = ModelRef(file=self.info.file, kind=self.info.kind, sha256=self.info.sha256)
-        # Grad-CAM's own network: its hooks and autograd never touch the one that predicts.
-        self._cam_model = (copy.deepcopy(self.predictor.model)
-                           if self.predictor.model is not None else None)
-        self._cam_lock = threading.Lock()
-
-    def probabilities(self, image: np.ndarray) -> torch.Tensor:
-        """Class probabilities, temperature-scaled as the model file says.
-
-        Shape:
-            image: (H, W) -> (K,)
-        """
-        with torch.inference_mode():  # no autograd bookkeeping: faster, and nothing shared
-            return self.predictor.probs(image).float().cpu()
-
-    def gradcam_png(self, image: np.ndarray, target: int) -> bytes:
-        """An RGB PNG: the Grad-CAM map of class `target` over the image the network saw
-        (stretched and resized to S x S), as `cxrlearn predict --gradcam` draws it.
-
-        Raises:
-            CxrlearnError: The model is an exported file (no eager network to hook).
-
-        Shape:
-            image: (H, W) -> PNG of (S, S, 3)
-        """
-        pre = self.predictor.preprocess
-        if self._cam_model is None or pre is None:
-            raise CxrlearnError(self.info.gradcam_note or "no Grad-CAM for this model")
-        x = eager_input(image, pre)[None]  # (1, C, S, S), made outside inference mode
-        with self._cam_lock, GradCAM(self._cam_model) as cam:
-            heat = cam(x, target).cams[0]  # (S, S) in [0, 1]
-        seen = prepare(image, pre.image_size, pre.low, pre.high)[0].numpy()  # (S, S) uint8
-        buffer = io.BytesIO()
-        Image.fromarray(overlay(seen, heat)).save(buffer, format="PNG")
-        return buffer.getvalue()
-
-
-def _describe(path: Path, predictor: Predictor, limits: Limits) -> ModelInfo:
-    """`GET /api/model`: the facts `open_model` does not keep, read from the file once more
-    (the small `cxrlearn.json` of an export, or the checkpoint's temperature)."""
-    metadata = read_metadata(path)
-    if metadata is not None:
-        preprocess, temperature = metadata.preprocess, metadata.temperature
-        sha256 = metadata.weights_sha256
-        note = (f"{path.name} is an exported {metadata.file_format} file: it gives "
-                "probabilities only. Grad-CAM hooks a layer of the eager network and "
-                "back-propagates to it, which an exported graph does not allow; start the app "
-                "with the checkpoint (best.pt) to see overlays.")
-    else:
-        assert predictor.model is not None and predictor.preprocess is not None
-        preprocess = predictor.preprocess
-        temperature = float(load_checkpoint(path).get("temperature", 1.0))
-        sha256 = weights_sha256(predictor.model.state_dict())
-        note = None
-    return ModelInfo(file=path.name, kind=predictor.kind, sha256=sha256,
-                     classes=list(predictor.class_names), preprocess=preprocess.to_dict(),
-                     temperature=temperature, gradcam=note is None, gradcam_note=note,
-                     notes=list(predictor.notes), limits=limits)
 
 
 ERRORS = {400: {"model": ApiError, "description": "Empty upload."},
