@@ -132,11 +132,10 @@ def write_overlays(
     """
     class_names = list(ckpt["class_names"])
     target_index = _target_index(target, class_names)
-    pre = ckpt["meta"]["preprocess"]
+    pre = Preprocess.from_dict(ckpt["meta"]["preprocess"])  # flip averaging off if unset
     # As `cxrlearn evaluate` does: training stored the mean and std of eval_transform.
-    transform = eval_transform(pre["channels"])
+    transform = eval_transform(pre.channels)
     temperature = float(ckpt.get("temperature", 1.0))
-    flip_average = Preprocess.from_dict(pre).flip_average  # off in older checkpoints
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
@@ -149,10 +148,10 @@ def write_overlays(
             except CxrlearnError as e:
                 results.append({"path": path, "error": e.message})
             else:
-                prepared = prepare(image, pre["image_size"], pre["low"], pre["high"])
+                prepared = prepare(image, pre.image_size, pre.low, pre.high)
                 x = transform(prepared.float() / 255.0)[None].to(device)  # (1, C, S, S)
                 with torch.no_grad():  # flip-averaged if the model is, as in predict
-                    logits = model_logits(model, x, flip_average).float().cpu()  # (1, K)
+                    logits = model_logits(model, x, pre.flip_average).float().cpu()  # (1, K)
                 probs = torch.softmax(apply_temperature(logits, temperature), dim=1)[0]  # (K,)
                 predicted = int(probs.argmax())
                 explained = predicted if target_index is None else target_index

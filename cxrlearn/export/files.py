@@ -138,10 +138,17 @@ def _check_classes(src: _Source, image: np.ndarray, path: Path) -> None:
 def _write_checked(
     path: Path,
     save: Callable[[Path], None],
-    check: Callable[[Path], tuple[float, int]],
+    meta: ExportMetadata,
+    src: _Source,
+    images: Sequence[np.ndarray],
     atol: float,
 ) -> tuple[float, int]:
-    """Save to a temporary file beside `path`, check it, and rename it only if it passes."""
+    """Save to a temporary file beside `path`, check it, and rename it only if it passes.
+
+    A `torch.export` program takes float `(B, 1, H, W)` only; the other files also take
+    uint8 and single `(H, W)` images, and are checked with them.
+    """
+    program = meta.file_format == "export"
     path.parent.mkdir(parents=True, exist_ok=True)
     # A private folder on the same file system, so the final rename is atomic. The file in
     # it has the final name because the savers name the archive's root folder after it.
@@ -149,7 +156,8 @@ def _write_checked(
     tmp = tmp_dir / path.name
     try:
         save(tmp)
-        worst, n = check(tmp)
+        worst, n = check_saved_file(tmp, meta, src.model, images, with_uint8=not program,
+                                    batched_only=program)
         if not worst <= atol:
             raise CxrlearnError(
                 f"the exported file disagrees with the Python pipeline (max |diff| = "
@@ -215,11 +223,7 @@ def export_torchscript(
         with upstream_deprecation("`torch.jit.save`"):
             torch.jit.save(scripted, str(tmp), _extra_files=_extra_files(meta))
 
-    def check(tmp: Path) -> tuple[float, int]:
-        return check_saved_file(tmp, meta, src.model, images, with_uint8=True,
-                                batched_only=False)
-
-    worst, n = _write_checked(Path(path), save, check, atol)
+    worst, n = _write_checked(Path(path), save, meta, src, images, atol)
     return ExportResult(Path(path), meta, worst, n)
 
 
@@ -285,11 +289,7 @@ def export_lite(
         with upstream_deprecation("Lite Interpreter"):
             module._save_for_lite_interpreter(str(tmp), _extra_files=_extra_files(meta))
 
-    def check(tmp: Path) -> tuple[float, int]:
-        return check_saved_file(tmp, meta, src.model, images, with_uint8=True,
-                                batched_only=False)
-
-    worst, n = _write_checked(Path(path), save, check, atol)
+    worst, n = _write_checked(Path(path), save, meta, src, images, atol)
     return ExportResult(Path(path), meta, worst, n, tuple(notes))
 
 
@@ -366,10 +366,6 @@ def export_program(
     def save(tmp: Path) -> None:
         torch.export.save(program, str(tmp), extra_files=_extra_files(meta))
 
-    def check(tmp: Path) -> tuple[float, int]:
-        return check_saved_file(tmp, meta, src.model, images, with_uint8=False,
-                                batched_only=True)  # a program takes (B, 1, H, W) float only
-
-    worst, n = _write_checked(path, save, check, atol)
+    worst, n = _write_checked(path, save, meta, src, images, atol)
     return ExportResult(path, meta, worst, n)
 
