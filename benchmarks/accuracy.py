@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cxrlearn.cli import main as cli_main
-from cxrlearn.cli.runs import logits_of, open_run, split_dataset
 from cxrlearn.device import select_device
 from cxrlearn.metrics import classification_report
+from cxrlearn.runs import logits_of, open_run
 from cxrlearn.schedule import scaled_side
 from cxrlearn.training import TrainConfig
 from cxrlearn.uncertainty import report_intervals
@@ -60,7 +60,7 @@ def epochs_in_budget(probe: Path, probe_s: float, budget_s: float) -> tuple[int,
         b = (t2 - t1) / (s2**2 - s1**2)
         a = t2 - b * s2**2
     run = open_run(probe)
-    val = split_dataset(run, "val")  # prepared here; training keeps them in memory
+    val = run.dataset("val")  # prepared here; training keeps them in memory
     t = time.perf_counter()
     logits_of(run.model, val, select_device())
     val_s = time.perf_counter() - t
@@ -117,7 +117,7 @@ def main() -> None:
 
     # 3. open the test split once
     run = open_run(run_dir)
-    logits, y = logits_of(run.model, split_dataset(run, "test"), select_device(),
+    logits, y = logits_of(run.model, run.dataset("test"), select_device(),
                           flip_average=run.flip_average)
     y_pred = torch.argmax(logits, dim=1).numpy()
     rep = classification_report(y.numpy(), y_pred, list(run.class_names))

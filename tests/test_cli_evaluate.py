@@ -24,9 +24,9 @@ from PIL import Image
 
 from cxrlearn.checkpoint import load_checkpoint
 from cxrlearn.cli import main
-from cxrlearn.cli.runs import open_run, split_dataset
 from cxrlearn.data import CLASS_NAMES, read_manifest, sample_root
 from cxrlearn.metrics import UndefinedMetricWarning, classification_report
+from cxrlearn.runs import open_run
 from cxrlearn.uncertainty import wilson_interval
 
 PER_CLASS = 8
@@ -157,7 +157,7 @@ def test_probabilities_are_flip_averaged_as_the_run_says(evaluated):
     """`train --tta flip` stores flip averaging; evaluate's probabilities are its average."""
     run = open_run(evaluated["run"])
     assert run.flip_average
-    data = split_dataset(run, "test")
+    data = run.dataset("test")
     x = torch.stack([data[i][0] for i in range(len(data))])  # (N, C, S, S)
     with torch.no_grad():
         logits = (run.model(x) + run.model(x.flip(-1))) / 2

@@ -112,3 +112,28 @@ def test_item_generator_streams():
     for i in range(len(keys)):
         for j in range(i + 1, len(keys)):
             assert not torch.equal(streams[i], streams[j]), (keys[i], keys[j])
+
+
+def test_split_dataset_takes_one_part_with_its_images(scan):
+    from cxrlearn.data import split_dataset, split_items
+
+    rows = split_items(scan.items, test_per_class=2, val_fraction=0.25, seed=0)
+    images = prepare_images([r.path for r in rows], 32).images  # (N, S, S), one per row
+    for part in ("train", "val", "test"):
+        picked = [i for i, r in enumerate(rows) if r.split == part]
+        fast = split_dataset(rows, part, 32, eval_transform(1), images=images)
+        slow = split_dataset(rows, part, 32, eval_transform(1))  # reads the files
+        assert fast.paths == [rows[i].path for i in picked]
+        assert fast.labels == [rows[i].label for i in picked]
+        for j in range(len(fast)):
+            np.testing.assert_array_equal(fast.prepared(j)[0].numpy(), images[picked[j]])
+            torch.testing.assert_close(fast[j][0], slow[j][0], rtol=0, atol=0)
+
+
+def test_split_dataset_refuses_an_empty_part(scan):
+    from cxrlearn import CxrlearnError
+    from cxrlearn.data import split_dataset, split_items
+
+    rows = split_items(scan.items, test_per_class=2, val_fraction=0.0, seed=0)
+    with pytest.raises(CxrlearnError, match="no 'val' images"):
+        split_dataset(rows, "val", 32, eval_transform(1))

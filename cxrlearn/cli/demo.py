@@ -18,11 +18,11 @@ from rich.table import Table
 
 from cxrlearn.cli.evaluate import evaluate_run
 from cxrlearn.cli.gradcam import write_overlays
-from cxrlearn.cli.runs import open_run
 from cxrlearn.cli.train import add_train_arguments, train_run
 from cxrlearn.data import load_image
 from cxrlearn.device import select_device
 from cxrlearn.export import export_torchscript, load_exported
+from cxrlearn.runs import open_run
 
 __all__ = ["add_parser"]
 

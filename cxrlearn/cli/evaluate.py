@@ -23,7 +23,6 @@ from rich.table import Table
 from cxrlearn.calibration import apply_temperature, expected_calibration_error
 from cxrlearn.checkpoint import load_checkpoint
 from cxrlearn.cli.progress import progress_bar
-from cxrlearn.cli.runs import Run, logits_of, open_run, split_dataset
 from cxrlearn.device import select_device
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.metrics import (
@@ -40,6 +39,7 @@ from cxrlearn.plots import (
 )
 from cxrlearn.report import report_table
 from cxrlearn.roc import one_vs_rest_auc
+from cxrlearn.runs import Run, logits_of, open_run
 from cxrlearn.uncertainty import report_intervals
 
 __all__ = ["add_parser", "evaluate_run"]
@@ -89,7 +89,7 @@ def _json_safe(value):
 def evaluate_run(run: Run, split: str, out: Path, device: torch.device, console: Console,
                  batch_size: int = 64) -> dict:
     """Predict one split of a run, print the report, write report.json, predictions.csv, plots."""
-    data = split_dataset(run, split)
+    data = run.dataset(split)
     with progress_bar(console) as progress:
         task = progress.add_task(f"predicting {split}", total=len(data))
         logits, y = logits_of(run.model, data, device, batch_size,

@@ -11,7 +11,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +23,11 @@ from rich.table import Table
 from cxrlearn import distributed
 from cxrlearn.calibration import fit_temperature
 from cxrlearn.cli.progress import progress_bar
-from cxrlearn.cli.runs import Run, logits_of, open_run, split_dataset
 from cxrlearn.curves import plot_history
 from cxrlearn.data import (
     CLASS_NAMES,
     XrayDataset,
+    default_cache_dir,
     dhash,
     duplicate_groups,
     load_image,
@@ -44,6 +43,7 @@ from cxrlearn.data.splits import SplitRow
 from cxrlearn.device import describe_device, select_device
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.resnet import resnet18
+from cxrlearn.runs import Run, logits_of, open_run
 from cxrlearn.seeding import seed_everything
 from cxrlearn.training import TrainConfig, fit
 from cxrlearn.transfer import freeze_backbone, load_imagenet_weights
@@ -60,12 +60,6 @@ __all__ = ["add_parser"]
 
 DEFAULTS = TrainConfig()
 AUGMENTS = ("flip+affine", "flip", "none")
-
-
-def default_cache_dir() -> Path:
-    """Where prepared-image caches go: `$XDG_CACHE_HOME/cxrlearn`, else `~/.cache/cxrlearn`."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cxrlearn"
 
 
 def _fraction(text: str) -> float:
@@ -299,7 +293,7 @@ def _calibrate(out: Path, device, console: Console) -> Run:
     Validation, because the test split stays closed; see `cxrlearn.calibration`.
     """
     run = open_run(out)
-    logits, y = logits_of(run.model, split_dataset(run, "val"), device,
+    logits, y = logits_of(run.model, run.dataset("val"), device,
                           flip_average=run.flip_average)
     temperature = fit_temperature(logits, y)
     run.save_temperature(temperature)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxrlearn.data.cache import PreparedImages, prepare_images
-from cxrlearn.data.dataset import XrayDataset, item_generator
+from cxrlearn.data.cache import PreparedImages, default_cache_dir, prepare_images
+from cxrlearn.data.dataset import XrayDataset, item_generator, split_dataset
 from cxrlearn.data.dedup import dhash, duplicate_groups, hamming, near_duplicate_pairs
 from cxrlearn.data.folder import CLASS_NAMES, DISPLAY_NAMES, FolderScan, scan_folder
 from cxrlearn.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, is_image_file, load_image
@@ -36,6 +36,7 @@ __all__ = [
     "PreparedImages",
     "SplitRow",
     "XrayDataset",
+    "default_cache_dir",
     "dhash",
     "duplicate_groups",
     "hamming",
@@ -47,6 +48,7 @@ __all__ = [
     "read_manifest",
     "sample_root",
     "scan_folder",
+    "split_dataset",
     "split_items",
     "write_manifest",
 ]

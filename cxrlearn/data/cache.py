@@ -28,9 +28,21 @@ from cxrlearn.data.images import load_image
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.transforms import prepare
 
-__all__ = ["PreparedImages", "cache_key", "prepare_images"]
+__all__ = ["PreparedImages", "cache_key", "default_cache_dir", "prepare_images"]
 
 _FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """Where cxrlearn keeps what it computes once: prepared images, the sample run.
+
+    `$CXRLEARN_CACHE_DIR` if set, else `$XDG_CACHE_HOME/cxrlearn`, else
+    `~/.cache/cxrlearn`. Everything in it can be deleted; it is made again when needed.
+    """
+    if os.environ.get("CXRLEARN_CACHE_DIR"):
+        return Path(os.environ["CXRLEARN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cxrlearn"
 
 
 @dataclass

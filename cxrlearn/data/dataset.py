@@ -23,9 +23,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from cxrlearn.data.images import load_image
+from cxrlearn.data.splits import SplitRow
+from cxrlearn.errors import CxrlearnError
 from cxrlearn.transforms import prepare
 
-__all__ = ["XrayDataset", "item_generator"]
+__all__ = ["XrayDataset", "item_generator", "split_dataset"]
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -97,3 +99,42 @@ class XrayDataset(Dataset):
         x = self.prepared(index).to(torch.float32) / 255.0  # (1, S, S) in [0, 1]
         x = self.transform(x, item_generator(self.seed, self.epoch, index))  # (C, S, S)
         return x, self.labels[index]
+
+
+def split_dataset(
+    rows: Sequence[SplitRow],
+    part: str,
+    image_size: int,
+    transform: Callable[[Tensor, torch.Generator | None], Tensor],
+    images: np.ndarray | None = None,
+    low: float = 2.0,
+    high: float = 98.0,
+    seed: int = 0,
+) -> XrayDataset:
+    """The dataset of one part of a split: the rows whose `split` is `part`, in their order.
+
+    Args:
+        rows: The split, e.g. from `cxrlearn.data.split_items` or `read_manifest`.
+        part: `"train"`, `"val"` or `"test"`.
+        image_size: Side S of the square images.
+        transform: `train_transform()` for training, `eval_transform()` otherwise.
+        images: Optional prepared images, uint8 `(len(rows), S, S)`, one per row of `rows`
+            (from `prepare_images([r.path for r in rows], S)`); the part's images are taken
+            from it, so no file is read.
+        low: Lower stretch percentile.
+        high: Upper stretch percentile.
+        seed: Seed of the augmentations.
+
+    Raises:
+        CxrlearnError: No row belongs to `part`.
+
+    Shape:
+        images: (N, S, S) -> items (C, S, S)
+    """
+    index = [i for i, r in enumerate(rows) if r.split == part]
+    if not index:
+        raise CxrlearnError(f"the split has no {part!r} images")
+    return XrayDataset([rows[i].path for i in index], [rows[i].label for i in index],
+                       image_size, transform,
+                       images=None if images is None else images[index],
+                       low=low, high=high, seed=seed)
