@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Every test: unit tests, the lessons (nbval), and the documentation build.
-# Exits non-zero as soon as one of the three fails.
+# Every test: unit tests, the lessons (nbval) on two CPU configurations, and the docs build.
+# Exits non-zero as soon as one of them fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== ruff"
-.venv/bin/ruff check cxrlearn tests benchmarks
+.venv/bin/ruff check cxrlearn tests benchmarks tools
 echo "== pytest: tests/"
 MPLBACKEND=Agg .venv/bin/python -m pytest tests -q
-echo "== pytest --nbval: lessons/"
-.venv/bin/python -m pytest --nbval --nbval-current-env -p no:cacheprovider lessons -q  # the kernel draws figures inline
+# The lessons run twice, each time from an empty cache (so the network they share is trained
+# in the run, as on a student's first day): on this CPU as it comes, then with another choice
+# of floating-point kernels and one thread. A stored output that only one CPU prints fails.
+nbval() {
+    local cache
+    cache=$(mktemp -d)
+    CXRLEARN_CACHE_DIR=$cache "$@" .venv/bin/python -m pytest --nbval --nbval-current-env \
+        -p no:cacheprovider lessons -q  # the kernel draws figures inline
+    rm -rf "$cache"
+}
+echo "== pytest --nbval: lessons/, this CPU as it comes"
+nbval
+echo "== pytest --nbval: lessons/, another CPU configuration (scripts/cpu_variant.sh)"
+nbval bash scripts/cpu_variant.sh
 echo "== mkdocs build --strict"
 .venv/bin/mkdocs build --strict --quiet
 echo "== all checks passed"

@@ -2,9 +2,15 @@
 import nbformat as nbf
 
 cells = []
-md = lambda s: cells.append(nbf.v4.new_markdown_cell(s.strip()))
-code = lambda s, tags=None: cells.append(
-    nbf.v4.new_code_cell(s.strip(), metadata={"tags": tags} if tags else {}))
+
+
+def md(s):
+    cells.append(nbf.v4.new_markdown_cell(s.strip()))
+
+
+def code(s, tags=None):
+    cells.append(nbf.v4.new_code_cell(s.strip(), metadata={"tags": tags} if tags else {}))
+
 
 md(r"""
 # 01 · Data and contrast
