@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,23 +23,30 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from cxrlearn.cli import main as cli_main
 from cxrlearn.device import select_device
-from cxrlearn.metrics import classification_report
-from cxrlearn.runs import logits_of, open_run
-from cxrlearn.schedule import scaled_side
-from cxrlearn.training import TrainConfig
-from cxrlearn.uncertainty import report_intervals
+from cxrlearn.evaluation.metrics import classification_report
+from cxrlearn.evaluation.uncertainty import report_intervals
+from cxrlearn.runs import RunEvents, RunSettings, train_run
+from cxrlearn.schedule import SizeSchedule
+from cxrlearn.trained import TrainedModel
 
 
-def _train(args: list[str]) -> None:
-    """`cxrlearn train ARGS`; its error was printed, so stop with its exit status."""
-    rc = cli_main(["train", *args])
-    if rc != 0:
-        sys.exit(rc)
+class _Printer(RunEvents):
+    """Messages and one line per epoch (the benchmark's log)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def message(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def epoch(self, row: dict[str, float]) -> None:
+        self.console.print(f"epoch {row['epoch']:>3}: train loss {row['train_loss']:.3f} "
+                           f"val macro-F1 {row['val_macro_f1']:.3f} {row['image_size']} px "
+                           f"{row['seconds']:.0f} s", highlight=False)
 
 
-def epochs_in_budget(probe: Path, probe_s: float, budget_s: float) -> tuple[int, float]:
+def epochs_in_budget(probe: TrainedModel, probe_s: float, budget_s: float) -> tuple[int, float]:
     """The most epochs whose predicted wall time fits `budget_s`, and that time.
 
     The probe's last two epochs give training seconds at two image sides (its first epoch
@@ -49,7 +54,7 @@ def epochs_in_budget(probe: Path, probe_s: float, budget_s: float) -> tuple[int,
     `a + b * side**2` (cost grows with the pixels). Validation time at full size is
     measured here; what is left of the probe's time is set-up (split, cache, calibration).
     """
-    with (probe / "history.csv").open() as f:
+    with (probe.folder / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
     sides = [int(r["image_size"]) for r in rows]
     secs = [float(r["seconds"]) for r in rows]
@@ -59,21 +64,19 @@ def epochs_in_budget(probe: Path, probe_s: float, budget_s: float) -> tuple[int,
     else:
         b = (t2 - t1) / (s2**2 - s1**2)
         a = t2 - b * s2**2
-    run = open_run(probe)
-    val = run.dataset("val")  # prepared here; training keeps them in memory
+    val = probe.dataset("val")  # prepared here; training keeps them in memory
     t = time.perf_counter()
-    logits_of(run.model, val, select_device())
+    probe.logits(val, select_device())
     val_s = time.perf_counter() - t
-    config = json.loads((probe / "config.json").read_text())
-    train_config, full = TrainConfig(**config["train"]), config["preprocess"]["image_size"]
-    # validations at each epoch's size, and the calibration at full size (two passes with
-    # flip averaging)
-    val_total = val_s * ((2 if run.flip_average else 1) + sum((s / full) ** 2 for s in sides))
+    full = probe.preprocess.image_size
+    # validations at each epoch's size, and the calibration at full size
+    val_total = val_s * (1 + sum((s / full) ** 2 for s in sides))
     setup_s = max(0.0, probe_s - sum(secs) - val_total)
+    sizes = probe.checkpoint["config"].get("sizes") if probe.checkpoint else None
+    schedule = SizeSchedule(**sizes) if sizes else None
 
     def predicted(n: int) -> float:
-        schedule = dataclasses.replace(train_config, num_epochs=n)
-        plan = [scaled_side(full, schedule.image_scale(e)) for e in range(n)]
+        plan = [full if schedule is None else schedule.side(full, e, n) for e in range(n)]
         # validation runs at the size just trained at (calibration at full size)
         return setup_s + val_s + sum(a + b * s**2 + val_s * (s / full) ** 2 for s in plan)
 
@@ -92,36 +95,39 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--out", type=Path, default=None, help="run folder (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("extra", nargs="*", help="more `cxrlearn train` options, after --")
+    ap.add_argument("--progressive-resize", type=float, default=SizeSchedule().start,
+                    help="starting share of the side (1: off), as cxrlearn train")
+    ap.add_argument("--augment", default="flip", help="as cxrlearn train")
     args = ap.parse_args()
     console = Console(width=120)
     out = args.out or Path(tempfile.mkdtemp(prefix="cxr-accuracy-"))
+    device = select_device()
+    base = RunSettings(data_root=args.data, image_size=args.image_size, augment=args.augment)
+    sizes = None if args.progressive_resize >= 1 else SizeSchedule(args.progressive_resize)
+
+    def settings(epochs: int) -> RunSettings:
+        return dataclasses.replace(base, train=dataclasses.replace(
+            base.train, num_epochs=epochs, seed=args.seed, sizes=sizes))
 
     # 1. time three short epochs (with progressive resizing: two at the smallest size, one at
     # full size), to know how many epochs fit in the budget
-    probe = out / "probe"
     t = time.perf_counter()
-    _train(["--data", str(args.data), "--out", str(probe), "--epochs", "3",
-            "--image-size", str(args.image_size), "--seed", str(args.seed), *args.extra])
+    probe = train_run(settings(3), out / "probe", device, events=_Printer(console))
     probe_s = time.perf_counter() - t
     epochs, predicted_s = epochs_in_budget(probe, probe_s, args.minutes * 60)
     console.print(f"probe: 3 epochs in {probe_s:.0f} s; training {epochs} epochs, "
                   f"predicted {predicted_s / 60:.1f} min")
 
     # 2. the real run
-    run_dir = out / "run"
     t = time.perf_counter()
-    _train(["--data", str(args.data), "--out", str(run_dir), "--epochs", str(epochs),
-            "--image-size", str(args.image_size), "--seed", str(args.seed), *args.extra])
+    model = train_run(settings(epochs), out / "run", device, events=_Printer(console))
     minutes = (time.perf_counter() - t) / 60
 
     # 3. open the test split once
-    run = open_run(run_dir)
-    logits, y = logits_of(run.model, run.dataset("test"), select_device(),
-                          flip_average=run.flip_average)
+    logits, y = model.logits(model.dataset("test"), device)
     y_pred = torch.argmax(logits, dim=1).numpy()
-    rep = classification_report(y.numpy(), y_pred, list(run.class_names))
-    iv = report_intervals(y.numpy(), y_pred, list(run.class_names), seed=0)
+    rep = classification_report(y.numpy(), y_pred, list(model.class_names))
+    iv = report_intervals(y.numpy(), y_pred, list(model.class_names), seed=0)
 
     table = Table(title=f"Accuracy benchmark: {args.data}, {args.image_size} px, from scratch")
     for col in ("epochs", "train minutes", "best val macro-F1", "test images",
@@ -129,9 +135,8 @@ def main() -> None:
         table.add_column(col, justify="right")
     lo, hi = iv["accuracy"]
     flo, fhi = iv["macro avg"]["f1-score"]
-    best_val = run.ckpt["history"][run.ckpt["epoch"] - 1]["val_macro_f1"]  # best.pt's epoch
-    table.add_row(str(epochs), f"{minutes:.1f}", f"{best_val:.3f}", str(len(y)),
-                  f"{rep['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
+    table.add_row(str(epochs), f"{minutes:.1f}", f"{model.scores['val_macro_f1']:.3f}",
+                  str(len(y)), f"{rep['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
                   f"{rep['macro avg']['f1-score']:.3f} [{flo:.3f}, {fhi:.3f}]")
     console.print(table)
 

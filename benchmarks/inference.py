@@ -33,13 +33,13 @@ from rich.table import Table
 
 from cxrlearn.export import (
     EndToEndModel,
-    Preprocess,
     eager_probs,
     resize_hw,
     sample_check_images,
     upstream_deprecation,
 )
 from cxrlearn.resnet import resnet18
+from cxrlearn.transforms import Preprocess
 
 Runner = Callable[[list[np.ndarray]], torch.Tensor]
 

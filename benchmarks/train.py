@@ -40,18 +40,11 @@ from torch.utils.data import DataLoader, Dataset
 from cxrlearn.data import XrayDataset, prepare_images, sample_root, scan_folder
 from cxrlearn.device import describe_device, select_device
 from cxrlearn.resnet import resnet18
-from cxrlearn.training import TrainConfig, make_optimizer, train_one_epoch
+from cxrlearn.training import Amp, TrainConfig, make_optimizer, train_one_epoch
 from cxrlearn.transforms import train_transform
 
 NUM_CLASSES = 4
 MODES = ("eager", "channels_last", "compile")
-
-
-def amp_dtype_for(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype `fit` uses with its default `amp=True`: bf16 or fp16 on CUDA only."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def synchronize(device: torch.device) -> None:
@@ -75,8 +68,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, TrainConfig())
         self.model = torch.compile(model) if mode == "compile" else model
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1).to(device)
-        self.amp_dtype = amp_dtype_for(device)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.amp = Amp.choose(device, wanted=True)
 
     def run(self, batches) -> list[float]:
         """Train on `batches` (any iterable of `(x, y)` with a length); seconds of each step.
@@ -87,9 +79,7 @@ class Trainer:
         synchronize(self.device)
         marks = [time.perf_counter()]
         train_one_epoch(self.model, batches, self.loss_fn, self.optimizer, self.device,
-                        scaler=self.scaler, amp_dtype=self.amp_dtype,
-                        channels_last=self.channels_last,
-                        on_batch=lambda stats: marks.append(time.perf_counter()))
+                        amp=self.amp, on_batch=lambda stats: marks.append(time.perf_counter()))
         return [b - a for a, b in zip(marks[:-1], marks[1:], strict=True)]
 
 
@@ -190,7 +180,7 @@ def main() -> None:
 
     device = select_device(args.device)
     console = Console(width=120)
-    amp = amp_dtype_for(device)
+    amp = Amp.choose(device, wanted=True).dtype  # what fit uses with its default amp=True
     console.print(f"device: {describe_device(device)}; torch {torch.__version__}; "
                   f"mixed precision: {'off' if amp is None else str(amp).replace('torch.', '')}")
     compile_on = args.compile == "on" or (args.compile == "auto" and device.type != "cpu")

@@ -1,20 +1,33 @@
-"""Checkpoints: everything needed to resume a run exactly, written so nothing is ever lost.
+"""Checkpoints: what a run needs to resume exactly, and what a model needs to be used.
 
-A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts: model,
-optimiser and schedule states, the epoch, the random states, the config, the class names
-and the history. Plain data means it loads with `torch.load(..., weights_only=True)`, which
-refuses to run code hidden in a file: never unpickle a file you did not make.
+A checkpoint is a plain dictionary of tensors, numbers, strings, lists and dicts. Plain data
+means it loads with `torch.load(..., weights_only=True)`, which refuses to run code hidden in
+a file: never unpickle a file you did not make. Two kinds, written by `fit`:
+
+- `last.pt`, every epoch: `training_state` - the weights, the optimiser and schedule states,
+  the random states, the epoch, the history. Everything needed to resume as if nothing had
+  happened (`resume`).
+- `best.pt`, the epoch chosen on validation: `model_state` - the weights, the class names,
+  the preprocessing, the history and the chosen epoch's scores. What inference needs, and a
+  third of the size: the optimiser's two running averages per weight stay in `last.pt`.
 
 Writes are atomic: the checkpoint goes to a temporary file in the same folder, is flushed
 to disk, and is then renamed over the old one. A crash or a full disk mid-write leaves the
 previous checkpoint intact, never half a file.
+
+Reads are checked before anything is built: a file that is not a cxrlearn checkpoint, or
+whose metadata is damaged (a missing key, a class list that does not match the network, a
+size that would allocate gigabytes), is a `CxrlearnError` naming the file and the problem.
 
 Lesson: lessons/03_training_loop_and_devices.ipynb
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +36,27 @@ from torch import nn
 
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.resnet import resnet18
+from cxrlearn.seeding import rng_state, set_rng_state
+from cxrlearn.transforms import Preprocess
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "model_from_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "save_checkpoint", "load_checkpoint",
+           "check_checkpoint", "check_architecture", "model_from_checkpoint", "training_state",
+           "model_state", "Resumed", "resume"]
 
 CHECKPOINT_FORMAT = "cxrlearn-checkpoint-v1"
+MAX_CLASSES = 1000
+"""Most classes a checkpoint may name (ImageNet's count): more is a damaged file."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically (temporary file, fsync, rename)."""
+    """Write `state` to `path` atomically (temporary file, fsync, rename).
+
+    Raises:
+        CxrlearnError: The disk is full or not writable; the old file at `path` is intact.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -40,36 +64,56 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows
+    except (OSError, RuntimeError) as e:  # torch.save's writer reports a full disk as either
+        kept = "; the previous file is intact" if path.exists() else ""
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise CxrlearnError(f"could not write the checkpoint ({reason}){kept}",
+                            path=path) from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete `.NAME.PID.tmp` files of processes that no longer run (killed mid-write)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def load_checkpoint(
     path: str | Path, class_names: tuple[str, ...] | list[str] | None = None
 ) -> dict[str, Any]:
-    """Read a checkpoint safely (`weights_only=True`) and check it is one of ours.
+    """Read a checkpoint safely (`weights_only=True`) and check it is a usable one of ours.
 
     Args:
         path: A `best.pt` or `last.pt`.
         class_names: If given, the classes the caller expects; a mismatch is an error.
 
     Raises:
-        CxrlearnError: Missing, unreadable, not a cxrlearn checkpoint, or other classes.
+        CxrlearnError: Missing, unreadable, not a cxrlearn checkpoint, damaged metadata
+            (see `check_checkpoint`), or other classes.
     """
     path = Path(path)
     if not path.is_file():
         raise CxrlearnError("checkpoint not found", path=path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged or foreign file fails in many ways (KeyError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CxrlearnError(f"not a readable checkpoint ({first})", path=path) from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CxrlearnError(
-            "not a cxrlearn checkpoint (made by another program, or a bare state dict)", path=path
-        )
+    except Exception as e:  # a damaged or foreign file fails in many ways
+        raise CxrlearnError(_not_a_checkpoint(path, e), path=path) from None
+    check_checkpoint(ckpt, path)
     if class_names is not None and list(ckpt["class_names"]) != list(class_names):
         raise CxrlearnError(
             f"checkpoint was trained for classes {list(ckpt['class_names'])}, "
@@ -79,14 +123,109 @@ def load_checkpoint(
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
-    """Build the network a checkpoint describes (`ckpt["meta"]["arch"]`) and load its weights.
+def _not_a_checkpoint(path: Path, error: Exception) -> str:
+    """Why `torch.load(weights_only=True)` refused `path`, for a person.
 
-    Returns the model in eval mode.
+    PyTorch's own message suggests re-running with `weights_only=False`, which would run
+    any code hidden in the file: that advice never reaches the user.
     """
-    arch = ckpt.get("meta", {}).get("arch", {})
-    if arch.get("name") != "resnet18":
-        raise CxrlearnError(f"unknown architecture {arch.get('name')!r}", path=path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return ("not a checkpoint: not a PyTorch file at all; a checkpoint is the best.pt or "
+                "last.pt that cxrlearn train writes")
+    if any(n.endswith("/extra/cxrlearn.json") for n in names):
+        return ("this is an exported model (cxrlearn export), not a checkpoint; use it with "
+                "cxrlearn predict or cxrlearn app, or give the run's best.pt here")
+    if any("/code/" in n or n.endswith("/models/model.json") for n in names):
+        return ("this is a TorchScript or torch.export file, not a checkpoint; cxrlearn reads "
+                "checkpoints only as plain data, so it is not loaded")
+    kind = type(error).__name__
+    return (f"not a cxrlearn checkpoint: it holds objects other than plain data ({kind}), "
+            "which cxrlearn never unpickles; use a best.pt or last.pt from cxrlearn train")
+
+
+def check_checkpoint(ckpt: Any, path: str | Path = "checkpoint") -> None:
+    """Check a loaded checkpoint's structure: the format marker, and the type of each
+    field it has (class names, weights, metadata, epoch, history).
+
+    `model_from_checkpoint` checks more before it builds a network: that the architecture,
+    the class names and the preprocessing agree.
+
+    Raises:
+        CxrlearnError: The first problem found, naming the file and the field.
+    """
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CxrlearnError(
+            "not a cxrlearn checkpoint (made by another program, or a bare state dict)",
+            path=path)
+    names = ckpt.get("class_names", ["a", "b"])
+    if (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)
+            or not 2 <= len(names) <= MAX_CLASSES or len(set(names)) != len(names)):
+        raise _damaged(f"class_names must be 2 to {MAX_CLASSES} distinct names, got "
+                       f"{_short(names)}", path)
+    weights = ckpt.get("model", {})
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor)
+                                                for v in weights.values()):
+        raise _damaged("model must be a dict of tensors", path)
+    if not isinstance(ckpt.get("meta", {}), dict):
+        raise _damaged("meta must be a dict", path)
+    epoch = ckpt.get("epoch", 0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise _damaged(f"epoch must be a whole number, got {_short(epoch)}", path)
+    if not isinstance(ckpt.get("history", []), list):
+        raise _damaged("history must be a list", path)
+
+
+def _damaged(problem: str, path: str | Path) -> CxrlearnError:
+    return CxrlearnError(f"damaged checkpoint: {problem}; train again or use another best.pt",
+                         path=path)
+
+
+def check_architecture(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> None:
+    """Check what building the network reads, before any memory is allocated for it.
+
+    The architecture (`resnet18`, one output per class name, 1 or 3 input channels) and the
+    preprocessing if present (`Preprocess.from_dict`, its channels matching the network's).
+
+    Raises:
+        CxrlearnError: The first problem found, naming the file and the field.
+    """
+    names = ckpt.get("class_names")
+    if names is None or "model" not in ckpt:
+        raise _damaged("no class_names or no model weights", path)
+    arch = ckpt.get("meta", {}).get("arch")
+    if not isinstance(arch, dict) or arch.get("name") != "resnet18":
+        raise CxrlearnError(f"unknown architecture {_short(arch)}: cxrlearn builds resnet18",
+                            path=path)
+    classes = arch.get("num_classes")
+    if classes != len(names) or isinstance(classes, bool):
+        raise _damaged(f"the network has {_short(classes)} outputs for {len(names)} class "
+                       "names", path)
+    if arch.get("in_channels") not in (1, 3) or isinstance(arch.get("in_channels"), bool):
+        raise _damaged(f"in_channels must be 1 or 3, got {_short(arch.get('in_channels'))}",
+                       path)
+    if "preprocess" in ckpt["meta"]:
+        try:
+            preprocess = Preprocess.from_dict(ckpt["meta"]["preprocess"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise _damaged(f"meta.preprocess: {e}", path) from None
+        if preprocess.channels != arch["in_channels"]:
+            raise _damaged(f"meta.preprocess makes {preprocess.channels}-channel images for a "
+                           f"{arch['in_channels']}-channel network", path)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
+    """Build the network a checkpoint describes (checked first: `check_architecture`) and
+    load its weights; eval mode."""
+    check_architecture(ckpt, path)
+    arch = ckpt["meta"]["arch"]
     model = resnet18(num_classes=arch["num_classes"], in_channels=arch["in_channels"])
     try:
         model.load_state_dict(ckpt["model"])
@@ -94,3 +233,60 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint")
         raise CxrlearnError(f"weights do not fit resnet18: {str(e).splitlines()[0]}",
                             path=path) from None
     return model.eval()
+
+
+def model_state(model: nn.Module, class_names: list[str], meta: dict[str, Any],
+                epoch: int, history: list[dict[str, float]], config: Any) -> dict[str, Any]:
+    """What `best.pt` holds: the model and what using and judging it needs, no optimiser.
+
+    `scores` are the chosen epoch's validation numbers (`history[epoch - 1]`).
+    """
+    return {"model": model.state_dict(), "class_names": list(class_names), "meta": meta,
+            "epoch": epoch, "history": list(history),
+            "scores": {k: v for k, v in history[epoch - 1].items() if k.startswith("val_")},
+            "config": dataclasses.asdict(config)}
+
+
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, class_names: list[str],
+                   meta: dict[str, Any], epoch: int, best: float | None, since_best: int,
+                   history: list[dict[str, float]], config: Any) -> dict[str, Any]:
+    """What `last.pt` holds: `model_state`'s content plus everything an exact resume needs."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
+            "best": best, "since_best": since_best, "history": list(history),
+            "class_names": list(class_names), "meta": meta,
+            "config": dataclasses.asdict(config)}
+
+
+@dataclass
+class Resumed:
+    """Where a resumed run stands: the next epoch is `epoch` (0-based)."""
+
+    epoch: int
+    best: float | None
+    since_best: int
+    history: list[dict[str, float]]
+
+
+def resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler, class_names: list[str],
+           meta: dict[str, Any]) -> Resumed:
+    """Put the model, optimiser, schedule and random states back as `last.pt` saved them.
+
+    Raises:
+        CxrlearnError: Unreadable, not a `last.pt` (no optimiser state), or made for another
+            network or class list.
+    """
+    ckpt = load_checkpoint(path, class_names)
+    if "optimizer" not in ckpt:
+        raise CxrlearnError("holds no training state (a best.pt?); resume from last.pt",
+                            path=path)
+    if ckpt.get("meta", {}).get("arch") != meta.get("arch"):
+        raise CxrlearnError(f"checkpoint is for {ckpt.get('meta', {}).get('arch')}, not "
+                            f"{meta.get('arch')}", path=path)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    return Resumed(ckpt["epoch"], ckpt["best"], ckpt["since_best"], list(ckpt["history"]))

@@ -25,7 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["stretch_contrast", "stretch_contrast_tensor", "percentile_tensor"]
+__all__ = ["LOW", "HIGH", "stretch_contrast", "stretch_contrast_tensor", "percentile_tensor"]
+
+LOW = 2.0
+"""The lower stretch percentile every default in cxrlearn uses (the reference project's)."""
+HIGH = 98.0
+"""The upper stretch percentile every default in cxrlearn uses."""
 
 
 def _stretch_numpy(image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -63,7 +68,7 @@ def percentile_tensor(x: Tensor, q: float) -> Tensor:
     return values[:, lo] + (values[:, hi] - values[:, lo]) * frac
 
 
-def stretch_contrast_tensor(x: Tensor, low: float = 2.0, high: float = 98.0) -> Tensor:
+def stretch_contrast_tensor(x: Tensor, low: float = LOW, high: float = HIGH) -> Tensor:
     """Contrast-stretch each image of a batch; scriptable with `torch.jit.script`.
 
     Percentiles are taken per image, over all its channels and pixels.
@@ -99,7 +104,7 @@ def stretch_contrast(image: Tensor, low: float = ..., high: float = ...) -> Tens
 
 
 def stretch_contrast(
-    image: np.ndarray | Tensor, low: float = 2.0, high: float = 98.0
+    image: np.ndarray | Tensor, low: float = LOW, high: float = HIGH
 ) -> np.ndarray | Tensor:
     """Map the [low, high] percentile window of an image linearly onto [0, 1], clipping.
 
@@ -109,8 +114,8 @@ def stretch_contrast(
         image: A numpy array (one image, any shape and real dtype: 8-bit, 16-bit, float),
             or a torch tensor: `(H, W)` or `(C, H, W)` is one image, `(B, C, H, W)` a batch
             stretched image by image.
-        low: Lower percentile, in [0, 100]. Default 2.
-        high: Upper percentile, in [0, 100], at least `low`. Default 98.
+        low: Lower percentile, in [0, 100]. Default `LOW` (2).
+        high: Upper percentile, in [0, 100], at least `low`. Default `HIGH` (98).
 
     Returns:
         float32 values in [0, 1], same shape and same kind (numpy or torch) as the input.

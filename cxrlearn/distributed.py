@@ -8,6 +8,12 @@ takes the same optimizer step from the same weights, so the copies never drift a
 With a mean loss and equal slices, the averaged gradient is exactly the gradient of the
 whole global batch: N processes with batch B/N each train like one process with batch B.
 
+The training loop (`cxrlearn.training`) stays the textbook loop; what data parallelism adds
+to it lives here: `wrap` (DDP, or the model itself in one process), `epoch_sampler` and
+`local_batch_size` (each rank's slice of every batch), `any_rank` (stop together),
+`all_reduce_sum` (numbers over all ranks), `broadcast_buffers` (one set of BatchNorm
+statistics), `barrier`, and `is_main` (rank 0 writes the files).
+
 `torchrun --nproc-per-node N -m cxrlearn train ...` starts N processes and sets `RANK`,
 `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR` and `MASTER_PORT` in each; `detect()` reads
 them. Backends: `nccl` between CUDA GPUs, `gloo` on CPUs. Rank 0 alone writes files and
@@ -23,16 +29,20 @@ Lesson: lessons/08_distributed_training.ipynb
 from __future__ import annotations
 
 import os
+from collections.abc import Sized
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["DistEnv", "detect", "init_process_group", "is_distributed", "all_reduce_sum",
-           "barrier", "broadcast_buffers", "use_sync_batchnorm"]
+__all__ = ["DistEnv", "detect", "init_process_group", "is_distributed", "is_main",
+           "world_size", "wrap", "epoch_sampler", "local_batch_size", "any_rank",
+           "all_reduce_sum", "barrier", "broadcast_buffers", "use_sync_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,61 @@ def init_process_group(env: DistEnv, device: torch.device) -> torch.device:
 def is_distributed() -> bool:
     """True inside an initialised process group."""
     return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Number of processes in the run (1 when not distributed)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on the process that writes files and prints: rank 0, or the only process."""
+    return not is_distributed() or dist.get_rank() == 0
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """`DistributedDataParallel(model)` inside a process group, else `model` itself.
+
+    DDP all-reduces the gradients during `backward()`; the caller keeps `model` (the plain
+    module, shared with the wrapper) for evaluating and saving.
+    """
+    if not is_distributed():
+        return model
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def local_batch_size(batch_size: int) -> int:
+    """Each process's share of a global batch of `batch_size` images.
+
+    Raises:
+        CxrlearnError: The batch does not split evenly over the processes.
+    """
+    world = world_size()
+    if batch_size % world:
+        raise CxrlearnError(f"batch size {batch_size} does not split evenly over "
+                            f"{world} processes")
+    return batch_size // world
+
+
+def epoch_sampler(dataset: Sized, seed: int, epoch: int) -> DistributedSampler:
+    """The order of one epoch, as this process's slice of one shared permutation.
+
+    The permutation is seeded by (seed, epoch), the same on every rank, so rank r of N takes
+    every N-th index and the N slices of a batch are exactly the batch one process would
+    take. Seeding by the epoch rather than running one generator on is also what lets a
+    resumed run see the batches an uninterrupted one would have.
+    """
+    sampler = DistributedSampler(dataset, num_replicas=world_size(),  # type: ignore[arg-type]
+                                 rank=dist.get_rank() if is_distributed() else 0,
+                                 shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return sampler
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True if `flag` is true on any process: a stop that every rank takes together."""
+    return all_reduce_sum([float(flag)], device)[0] > 0
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from os import PathLike
 
+__all__ = ["CxrlearnError", "TrainingDiverged", "TrainingInterrupted"]
+
 
 class CxrlearnError(Exception):
     """An expected, user-fixable fault; the message names the file and the problem.
@@ -27,3 +29,11 @@ class CxrlearnError(Exception):
         self.path = None if path is None else str(path)
         self.message = message
         super().__init__(message if self.path is None else f"{self.path}: {message}")
+
+
+class TrainingDiverged(CxrlearnError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class TrainingInterrupted(CxrlearnError):
+    """Ctrl-C stopped the run; checkpoints of finished epochs were kept."""

@@ -25,7 +25,9 @@ with d y_k / d A during the backward pass. Two alternatives look simpler and are
 A saliency map must depend on what the network learned. Adebayo et al., "Sanity Checks
 for Saliency Maps", NeurIPS 2018, propose the test: re-initialise the top layers, and the
 map should change. The tests of this module run that check. Drawing the map over the X-ray
-(`overlay`, `gradcam_figure`) is `cxrlearn.heatmap`.
+(`overlay`, `gradcam_figure`) is `cxrlearn.heatmap`; explaining a trained model's answer
+for a raw X-ray (preprocessing, temperature, a thread-safe copy of the network) is
+`cxrlearn.trained.TrainedModel.explain`.
 
 Lesson: lessons/05_grad_cam_with_hooks.ipynb
 """
@@ -110,6 +112,7 @@ class CamResult(NamedTuple):
         scores: The logit that was explained, logits[i, targets[i]]. Shape (B,).
         targets: The class explained for each image. Shape (B,), dtype long.
         probs: Softmax of the logits, for every class. Shape (B, K).
+        logits: The logits themselves. Shape (B, K).
     """
 
     cams: Tensor
@@ -117,6 +120,7 @@ class CamResult(NamedTuple):
     scores: Tensor
     targets: Tensor
     probs: Tensor
+    logits: Tensor
 
 
 class GradCAM:
@@ -254,6 +258,7 @@ class GradCAM:
                 scores=scores.detach(),
                 targets=targets,
                 probs=torch.softmax(logits.detach(), dim=1),
+                logits=logits.detach(),
             )
         finally:
             self._capturing = False

@@ -1,118 +1,419 @@
-"""A trained run read back from its folder: the checkpoint, the model, the split, the data.
+"""A training run from a data folder to a run folder: what `cxrlearn train` does, as a function.
 
-`cxrlearn train` leaves a run folder: `manifest.csv` (which image went to which part of the
-split), `best.pt` and `last.pt` (checkpoints), `config.json`, `history.csv`. `open_run`
-reads it back as a `Run`, which knows how to rebuild the evaluation-mode dataset of any part
-of the split and to compute the model's logits on it. Evaluation, calibration, the
-benchmarks and the lessons all start from here.
+`train_run(settings, out)` goes the whole way, each step a function of its own module:
 
-Lesson: lessons/04_evaluation_metrics.ipynb
+    scan the class folders (cxrlearn.data.folder)  ->  split, keeping near-duplicates on one
+    side (cxrlearn.data.splits, .dedup)  ->  prepare every image once (cxrlearn.data.cache)
+    ->  ResNet18, from scratch or ImageNet (cxrlearn.resnet, .transfer)  ->  fit, choosing
+    the epoch on validation (cxrlearn.training)  ->  learning curves  ->  a temperature
+    fitted on validation (cxrlearn.evaluation.calibration)
+
+and leaves a run folder that `cxrlearn.trained.open_model` reads back:
+
+    manifest.csv         the split: path, class, part of every image
+    config.json          the settings (`RunSettings`), so that a resume keeps them
+    last.pt              everything an exact resume needs, every epoch
+    best.pt              the chosen epoch: weights, classes, preprocessing, scores, T
+    history.csv          one row per epoch
+    learning_curves.png  the history, drawn
+
+Nothing a user made is lost. A new run needs an empty or new folder; a run folder is locked
+while a process trains into it; a resumed run keeps its own settings (a conflicting one is
+refused before anything is written) and a finished run is extended only when asked for more
+epochs. `RunEvents` is how the run reports progress: the command line prints it, the
+library and the lessons stay quiet.
+
+Lesson: lessons/03_training_loop_and_devices.ipynb
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
-from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from cxrlearn.data import XrayDataset, prepare_images, read_manifest, split_dataset
+import cxrlearn
+from cxrlearn import distributed
+from cxrlearn.checkpoint import load_checkpoint
+from cxrlearn.data import (
+    FolderScan,
+    default_cache_dir,
+    dhash,
+    duplicate_groups,
+    load_image,
+    near_duplicate_pairs,
+    prepare_images,
+    read_manifest,
+    scan_folder,
+    split_dataset,
+    split_items,
+    write_manifest,
+)
 from cxrlearn.data.splits import SplitRow
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.export import Preprocess
-from cxrlearn.training import predict
-from cxrlearn.transforms import eval_transform
+from cxrlearn.evaluation.calibration import fit_temperature
+from cxrlearn.evaluation.plots import plot_history
+from cxrlearn.resnet import resnet18
+from cxrlearn.schedule import SizeSchedule
+from cxrlearn.seeding import seed_everything
+from cxrlearn.trained import TrainedModel, open_model
+from cxrlearn.training import TrainConfig, fit
+from cxrlearn.transfer import freeze_backbone, load_imagenet_weights
+from cxrlearn.transforms import Preprocess, eval_transform, train_transform
 
-__all__ = ["Run", "open_run", "logits_of"]
+__all__ = ["RUN_FILES", "AUGMENTS", "RunSettings", "RunEvents", "train_run", "stored_settings",
+           "run_lock", "write_atomic"]
+
+RUN_FILES = ("manifest.csv", "config.json", "last.pt", "best.pt", "history.csv",
+             "learning_curves.png")
+"""What a run folder holds (evaluation, Grad-CAM and export add their own files)."""
+
+AUGMENTS = ("flip", "flip+affine", "none")
+"""Training augmentations: random left-right flip; plus rotation, zoom and shift; nothing."""
 
 
-@dataclass
-class Run:
-    """A trained run: its folder, checkpoint, model (in eval mode), classes and split."""
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything that decides a run, stored in its `config.json`.
 
-    folder: Path
-    checkpoint_path: Path
-    ckpt: dict[str, Any]
-    model: nn.Module
-    class_names: tuple[str, ...]
-    rows: list[SplitRow]
+    Attributes:
+        data_root: The data folder: one sub-folder of images per class.
+        classes: Use only these class folders (None: every one with images).
+        image_size: S, the side of the square images.
+        channels: 3 (grey repeated, the ImageNet layout) or 1.
+        test_per_class: Images per class held out for the test split.
+        val_fraction: Share of the rest used for validation (every choice is made there).
+        augment: One of `AUGMENTS`.
+        pretrained: `"none"` (from scratch), `"imagenet"` (torchvision's weights, downloaded
+            once) or the path of a `.pth` file in torchvision's format.
+        freeze_backbone: Train the `fc` head only.
+        sync_bn: Under `torchrun` on GPUs: BatchNorm statistics over the global batch.
+        train: The training loop's settings; `cxrlearn train` turns progressive resizing on.
+    """
+
     data_root: Path
+    classes: tuple[str, ...] | None = None
+    image_size: int = 128
+    channels: int = 3
+    test_per_class: int = 30
+    val_fraction: float = 0.15
+    augment: str = "flip"
+    pretrained: str = "none"
+    freeze_backbone: bool = False
+    sync_bn: bool = False
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(sizes=SizeSchedule()))
 
-    @property
-    def preprocess(self) -> dict[str, Any]:
-        return self.ckpt["meta"]["preprocess"]
+    def __post_init__(self) -> None:
+        # One spelling of the folder, so that a resume compares like with like.
+        object.__setattr__(self, "data_root", Path(self.data_root).resolve())
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.test_per_class < 1:
+            raise ValueError(f"test_per_class must be at least 1, got {self.test_per_class}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        Preprocess(self.image_size, channels=self.channels)  # checks the size and channels
 
-    @property
-    def flip_average(self) -> bool:
-        """Whether predictions average the image and its mirror image (`cxrlearn.tta`)."""
-        return Preprocess.from_dict(self.preprocess).flip_average  # off in older checkpoints
+    def preprocess(self) -> Preprocess:
+        """The preprocessing these settings train with (stored in every checkpoint)."""
+        return Preprocess(self.image_size, channels=self.channels)
 
-    @property
-    def temperature(self) -> float:
-        return float(self.ckpt.get("temperature", 1.0))
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for `config.json`."""
+        d = dataclasses.asdict(self)
+        d["data_root"] = str(self.data_root)
+        d["classes"] = None if self.classes is None else list(self.classes)
+        return d
 
-    @property
-    def history(self) -> list[dict[str, float]]:
-        """`fit`'s history up to the checkpoint's epoch: one row of numbers per epoch."""
-        return list(self.ckpt.get("history", []))
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the checkpoint holds (1-based): for `best.pt`, the one validation chose."""
-        return int(self.ckpt["epoch"])
-
-    def dataset(self, split: str, cache_dir: Path | None = None) -> XrayDataset:
-        """The evaluation-mode dataset of one part of the split (no augmentation).
-
-        Raises:
-            CxrlearnError: The manifest has no image in that part.
-        """
-        rows = [r for r in self.rows if r.split == split]
-        if not rows:
-            raise CxrlearnError(f"the manifest has no {split!r} images", path=self.folder)
-        p = self.preprocess
-        prepared = prepare_images([r.path for r in rows], p["image_size"], p["low"], p["high"],
-                                  cache_dir=cache_dir)
-        return split_dataset(rows, split, p["image_size"], eval_transform(p["channels"]),
-                             images=prepared.images, low=p["low"], high=p["high"])
-
-    def save_temperature(self, temperature: float) -> None:
-        """Store a fitted temperature in the checkpoint (atomically)."""
-        self.ckpt["temperature"] = float(temperature)
-        save_checkpoint(self.checkpoint_path, {k: v for k, v in self.ckpt.items()
-                                               if k != "format"})
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSettings:
+        """Read `to_dict()` back, or the `config.json` of a cxrlearn 0.1 run."""
+        if "settings" in d:
+            s = dict(d["settings"])
+            return cls(**{**s, "data_root": Path(s["data_root"]),
+                          "classes": None if s["classes"] is None else tuple(s["classes"]),
+                          "train": TrainConfig.from_dict(s["train"])})
+        pre = d["preprocess"]  # cxrlearn 0.1: {"train": ..., "arch", "preprocess", ...}
+        return cls(data_root=Path(d["data_root"]), image_size=int(pre["image_size"]),
+                   channels=int(pre.get("channels", 3)), augment=d.get("augment", "flip"),
+                   pretrained=d.get("pretrained", "none"),
+                   freeze_backbone=bool(d.get("freeze_backbone", False)),
+                   train=TrainConfig.from_dict(d["train"]))
 
 
-def open_run(folder: Path, checkpoint: str = "best.pt", data_root: Path | None = None) -> Run:
-    """Load `folder/checkpoint` and `folder/manifest.csv`.
+class RunEvents:
+    """What `train_run` reports as it goes. This one says nothing; the CLI prints.
 
-    Args:
-        folder: The run folder.
-        checkpoint: Which checkpoint in it.
-        data_root: The data folder, if it is not where the checkpoint says it was.
+    Override any method: `message` for one line of news, `progress` for a slow step of
+    known size (a context manager yielding `advance(n)`), `batch` and `epoch` from `fit`.
+    """
+
+    def message(self, text: str) -> None:
+        """One line of news (a warning starts with "warning:")."""
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A slow step of `total` units; call the yielded function as units finish."""
+        yield lambda n: None
+
+    def batch(self, epoch: int, stats: dict[str, float]) -> None:
+        """After every training batch (see `training.fit`'s `on_batch`)."""
+
+    def epoch(self, row: dict[str, float]) -> None:
+        """After every epoch, with its history row."""
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder/.cxrlearn.lock` while training into `folder`: one process at a time.
+
+    The lock file holds the owner's process id. A lock left by a process that no longer
+    runs (killed) is taken over.
 
     Raises:
-        CxrlearnError: The folder, checkpoint or manifest is missing or unreadable.
+        CxrlearnError: Another running process holds the lock.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CxrlearnError("run folder not found", path=folder)
-    ckpt_path = folder / checkpoint
-    ckpt = load_checkpoint(ckpt_path)
-    class_names = tuple(ckpt["class_names"])
-    root = Path(data_root) if data_root is not None else Path(ckpt["meta"]["data_root"])
-    rows = read_manifest(folder / "manifest.csv", root, class_names)
-    return Run(folder, ckpt_path, ckpt, model_from_checkpoint(ckpt, ckpt_path), class_names,
-               rows, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".cxrlearn.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            owner = lock.read_text().strip() if lock.exists() else ""
+            if owner.isdigit() and _running(int(owner)):
+                raise CxrlearnError(f"another cxrlearn process (pid {owner}) is training into "
+                                    "this run folder; wait for it, or choose another --out",
+                                    path=folder) from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise CxrlearnError("cannot take the run folder's lock", path=folder)
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
-def logits_of(model: nn.Module, data: XrayDataset, device: torch.device,
-              batch_size: int = 64, on_batch=None,
-              flip_average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits `(N, K)` and labels `(N,)` of a dataset, in order (see `training.predict`)."""
-    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    return predict(model.to(device), loader, device, on_batch=on_batch,
-                   flip_average=flip_average)
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write a file through a temporary sibling and a rename: never half a file.
+
+    Raises:
+        CxrlearnError: The disk is full or the folder not writable (nothing is left behind).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CxrlearnError(f"could not write the file ({e.strerror or e})", path=path) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
+              resume: bool = False, cache_dir: Path | None = None,
+              events: RunEvents | None = None) -> TrainedModel:
+    """Train a run into `out` (see the module docstring) and return its best model.
+
+    Args:
+        settings: What to train. With `resume`, they must be the run's own, except that
+            `settings.train.num_epochs` may be larger (to extend a finished run).
+        out: The run folder: new or empty, or (with `resume`) one holding `last.pt`.
+        device: Where to train.
+        resume: Continue the run in `out` from its `last.pt`.
+        cache_dir: Prepared-image cache; default `cxrlearn.data.default_cache_dir()`.
+        events: Where progress goes; default nowhere.
+
+    Raises:
+        CxrlearnError: A folder that holds something else, a conflicting or finished
+            resume, bad data, or any failure of the steps, with what to do.
+    """
+    out, events = Path(out), events or RunEvents()
+    main = distributed.is_main()
+    _check_out(out, settings, resume)
+    lock = run_lock(out) if main else contextlib.nullcontext()
+    with lock:
+        scan = scan_folder(settings.data_root, settings.classes)
+        _check_scan(scan, settings, events)
+        preprocess = settings.preprocess()
+        meta = {"arch": {"name": "resnet18", "num_classes": len(scan.class_names),
+                         "in_channels": settings.channels},
+                "preprocess": preprocess.to_dict(), "data_root": str(scan.root.resolve())}
+        if main:
+            rows = (read_manifest(out / "manifest.csv", scan.root, scan.class_names) if resume
+                    else _split(scan, settings, out, events))
+            config = json.dumps(
+                {"settings": settings.to_dict(), "class_names": list(scan.class_names), **meta,
+                 "device": str(device), "world_size": distributed.world_size(),
+                 "cxrlearn_version": cxrlearn.__version__}, indent=2) + "\n"
+            write_atomic(out / "config.json", lambda f: f.write(config.encode()))
+        distributed.barrier()  # the other ranks read the manifest rank 0 wrote
+        if not main:
+            rows = read_manifest(out / "manifest.csv", scan.root, scan.class_names)
+
+        with events.progress("preparing images", len(rows)) as advance:
+            prepared = prepare_images([r.path for r in rows], settings.image_size,
+                                      cache_dir=cache_dir or default_cache_dir(),
+                                      progress=advance)
+        if prepared.from_cache:
+            events.message(f"prepared images read from the cache {prepared.cache_file}")
+        train_data = split_dataset(rows, "train", settings.image_size, train_transform(
+            settings.channels, flip=settings.augment != "none",
+            affine=settings.augment == "flip+affine"), prepared.images, seed=settings.train.seed)
+        val_data = split_dataset(rows, "val", settings.image_size,
+                                 eval_transform(settings.channels), prepared.images)
+        events.message(f"split: {len(train_data)} train, {len(val_data)} val, "
+                       f"{sum(r.split == 'test' for r in rows)} test (kept closed until "
+                       "evaluation)")
+
+        model = _network(settings, len(scan.class_names), device, resume, events)
+        history = fit(model, train_data, val_data, settings.train, device, scan.class_names,
+                      out_dir=out, resume_from=out / "last.pt" if resume else None, meta=meta,
+                      on_batch=events.batch if main else None,
+                      on_epoch=events.epoch if main else None)
+        distributed.barrier()
+        if not main:
+            return open_model(out)
+        _write_history(out, history)
+        trained = open_model(out)
+        # The temperature is fitted on validation: the test split stays closed.
+        logits, y = trained.logits(trained.dataset("val"), device)
+        trained.update_checkpoint(temperature=fit_temperature(logits, y))
+        events.message(f"temperature fitted on the validation split: "
+                       f"T = {trained.temperature:.2f}")
+        return trained
+
+
+def _check_out(out: Path, settings: RunSettings, resume: bool) -> None:
+    """Refuse, before anything is written, a run folder that a run could damage."""
+    if out.exists() and not out.is_dir():
+        raise CxrlearnError("exists and is not a folder; choose another --out", path=out)
+    if not resume:
+        held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) \
+            if out.is_dir() else []
+        if "last.pt" in held:
+            raise CxrlearnError("already holds a run; continue it with --resume, or choose "
+                                "another --out", path=out)
+        if held:
+            raise CxrlearnError(f"is not empty (it holds {', '.join(held[:4])}"
+                                f"{', ...' if len(held) > 4 else ''}); a new run needs a new "
+                                "or empty folder, choose another --out", path=out)
+        return
+    if not (out / "last.pt").is_file():
+        raise CxrlearnError("nothing to resume: no last.pt in the run folder", path=out)
+    stored = stored_settings(out)
+    done = _epochs_done(out)
+    wanted = settings.train.num_epochs
+    if done >= wanted:
+        raise CxrlearnError(f"the run is finished ({done} of {stored.train.num_epochs} epochs); "
+                            f"to train it further, ask for more epochs: --epochs N with N > "
+                            f"{done}", path=out)
+    if dataclasses.replace(stored, train=dataclasses.replace(
+            stored.train, num_epochs=settings.train.num_epochs)) != settings:
+        different = [f.name for f in dataclasses.fields(settings)
+                     if getattr(settings, f.name) != getattr(stored, f.name)]
+        raise CxrlearnError(f"resuming must keep the run's own settings; these differ: "
+                            f"{', '.join(different)} (see config.json)", path=out)
+
+
+def _epochs_done(out: Path) -> int:
+    """Epochs finished in a run folder: the epoch its `last.pt` holds."""
+    return int(load_checkpoint(out / "last.pt")["epoch"])
+
+
+def stored_settings(out: Path) -> RunSettings:
+    """The settings in a run folder's `config.json`.
+
+    Raises:
+        CxrlearnError: It is missing or unreadable.
+    """
+    try:
+        return RunSettings.from_dict(json.loads((out / "config.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CxrlearnError(f"cannot read the run's settings ({type(e).__name__}: {e})",
+                            path=out / "config.json") from None
+
+
+def _check_scan(scan: FolderScan, settings: RunSettings, events: RunEvents) -> None:
+    if scan.problems:
+        path, problem = scan.problems[0]
+        more = f" (and {len(scan.problems) - 1} more: cxrlearn data check lists them)" \
+            if len(scan.problems) > 1 else ""
+        raise CxrlearnError(f"{problem}{more}", path=path)
+    if len(scan.class_names) < 2:
+        raise CxrlearnError(f"only one class ({scan.class_names[0]}): a classifier needs at "
+                            "least two class folders", path=scan.root)
+    for entry in scan.unknown:
+        events.message(f"warning: {entry}: not a class folder (no images), ignored")
+
+
+def _split(scan: FolderScan, settings: RunSettings, out: Path, events: RunEvents
+           ) -> list[SplitRow]:
+    """The seeded split, near-duplicates kept on one side; written as `manifest.csv`."""
+    with events.progress("hashing (near-duplicates)", len(scan.items)) as advance:
+        hashes = []
+        for path, _ in scan.items:
+            hashes.append(dhash(load_image(path)))
+            advance(1)
+    pairs = near_duplicate_pairs(np.stack(hashes))
+    groups = duplicate_groups(len(scan.items), pairs)
+    rows = split_items(scan.items, settings.test_per_class, settings.val_fraction,
+                       settings.train.seed, groups)
+    for part in ("train", "val"):
+        counts = np.bincount([r.label for r in rows if r.split == part],
+                             minlength=len(scan.class_names))
+        if counts.min() == 0:
+            name = scan.class_names[int(counts.argmin())]
+            raise CxrlearnError(f"class {name!r} gets no {part} image; it has too few images "
+                                "for this --test-per-class and --val-fraction", path=scan.root)
+    write_manifest(out / "manifest.csv", rows, scan.root, scan.class_names)
+    if pairs:
+        events.message(f"{len(pairs)} near-duplicate pairs kept on one side of the split")
+    return rows
+
+
+def _network(settings: RunSettings, num_classes: int, device: torch.device, resume: bool,
+             events: RunEvents) -> torch.nn.Module:
+    seed_everything(settings.train.seed)  # the initial weights depend on the seed alone
+    model = resnet18(num_classes=num_classes, in_channels=settings.channels)
+    if settings.pretrained != "none" and not resume:
+        source = None if settings.pretrained == "imagenet" else settings.pretrained
+        events.message(str(load_imagenet_weights(model, source, progress=True)))
+    if settings.freeze_backbone:
+        freeze_backbone(model)
+    if settings.sync_bn:
+        model = distributed.use_sync_batchnorm(model, device)
+    return model
+
+
+def _write_history(out: Path, history: list[dict[str, float]]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomic(out / "history.csv", lambda f: f.write(text.getvalue().encode()))
+    figure = plot_history(history)
+    write_atomic(out / "learning_curves.png", lambda f: figure.savefig(f, dpi=100, format="png"))

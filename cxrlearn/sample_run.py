@@ -34,34 +34,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import cxrlearn
-from cxrlearn.checkpoint import load_checkpoint, save_checkpoint
-from cxrlearn.data import (
-    default_cache_dir,
-    dhash,
-    duplicate_groups,
-    load_image,
-    near_duplicate_pairs,
-    prepare_images,
-    sample_root,
-    scan_folder,
-    split_dataset,
-    split_items,
-    write_manifest,
-)
-from cxrlearn.export import Preprocess
-from cxrlearn.resnet import resnet18
-from cxrlearn.runs import Run, open_run
-from cxrlearn.seeding import seed_everything
-from cxrlearn.training import TrainConfig, fit
-from cxrlearn.transforms import GREY_MEAN, GREY_STD, eval_transform, train_transform
+from cxrlearn.data import default_cache_dir, sample_root
+from cxrlearn.runs import RunEvents, RunSettings, train_run
+from cxrlearn.trained import TrainedModel, open_model
+from cxrlearn.training import TrainConfig
 
 __all__ = ["SampleRunSettings", "sample_run", "sample_run_folder"]
 
-_FORMAT_VERSION = 1  # bump when the folder's layout or the recipe below changes
+_FORMAT_VERSION = 2  # bump when the folder's layout or the recipe below changes
 
 
 @dataclass(frozen=True)
@@ -91,9 +74,16 @@ class SampleRunSettings:
     warmup_epochs: float = 1.0
 
     def train_config(self) -> TrainConfig:
-        """The `TrainConfig` these settings train with."""
+        """The `TrainConfig` these settings train with (full size throughout)."""
         return TrainConfig(num_epochs=self.num_epochs, lr=self.lr, batch_size=self.batch_size,
                            warmup_epochs=self.warmup_epochs, seed=self.seed)
+
+    def run_settings(self) -> RunSettings:
+        """The `cxrlearn train` settings of the run: the bundled sample, flips only."""
+        return RunSettings(data_root=sample_root(), image_size=self.image_size,
+                           channels=self.channels, test_per_class=self.test_per_class,
+                           val_fraction=self.val_fraction, augment="flip",
+                           train=self.train_config())
 
     def key(self) -> str:
         """Hex digest of the settings, the cxrlearn version and the recipe's version."""
@@ -109,11 +99,20 @@ def sample_run_folder(settings: SampleRunSettings = SampleRunSettings(),
     return root / "sample-runs" / f"resnet18-{settings.image_size}px-{settings.key()}"
 
 
+class _EpochEvents(RunEvents):
+    def __init__(self, on_epoch: Callable[[dict[str, float]], None] | None) -> None:
+        self.on_epoch = on_epoch
+
+    def epoch(self, row: dict[str, float]) -> None:
+        if self.on_epoch is not None:
+            self.on_epoch(row)
+
+
 def sample_run(
     settings: SampleRunSettings = SampleRunSettings(),
     cache_dir: str | Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
-) -> Run:
+) -> TrainedModel:
     """The sample network's run: loaded from the cache, or trained there first.
 
     Training runs on the CPU, so that the network is the same on every call on one machine.
@@ -124,12 +123,14 @@ def sample_run(
         on_epoch: Called with each epoch's history row, when training (not when loading).
 
     Returns:
-        The run: model (eval mode), split, `dataset(part)`, history, the best epoch.
+        The trained model (`cxrlearn.trained.TrainedModel`): its network, split
+        (`dataset(part)`), history and chosen epoch.
     """
     folder = sample_run_folder(settings, cache_dir)
     if not (folder / "best.pt").is_file():
         _train_into(folder, settings, on_epoch)
-    return open_run(folder, data_root=sample_root())
+    # The sample is inside the installed package: point at it wherever that is now.
+    return open_model(folder, data_root=sample_root())
 
 
 def _train_into(folder: Path, settings: SampleRunSettings,
@@ -139,44 +140,14 @@ def _train_into(folder: Path, settings: SampleRunSettings,
     The rename is atomic: a lesson that is interrupted, or two that train at once, never
     leave a half-written run where `sample_run` would load it.
     """
-    root = sample_root()
-    scan = scan_folder(root)
-    # Near-duplicates stay on one side of the split, as in `cxrlearn train`.
-    hashes = np.stack([dhash(load_image(path)) for path, _ in scan.items])
-    groups = duplicate_groups(len(scan.items), near_duplicate_pairs(hashes))
-    rows = split_items(scan.items, settings.test_per_class, settings.val_fraction,
-                       settings.seed, groups)
-    size, channels = settings.image_size, settings.channels
-    images = prepare_images([r.path for r in rows], size).images  # (N, S, S) uint8
-    train_data = split_dataset(rows, "train", size, train_transform(channels, affine=False),
-                               images=images, seed=settings.seed)
-    val_data = split_dataset(rows, "val", size, eval_transform(channels), images=images,
-                             seed=settings.seed)
-    preprocess = (Preprocess(size) if channels == 3
-                  else Preprocess(size, channels=1, mean=GREY_MEAN, std=GREY_STD))
-    meta = {"arch": {"name": "resnet18", "num_classes": len(scan.class_names),
-                     "in_channels": channels},
-            "preprocess": preprocess.to_dict(), "data_root": str(root),
-            "sample_run": dataclasses.asdict(settings)}
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        seed_everything(settings.seed)  # the initial weights depend on the seed alone
-        model = resnet18(num_classes=len(scan.class_names), in_channels=channels)
-        fit(model, train_data, val_data, settings.train_config(), torch.device("cpu"),
-            scan.class_names, out_dir=tmp, meta=meta, on_epoch=on_epoch)
-        write_manifest(tmp / "manifest.csv", rows, root, scan.class_names)
-        # Keep what inference needs: the optimiser's state would triple the file's size.
-        best = load_checkpoint(tmp / "best.pt")
-        save_checkpoint(tmp / "best.pt", {k: v for k, v in best.items()
-                                          if k not in ("format", "optimizer", "scheduler",
-                                                       "rng")})
+        train_run(settings.run_settings(), tmp, torch.device("cpu"),
+                  cache_dir=folder.parent.parent, events=_EpochEvents(on_epoch))
+        # Keep what using the network needs; last.pt (for resuming) is two thirds optimiser.
         (tmp / "last.pt").unlink()
-        (tmp / "settings.json").write_text(json.dumps(
-            {"settings": dataclasses.asdict(settings), "cxrlearn": cxrlearn.__version__},
-            indent=2) + "\n")
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: its run is as good as ours

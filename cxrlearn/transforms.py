@@ -17,26 +17,36 @@ is close to the one-channel version.
 Random transforms take a `torch.Generator`, so that a seed decides every flip: the same seed
 gives the same augmented images, whatever the number of data-loading workers.
 
+`Preprocess` is the pipeline's settings in one frozen dataclass (the side S, the stretch
+percentiles, the channels, the normalisation), with their defaults, written down once. A
+checkpoint stores it as `meta.preprocess`, an exported file in its `cxrlearn.json`; whatever
+turns a raw X-ray into the network's input (evaluation, Grad-CAM, export, the app) reads it
+from there and calls `Preprocess.network_input`.
+
 Lesson: lessons/01_data_and_contrast.ipynb
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cxrlearn.contrast import stretch_contrast_tensor
+from cxrlearn.contrast import HIGH, LOW, stretch_contrast_tensor
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "GREY_MEAN",
     "GREY_STD",
+    "MAX_IMAGE_SIZE",
+    "Preprocess",
     "resize",
     "prepare",
     "Resize",
@@ -53,6 +63,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY_MEAN = (0.449,)  # mean of the three ImageNet means
 GREY_STD = (0.226,)  # mean of the three ImageNet stds
+MAX_IMAGE_SIZE = 2048
+"""Largest side S a network input may have: 4 times ImageNet's 224 px and more than any
+X-ray classifier here needs. A checkpoint asking for more is refused before any memory is
+allocated for it."""
 
 
 def resize(x: Tensor, size: int) -> Tensor:
@@ -75,7 +89,7 @@ def resize(x: Tensor, size: int) -> Tensor:
 
 
 def prepare(
-    image: np.ndarray | Tensor, image_size: int, low: float = 2.0, high: float = 98.0
+    image: np.ndarray | Tensor, image_size: int, low: float = LOW, high: float = HIGH
 ) -> Tensor:
     """Stage 1: stretch contrast, resize, round to 8 bits.
 
@@ -232,3 +246,112 @@ def train_transform(channels: int = 3, flip: bool = True, affine: bool = True) -
 def eval_transform(channels: int = 3) -> Compose:
     """Stage 2 for evaluation and prediction: channels and normalisation, nothing random."""
     return Compose([ToChannels(channels), _normalize_for(channels)])
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a raw grey X-ray becomes the network's input: the settings and their defaults.
+
+    `network_input(image)` is `prepare` (stretch, resize to S, 8 bits), `/ 255`, then
+    `eval_transform` with this object's mean and std. A checkpoint stores `to_dict()` as
+    `meta["preprocess"]`; `from_dict` reads it back, checking every value.
+
+    Attributes:
+        image_size: S, the side of the square the network sees (16 to `MAX_IMAGE_SIZE`).
+        low: Lower contrast-stretch percentile.
+        high: Upper contrast-stretch percentile.
+        channels: 3 (grey repeated, the ImageNet layout) or 1.
+        mean: Per-channel mean subtracted after scaling to [0, 1]; default: ImageNet's
+            for 3 channels, their average for 1.
+        std: Per-channel standard deviation divided by; default as for `mean`.
+    """
+
+    image_size: int
+    low: float = LOW
+    high: float = HIGH
+    channels: int = 3
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if not 16 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be between 16 and {MAX_IMAGE_SIZE}, "
+                             f"got {self.image_size}")
+        if not 0.0 <= self.low <= self.high <= 100.0:
+            raise ValueError(f"need 0 <= low <= high <= 100, got {self.low}, {self.high}")
+        default = _normalize_for(self.channels)
+        # A frozen dataclass: fill the defaults that depend on `channels` the only way it allows.
+        mean = default.mean if self.mean is None else tuple(float(v) for v in self.mean)
+        std = default.std if self.std is None else tuple(float(v) for v in self.std)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        if len(mean) != self.channels or len(std) != self.channels:
+            raise ValueError(f"need {self.channels} mean and std values, got {mean}, {std}")
+        if not all(math.isfinite(v) and v > 0 for v in std) or not all(map(math.isfinite, mean)):
+            raise ValueError(f"mean must be finite and std positive, got {mean}, {std}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocess:
+        """Read a stored `to_dict()`: missing fields take their defaults, others are ignored.
+
+        Raises:
+            ValueError: A value of the wrong type or out of range (the message says which).
+        """
+        def number(key: str, kind: type) -> Any:
+            value = d[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{key} must be a number, got {value!r}")
+            if kind is int and value != int(value):
+                raise ValueError(f"{key} must be a whole number, got {value!r}")
+            return kind(value)
+
+        def floats(key: str) -> tuple[float, ...] | None:
+            value = d.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{key} must be a list of numbers, got {value!r}")
+            return tuple(float(v) for v in value)
+
+        if not isinstance(d, Mapping) or "image_size" not in d:
+            raise ValueError("no image_size")
+        return cls(image_size=number("image_size", int),
+                   low=number("low", float) if "low" in d else LOW,
+                   high=number("high", float) if "high" in d else HIGH,
+                   channels=number("channels", int) if "channels" in d else 3,
+                   mean=floats("mean"), std=floats("std"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a checkpoint or JSON: tuples become lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def eval_transform(self) -> Compose:
+        """Stage 2 for evaluation with this object's channels, mean and std."""
+        return Compose([ToChannels(self.channels), Normalize(self.mean, self.std)])
+
+    def prepare(self, image: np.ndarray | Tensor) -> Tensor:
+        """Stage 1 (`prepare`): what the network sees, as 8 bits. Shape: (H, W) -> (1, S, S)."""
+        return prepare(_as_float_image(image), self.image_size, self.low, self.high)
+
+    def network_input(self, image: np.ndarray | Tensor) -> Tensor:
+        """The network's input for one raw grey image: stage 1, `/ 255`, stage 2.
+
+        Args:
+            image: As `cxrlearn.data.load_image` returns it (float in [0, 1]); uint8 is
+                divided by 255 first, as `load_image` does for 8-bit files.
+
+        Shape:
+            image: (H, W) -> (C, S, S)
+        """
+        return self.eval_transform()(self.prepare(image).to(torch.float32) / 255.0)
+
+
+def _as_float_image(image: np.ndarray | Tensor) -> Tensor:
+    """A grey image as a float tensor in the scale `load_image` gives: uint8 is divided by 255."""
+    x = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32) / 255.0
+    return x

@@ -49,12 +49,12 @@ def toy(n_per_class: int, seed: int, transform) -> XrayDataset:
                        images=np.stack(images), seed=seed)
 
 
-def train(out: Path | None, dist_env=None, device: torch.device | None = None) -> nn.Module:
+def train(out: Path | None, device: torch.device | None = None) -> nn.Module:
+    """`fit` alone, or under torchrun once the process group is up (it notices by itself)."""
     torch.manual_seed(0)
     model = TinyNoBN()
     fit(model, toy(8, 0, train_transform()), toy(3, 1, eval_transform()), CONFIG,
-        device or torch.device("cpu"),
-        CLASSES, out_dir=out, meta=META, dist_env=dist_env)
+        device or torch.device("cpu"), CLASSES, out_dir=out, meta=META)
     return model
 
 
@@ -63,7 +63,7 @@ if __name__ == "__main__":
     env = detect()
     assert env is not None, "run me under torchrun"
     device = init_process_group(env, torch.device("cpu"))
-    model = train(out, env, device)
+    model = train(out, device)
     if env.is_main:
         torch.save(model.state_dict(), out / "final.pt")
     torch.distributed.destroy_process_group()

@@ -31,8 +31,6 @@ from cxrlearn.data import load_image, sample_root
 from cxrlearn.data.dicom import load_dicom
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export import (
-    Preprocess,
-    eager_input,
     eager_probs,
     export_torchscript,
     read_metadata,
@@ -41,11 +39,12 @@ from cxrlearn.export import (
 from cxrlearn.gradcam import GradCAM
 from cxrlearn.heatmap import overlay
 from cxrlearn.resnet import resnet18
-from cxrlearn.transforms import prepare
+from cxrlearn.trained import open_model
+from cxrlearn.transforms import Preprocess, prepare
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 PREPROCESS = {"image_size": 64, "low": 2.0, "high": 98.0, "channels": 3,
-              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "flip_average": False}
+              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 PRE = Preprocess.from_dict(PREPROCESS)
 APP_STATIC = Path(cxrlearn.__file__).resolve().parent / "app" / "static"
 
@@ -78,7 +77,8 @@ def files(model, xrays, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("app")
     best = _save(folder / "best.pt", model)
     # Two check images keep the export's self-check short; the tests below check the rest.
-    export_torchscript(best, folder / "model.pt", check_images=[load_image(p) for p in xrays[:2]])
+    export_torchscript(open_model(best), folder / "model.pt",
+                       check_images=[load_image(p) for p in xrays[:2]])
     return {"checkpoint": best, "export": folder / "model.pt"}
 
 
@@ -144,7 +144,7 @@ def test_dicom_matches_eager_pipeline(clients, model, xrays, tmp_path, kind, wri
     grey = np.asarray(Image.open(xrays[0]).convert("L"), dtype=np.uint16)
     # MONOCHROME1 with a rescale: the reader must invert and rescale, as load_dicom does.
     dcm = write_dicom(tmp_path / "scan.dcm", (255 - grey) * 16, "MONOCHROME1", 0.5, -100.0)
-    want = _oracle(model, load_dicom(dcm))
+    want = _oracle(model, load_dicom(dcm, 64_000_000))
     _check_answer(_post(clients[kind], "scan.dcm", dcm.read_bytes()).json(), want, ATOL[kind])
     # Found by its "DICM" marker too, whatever name the browser sends.
     _check_answer(_post(clients[kind], "scan", dcm.read_bytes()).json(), want, ATOL[kind])
@@ -180,7 +180,7 @@ def test_gradcam_overlay_equals_the_library(model, xrays, tmp_path):
             assert answer["predicted"] == "Normal"
             image = load_image(path)
             with GradCAM(biased) as cam:
-                heat = cam(eager_input(image, PRE)[None], 2).cams[0]
+                heat = cam(PRE.network_input(image)[None], 2).cams[0]
             seen = prepare(image, PRE.image_size, PRE.low, PRE.high)[0].numpy()
             want = overlay(seen, heat)  # (S, S, 3) uint8
             got = _png_array(answer["gradcam_png"])
@@ -255,7 +255,7 @@ def test_openapi_schema_documents_the_api(clients):
 def _bad_inputs() -> list[tuple[str, bytes, int, str]]:
     png = sorted((sample_root() / "Normal").glob("*.png"))[0].read_bytes()
     return [
-        ("notes.txt", b"Not an X-ray, just some text.\n", 422, "not an image"),
+        ("notes.txt", b"Not an X-ray, just some text.\n", 422, "not a PNG, JPEG or DICOM image"),
         ("cut.png", png[: len(png) // 2], 422, "corrupt or truncated"),
         ("empty.png", b"", 400, "empty"),
         ("fake.dcm", b"DICM? no, not really", 422, "DICOM"),
@@ -349,13 +349,13 @@ def test_requests_really_run_at_the_same_time(files, xrays, monkeypatch):
     app = create_app(files["checkpoint"])
     service = app.state.service
     barrier = threading.Barrier(4, timeout=60)
-    probs = service.predictor.probs
+    probs = service.model.probs
 
-    def waiting_probs(image: np.ndarray) -> torch.Tensor:
+    def waiting_probs(images: list[np.ndarray]) -> torch.Tensor:
         barrier.wait()
-        return probs(image)
+        return probs(images)
 
-    monkeypatch.setattr(service.predictor, "probs", waiting_probs)
+    monkeypatch.setattr(service.model, "probs", waiting_probs)
     with TestClient(app) as client, ThreadPoolExecutor(max_workers=4) as pool:
         answers = list(pool.map(lambda p: _post(client, p.name, p.read_bytes()), xrays))
     assert [a.status_code for a in answers] == [200] * 4

@@ -34,11 +34,11 @@ from playwright.sync_api import sync_playwright
 from cxrlearn.app import DEFAULT_MAX_BYTES, create_app
 from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from cxrlearn.data import load_image, sample_root
-from cxrlearn.export import Preprocess, eager_input, eager_probs
+from cxrlearn.export import eager_probs
 from cxrlearn.gradcam import GradCAM
 from cxrlearn.heatmap import overlay
 from cxrlearn.resnet import resnet18
-from cxrlearn.transforms import prepare
+from cxrlearn.transforms import Preprocess, prepare
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless on a machine with no display, GPU or network, as root (hence --no-sandbox).
@@ -97,7 +97,7 @@ def _oracle(ckpt_path: Path, path: Path) -> tuple[dict[str, float], np.ndarray]:
     image = load_image(path)
     probs = eager_probs(model, [image], pre, float(ckpt.get("temperature", 1.0)))[0]
     with GradCAM(model) as cam:
-        heat = cam(eager_input(image, pre)[None], int(probs.argmax())).cams[0]
+        heat = cam(pre.network_input(image)[None], int(probs.argmax())).cams[0]
     seen = prepare(image, pre.image_size, pre.low, pre.high)[0].numpy()
     return dict(zip(ckpt["class_names"], probs.tolist(), strict=True)), overlay(seen, heat)
 
@@ -188,7 +188,7 @@ def test_upload_through_the_page(checkpoint, tmp_path):
                                                   "buffer": b"not an X-ray\n"}])
             page.wait_for_selector("#error", state="visible")
             error = page.text_content("#error")
-            assert error.startswith("notes.txt: ") and "not an image" in error
+            assert error.startswith("notes.txt: ") and "not a PNG, JPEG or DICOM image" in error
             assert not page.is_visible("#result")
 
             # 4. Too large: refused by the page itself, before any upload.

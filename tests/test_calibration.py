@@ -1,4 +1,4 @@
-"""Tests for cxrlearn.calibration: ECE by hand, calibrated synthetic data, fitted temperatures."""
+"""cxrlearn.evaluation.calibration: ECE by hand, calibrated synthetic data, fitted temperatures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cxrlearn.calibration import (
+from cxrlearn.evaluation.calibration import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,

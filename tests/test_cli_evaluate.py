@@ -25,9 +25,9 @@ from PIL import Image
 from cxrlearn.checkpoint import load_checkpoint
 from cxrlearn.cli import main
 from cxrlearn.data import CLASS_NAMES, read_manifest, sample_root
-from cxrlearn.metrics import UndefinedMetricWarning, classification_report
-from cxrlearn.runs import open_run
-from cxrlearn.uncertainty import wilson_interval
+from cxrlearn.evaluation.metrics import UndefinedMetricWarning, classification_report
+from cxrlearn.evaluation.uncertainty import wilson_interval
+from cxrlearn.trained import open_model
 
 PER_CLASS = 8
 TEST_PER_CLASS = 3
@@ -48,8 +48,7 @@ def _quiet_main(argv: list[str]) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    """One tiny run shared by every test: 8 X-rays per class (3 test), 1 epoch at 32 px,
-    with test-time flip averaging (so that evaluate's use of it is tested too).
+    """One tiny run shared by every test: 8 X-rays per class (3 test), 1 epoch at 32 px.
 
     The copy is what conftest's `copy_sample(dest, per_class=8)` makes; that fixture is
     function-scoped, so it cannot feed this module-scoped one.
@@ -62,14 +61,14 @@ def trained(tmp_path_factory) -> dict[str, Path]:
             shutil.copy(src, data / name / src.name)
     run = base / "run"
     rc, _ = _quiet_main(["train", "--data", str(data), "--out", str(run), "--epochs", "1",
-                         "--cache-dir", str(base / "cache"), "--tta", "flip", *FAST])
+                         "--cache-dir", str(base / "cache"), *FAST])
     assert rc == 0
     return {"base": base, "data": data, "run": run}
 
 
 @pytest.fixture(scope="module")
 def evaluated(trained) -> dict:
-    rc, printed = _quiet_main(["evaluate", "--run", str(trained["run"])])
+    rc, printed = _quiet_main(["evaluate", "--model", str(trained["run"])])
     return {"rc": rc, "printed": printed, **trained}
 
 
@@ -153,14 +152,13 @@ def test_predictions_csv_has_one_row_per_test_image(evaluated):
             assert r["predicted"] == CLASS_NAMES[probs.index(top)]
 
 
-def test_probabilities_are_flip_averaged_as_the_run_says(evaluated):
-    """`train --tta flip` stores flip averaging; evaluate's probabilities are its average."""
-    run = open_run(evaluated["run"])
-    assert run.flip_average
+def test_probabilities_are_the_calibrated_models(evaluated):
+    """The CSV's probabilities: the network's logits on the test images, divided by T."""
+    run = open_model(evaluated["run"])
     data = run.dataset("test")
     x = torch.stack([data[i][0] for i in range(len(data))])  # (N, C, S, S)
     with torch.no_grad():
-        logits = (run.model(x) + run.model(x.flip(-1))) / 2
+        logits = run.network(x)
     want = torch.softmax(logits / run.temperature, dim=1)
     _, rows = _predictions(evaluated["run"])
     by_path = {Path(r["path"]).resolve(): r for r in rows}
@@ -187,23 +185,34 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
+def test_test_scores_are_stored_for_the_app(evaluated):
+    best = load_checkpoint(evaluated["run"] / "best.pt")
+    result = json.loads((evaluated["run"] / "report.json").read_text())
+    assert best["test_scores"]["test_macro_f1"] == result["report"]["macro avg"]["f1-score"]
+    assert best["test_scores"]["test_images"] == result["n"]
+    assert "optimizer" not in best  # the update kept best.pt lean
+    assert open_model(evaluated["run"]).scores["test_accuracy"] == result["report"]["accuracy"]
+
+
 def test_missing_run_folder_is_one_line(tmp_path, capsys):
     missing = tmp_path / "no-such-run"
-    assert main(["evaluate", "--run", str(missing)]) == 1
-    assert _error_line(capsys) == f"error: {missing}: run folder not found"
+    assert main(["evaluate", "--model", str(missing)]) == 1
+    assert _error_line(capsys) == f"error: {missing}: no such file or folder"
+    assert main(["evaluate", "--run", str(missing)]) == 1  # cxrlearn 0.1's flag still works
+    assert _error_line(capsys) == f"error: {missing}: no such file or folder"
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, trained, capsys):
     run = tmp_path / "run-without-best"
     run.mkdir()
     shutil.copy(trained["run"] / "manifest.csv", run / "manifest.csv")
-    assert main(["evaluate", "--run", str(run)]) == 1
-    assert _error_line(capsys) == f"error: {run / 'best.pt'}: checkpoint not found"
+    assert main(["evaluate", "--model", str(run)]) == 1
+    assert _error_line(capsys) == f"error: {run / 'best.pt'}: no such file or folder"
 
 
 def test_data_given_with_data_must_exist(tmp_path, trained, capsys):
     nowhere = tmp_path / "nowhere"
-    assert main(["evaluate", "--run", str(trained["run"]), "--data", str(nowhere)]) == 1
+    assert main(["evaluate", "--model", str(trained["run"]), "--data", str(nowhere)]) == 1
     assert _error_line(capsys) == f"error: {nowhere}: data folder not found (given with --data)"
 
 
@@ -212,12 +221,12 @@ def test_moved_data_is_one_line_and_data_fixes_it(evaluated, tmp_path, capsys):
     moved = evaluated["base"] / "moved-data"
     data.rename(moved)
     try:
-        assert main(["evaluate", "--run", str(evaluated["run"])]) == 1
+        assert main(["evaluate", "--model", str(evaluated["run"])]) == 1
         line = _error_line(capsys)
         assert line.startswith(f"error: {data.resolve()}: ")
         assert "--data" in line
         out = tmp_path / "again"
-        assert main(["evaluate", "--run", str(evaluated["run"]), "--data", str(moved),
+        assert main(["evaluate", "--model", str(evaluated["run"]), "--data", str(moved),
                      "--out", str(out)]) == 0
     finally:
         moved.rename(data)
@@ -228,3 +237,34 @@ def test_moved_data_is_one_line_and_data_fixes_it(evaluated, tmp_path, capsys):
         assert again[key] == first[key], key
     _, rows = _predictions(out)
     assert all(Path(r["path"]).resolve().is_relative_to(moved.resolve()) for r in rows)
+
+
+def test_reports_are_not_written_over_a_users_files(evaluated, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.json").write_text("my own notes")
+    assert main(["evaluate", "--model", str(evaluated["run"]), "--out", str(out)]) == 1
+    assert "already holds report.json" in _error_line(capsys)
+    assert (out / "report.json").read_text() == "my own notes"
+    assert main(["evaluate", "--model", str(evaluated["run"]), "--out", str(out),
+                 "--overwrite"]) == 0
+    assert json.loads((out / "report.json").read_text())["split"] == "test"
+
+
+def test_a_checkpoint_of_another_run_is_named_as_such(evaluated, tmp_path, capsys):
+    """A 3-class checkpoint in a 4-class run folder: the message blames the checkpoint."""
+    from cxrlearn.checkpoint import save_checkpoint
+    from cxrlearn.resnet import resnet18
+
+    best = load_checkpoint(evaluated["run"] / "best.pt")
+    three = {**{k: v for k, v in best.items() if k != "format"},
+             "model": resnet18(num_classes=3).state_dict(), "class_names": CLASS_NAMES[:3],
+             "meta": {**best["meta"], "arch": {**best["meta"]["arch"], "num_classes": 3}}}
+    save_checkpoint(evaluated["run"] / "other.pt", three)
+    try:
+        assert main(["evaluate", "--model", str(evaluated["run"]), "--checkpoint", "other.pt",
+                     "--out", str(tmp_path / "o")]) == 1
+        line = _error_line(capsys)
+        assert "other.pt is for the classes" in line and "belongs to another run" in line
+    finally:
+        (evaluated["run"] / "other.pt").unlink()

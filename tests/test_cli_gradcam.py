@@ -19,14 +19,14 @@ import pytest
 import torch
 from PIL import Image
 
-import cxrlearn.cli
 from cxrlearn.checkpoint import save_checkpoint
 from cxrlearn.cli import main
-from cxrlearn.cli.gradcam import load_for_gradcam, write_overlays
+from cxrlearn.cli.gradcam import write_overlays
 from cxrlearn.data import CLASS_NAMES, load_image, sample_root
 from cxrlearn.gradcam import GradCAM
 from cxrlearn.heatmap import gradcam_figure
 from cxrlearn.resnet import resnet18
+from cxrlearn.trained import open_model
 from cxrlearn.transforms import eval_transform, prepare
 
 SIZE = 64
@@ -39,10 +39,7 @@ IMAGES = (("COVID", 0), ("COVID", 1), ("Normal", 0))
 
 
 @pytest.fixture(autouse=True)
-def gradcam_registered(monkeypatch):
-    # The lead registers the command in COMMANDS; until then the tests add it themselves.
-    if "gradcam" not in cxrlearn.cli.COMMANDS:
-        monkeypatch.setattr(cxrlearn.cli, "COMMANDS", (*cxrlearn.cli.COMMANDS, "gradcam"))
+def wide_terminal_and_one_thread(monkeypatch):
     # rich wraps at the terminal width (80 when captured); keep each table row on one line.
     monkeypatch.setenv("COLUMNS", "200")
     # One thread: these tiny forward passes gain nothing from more, and on a busy shared
@@ -85,7 +82,7 @@ def oracle_input(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 @functools.cache
 def oracle_logits(checkpoint: Path, path: Path) -> torch.Tensor:
-    model, _, _ = load_for_gradcam(checkpoint)
+    model = open_model(checkpoint).network
     with torch.no_grad():
         return model(oracle_input(path)[1])[0]  # (K,)
 
@@ -130,12 +127,12 @@ def test_table_and_pngs_match_the_eager_model(tmp_path, checkpoint, images, caps
 
 
 def test_png_is_the_library_figure_of_the_target_class(tmp_path, checkpoint, images):
-    model, ckpt, _ = load_for_gradcam(checkpoint)
+    trained = open_model(checkpoint)
+    model = trained.network
     path = images[0]
     probs = oracle_probs(checkpoint, path, TEMPERATURE)
     target = next(k for k in range(4) if k != int(probs.argmax()))
-    [result] = write_overlays(model, ckpt, [path], tmp_path / "cli", torch.device("cpu"),
-                              target=CLASS_NAMES[target])
+    [result] = write_overlays(trained, [path], tmp_path / "cli", target=CLASS_NAMES[target])
     assert result["predicted"] == CLASS_NAMES[int(probs.argmax())]
     assert result["target"] == CLASS_NAMES[target]
     assert result["target_probability"] == pytest.approx(float(probs[target]), abs=1e-6)
@@ -178,21 +175,20 @@ def test_a_corrupt_file_is_named_and_the_others_are_written(tmp_path, checkpoint
     assert rc == 1
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
         f"{p.stem}_gradcam.png" for p in images[:2])
-    assert f"bad file: {bad}: not an image file PIL can read" in captured.out
+    assert f"bad file: {bad}: not a PNG, JPEG or DICOM image" in captured.out
     assert f"bad file: {missing}: no such file" in captured.out
     assert set(rows(captured.out)) == {images[0].name, images[1].name}
     assert "Traceback" not in captured.out + captured.err
 
 
 def test_write_overlays_keeps_order_and_same_names_apart(tmp_path, checkpoint, images):
-    model, ckpt, _ = load_for_gradcam(tmp_path / "run")  # a run folder means its best.pt
+    model = open_model(tmp_path / "run")  # a run folder means its best.pt
     a = tmp_path / "a" / "scan[v2].png"
     b = tmp_path / "b" / "scan[v2].png"
     for dest, src in ((a, images[0]), (b, images[2])):
         dest.parent.mkdir()
         shutil.copy(src, dest)
-    results = write_overlays(model, ckpt, [a, tmp_path / "none.png", b], tmp_path / "maps",
-                             torch.device("cpu"))
+    results = write_overlays(model, [a, tmp_path / "none.png", b], tmp_path / "maps")
     assert [r["path"] for r in results] == [a, tmp_path / "none.png", b]
     assert results[1] == {"path": tmp_path / "none.png", "error": "no such file"}
     assert results[0]["output"].name == "scan[v2]_gradcam.png"
@@ -236,22 +232,44 @@ def test_bad_model_is_a_one_line_error(tmp_path, images, capsys, kind):
     rc = main(["gradcam", str(images[0]), "--model", str(model)])
     captured = capsys.readouterr()
     assert rc == 1
-    expected = {"missing": "checkpoint not found",
-                "not a checkpoint": "not a readable checkpoint",
-                "no preprocessing": "checkpoint lacks its preprocessing settings"}[kind]
+    expected = {"missing": "no such file or folder",
+                "not a checkpoint": "not a checkpoint: not a PyTorch file at all",
+                "no preprocessing": "the checkpoint has no meta.preprocess"}[kind]
     assert captured.err.startswith(f"error: {model}: {expected}")
     assert len(captured.err.strip().splitlines()) == 1
     assert captured.out == ""
 
 
-@pytest.mark.skipif("gradcam" not in cxrlearn.cli.COMMANDS,
-                    reason="`python -m cxrlearn` uses the real COMMANDS; gradcam is not "
-                           "registered in cxrlearn.cli.COMMANDS yet (the lead adds it)")
 def test_missing_model_in_a_real_process_has_no_traceback(tmp_path, images):
     missing = tmp_path / "runs" / "nope" / "best.pt"
     proc = subprocess.run(
         [sys.executable, "-m", "cxrlearn", "gradcam", str(images[0]), "--model", str(missing)],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == f"error: {missing}: checkpoint not found"
+    assert proc.stderr.strip() == f"error: {missing}: no such file or folder"
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_overlays_are_not_written_over_existing_files(tmp_path, checkpoint, images, capsys):
+    out_dir = tmp_path / "maps"
+    out_dir.mkdir()
+    mine = out_dir / f"{images[0].stem}_gradcam.png"
+    mine.write_bytes(b"my own picture")
+    assert main(["gradcam", str(images[0]), "--model", str(checkpoint),
+                 "--out", str(out_dir)]) == 1
+    assert "already holds" in capsys.readouterr().err and mine.read_bytes() == b"my own picture"
+    assert main(["gradcam", str(images[0]), "--model", str(checkpoint), "--out", str(out_dir),
+                 "--overwrite"]) == 0
+    assert mine.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_file_name_that_is_not_utf8_gets_an_overlay(tmp_path, checkpoint, images, capsys):
+    import os
+
+    odd = tmp_path / os.fsdecode(b"scan-\xe9.png")
+    shutil.copy(images[0], odd)
+    assert main(["gradcam", str(odd), "--model", str(checkpoint),
+                 "--out", str(tmp_path / "maps")]) == 0
+    [written] = (tmp_path / "maps").iterdir()
+    assert written.name == "scan-\\xe9_gradcam.png"
+    assert "Traceback" not in capsys.readouterr().err

@@ -1,9 +1,15 @@
-"""`cxrlearn train` and `cxrlearn demo` end to end, on a few real sample X-rays at 32 px."""
+"""`cxrlearn train` end to end, on a few real sample X-rays at 32 px.
+
+What a run folder holds, the flags and their defaults, and the rules that keep a user's work:
+a new run needs a new or empty folder, a resume keeps the run's own settings, a finished run
+is extended only when asked, and two processes never train into one folder.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +22,7 @@ from cxrlearn.data import read_manifest
 
 FAST = ["--image-size", "32", "--batch-size", "8", "--test-per-class", "3",
         "--val-fraction", "0.3"]
+CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 
 
 @pytest.fixture
@@ -23,15 +30,17 @@ def data(tmp_path, copy_sample):
     return copy_sample(tmp_path / "data", per_class=8)
 
 
+def _train(tmp_path, data, out, *extra: str) -> int:
+    return main(["train", "--data", str(data), "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache"), *FAST, *extra])
+
+
 def test_train_writes_a_complete_run_folder(tmp_path, data, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "2",
-               "--cache-dir", str(tmp_path / "cache"), *FAST])
-    assert rc == 0
-    assert {p.name for p in out.iterdir()} >= {"manifest.csv", "config.json", "history.csv",
+    assert _train(tmp_path, data, out, "--epochs", "2") == 0
+    assert {p.name for p in out.iterdir()} == {"manifest.csv", "config.json", "history.csv",
                                                 "best.pt", "last.pt", "learning_curves.png"}
-    classes = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
-    rows = read_manifest(out / "manifest.csv", data, classes)
+    rows = read_manifest(out / "manifest.csv", data, CLASSES)
     assert len(rows) == 32
     assert sum(r.split == "test" for r in rows) == 12
     with (out / "history.csv").open() as f:
@@ -41,68 +50,192 @@ def test_train_writes_a_complete_run_folder(tmp_path, data, capsys):
     # of 16: 32), so at 32 px both epochs are at full size
     assert [int(r["image_size"]) for r in history] == [32, 32]
     config = json.loads((out / "config.json").read_text())
-    assert config["preprocess"]["image_size"] == 32
-    assert config["train"]["num_epochs"] == 2
-    assert config["train"]["progressive_resize"] == 0.75 and config["augment"] == "flip"
-    assert (config["train"]["resize_hold"], config["train"]["resize_full_from"]) == (0.7, 0.8)
-    assert config["preprocess"]["flip_average"] is False  # no test-time flip averaging
-    last = load_checkpoint(out / "last.pt", classes)
+    settings = config["settings"]
+    assert config["preprocess"]["image_size"] == 32 and config["class_names"] == list(CLASSES)
+    assert settings["train"]["num_epochs"] == 2 and settings["augment"] == "flip"
+    assert settings["train"]["sizes"] == {"start": 0.75, "hold": 0.7, "full_from": 0.8}
+    last = load_checkpoint(out / "last.pt", CLASSES)
     assert last["epoch"] == 2
     model = model_from_checkpoint(last)
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+    best = load_checkpoint(out / "best.pt", CLASSES)
+    assert "optimizer" not in best and 0.01 < best["temperature"] < 100
     printed = capsys.readouterr().out
     assert "epoch   2:" in printed and "best validation macro-F1" in printed
 
 
+def test_best_pt_is_a_third_of_last_pt(tmp_path, data):
+    """The file a user shares holds what inference needs; resuming needs the optimiser."""
+    out = tmp_path / "run"
+    assert _train(tmp_path, data, out, "--epochs", "1") == 0
+    best, last = (out / "best.pt").stat().st_size, (out / "last.pt").stat().st_size
+    assert best < 0.4 * last  # AdamW keeps two running averages per weight
+
+
 def test_train_options_for_size_and_augmentation(tmp_path, data, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "2",
-               "--cache-dir", str(tmp_path / "cache"), "--progressive-resize", "1",
-               "--augment", "flip+affine", "--tta", "flip", *FAST])
-    assert rc == 0
+    assert _train(tmp_path, data, out, "--epochs", "2", "--progressive-resize", "1",
+                  "--augment", "flip+affine") == 0
     with (out / "history.csv").open() as f:
         assert [int(r["image_size"]) for r in csv.DictReader(f)] == [32, 32]
-    config = json.loads((out / "config.json").read_text())
-    assert config["train"]["progressive_resize"] == 1.0 and config["augment"] == "flip+affine"
-    assert config["preprocess"]["flip_average"] is True
-    assert load_checkpoint(out / "best.pt")["meta"]["preprocess"]["flip_average"] is True
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--data", str(data), "--out", str(tmp_path / "bad"),
-              "--progressive-resize", "1.5"])
-    assert exit_info.value.code != 0
-    assert "--progressive-resize: must be in (0, 1], got 1.5" in capsys.readouterr().err
-
-    # hold and full-from: recorded when given, and a one-line error when they contradict
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert settings["train"]["sizes"] is None and settings["augment"] == "flip+affine"
     out = tmp_path / "schedule"
-    rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "3",
-               "--cache-dir", str(tmp_path / "cache"), "--progressive-resize", "0.5",
-               "--resize-hold", "0.6", "--resize-full-from", "0.9", *FAST])
-    assert rc == 0
-    with (out / "history.csv").open() as f:  # hold until 1.8, full at 2: 16, 16, 32
+    assert _train(tmp_path, data, out, "--epochs", "3", "--progressive-resize", "0.5") == 0
+    with (out / "history.csv").open() as f:  # 70% of 3 at 16 px, full size from 80%
         assert [int(r["image_size"]) for r in csv.DictReader(f)] == [16, 16, 32]
-    capsys.readouterr()
-    bad = tmp_path / "bad-schedule"
-    assert main(["train", "--data", str(data), "--out", str(bad), "--resize-hold", "0.9",
-                 "--resize-full-from", "0.5"]) == 1
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--image-size", "0", "must be at least 1"),
+    ("--image-size", "-5", "must be at least 1"),
+    ("--lr", "nan", "not a finite number"),
+    ("--lr", "0", "must be above 0"),
+    ("--val-fraction", "0", "must be between 0 and 1"),
+    ("--val-fraction", "1.5", "must be between 0 and 1"),
+    ("--num-workers", "-1", "must be 0 or more"),
+    ("--test-per-class", "-1", "must be at least 1"),
+    ("--epochs", "ten", "not a int"),
+])
+def test_bad_numbers_are_argparse_errors_before_any_work(tmp_path, data, capsys, flag, value,
+                                                          message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--data", str(data), "--out", str(out), flag, value])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--image-size", "8"], "image_size must be between 16 and 2048"),
+    (["--progressive-resize", "1.5"], "starting share of the side must be in (0, 1]"),
+    (["--classes", "COVID"], "only one class (COVID): a classifier needs at least two"),
+    (["--classes", "COVID", "Cats"], "no folder for class 'Cats'"),
+    (["--test-per-class", "30"], "too few"),
+])
+def test_impossible_settings_are_one_line_errors(tmp_path, data, capsys, extra, message):
+    out = tmp_path / "run"
+    assert _train(tmp_path, data, out, *extra) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "resize_hold <= resize_full_from" in err and not bad.exists()
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (out / "last.pt").exists() and not (out / "config.json").exists()
 
 
 def test_train_refuses_to_overwrite_and_resumes(tmp_path, data, capsys):
     out = tmp_path / "run"
-    args = ["train", "--data", str(data), "--out", str(out),
-            "--cache-dir", str(tmp_path / "cache"), *FAST]
-    assert main([*args, "--epochs", "1"]) == 0
+    assert _train(tmp_path, data, out, "--epochs", "1") == 0
     before = (out / "manifest.csv").read_text()
     capsys.readouterr()
-    assert main([*args, "--epochs", "1"]) == 1
+    assert _train(tmp_path, data, out, "--epochs", "1") == 1
     assert "already holds a run; continue it with --resume" in capsys.readouterr().err
-    assert main([*args, "--epochs", "2", "--resume"]) == 0
-    assert (out / "manifest.csv").read_text() == before  # the split is reused, not redrawn
+    # A finished run is not extended by a bare --resume...
+    assert main(["train", "--out", str(out), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "the run is finished (1 of 1 epochs)" in err and "--epochs N" in err
+    # ...but is when more epochs are asked for; the split is reused, not redrawn.
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    assert (out / "manifest.csv").read_text() == before
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
-    assert "reusing the split" in capsys.readouterr().out
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert settings["train"]["num_epochs"] == 2 and settings["image_size"] == 32
+
+
+def test_resume_keeps_the_runs_own_settings(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    assert _train(tmp_path, data, out, "--epochs", "1") == 0
+    config = (out / "config.json").read_text()
+    capsys.readouterr()
+    for flag, value in (("--image-size", "64"), ("--lr", "0.01"), ("--batch-size", "4"),
+                        ("--seed", "3"), ("--channels", "1"), ("--classes", "COVID")):
+        assert main(["train", "--out", str(out), "--resume", "--epochs", "3",
+                     flag, value]) == 1
+        err = capsys.readouterr().err
+        assert f"{flag} " in err and "differs from the run's own" in err, flag
+        assert (out / "config.json").read_text() == config  # nothing was rewritten
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_resume_needs_the_run_folder_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume"]) == 1
+    assert "--resume needs the run folder" in capsys.readouterr().err
+
+
+def test_a_folder_with_someone_elses_files_is_refused(tmp_path, data, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("best.pt", "config.json", "history.csv", "learning_curves.png"):
+        (out / name).write_text(f"my own {name}")
+    assert _train(tmp_path, data, out, "--epochs", "1") == 1
+    assert "is not empty (it holds best.pt, config.json" in capsys.readouterr().err
+    assert all((out / n).read_text() == f"my own {n}" for n in ("best.pt", "config.json"))
+    file_out = tmp_path / "a-file"
+    file_out.write_text("x")
+    assert _train(tmp_path, data, file_out, "--epochs", "1") == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert _train(tmp_path, data, tmp_path / "run", "--cache-dir", str(file_out)) == 1
+    assert "--cache-dir is a file" in capsys.readouterr().err
+
+
+def test_a_locked_run_folder_is_refused(tmp_path, data, capsys):
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".cxrlearn.lock").write_text(str(os.getpid()))  # a live process holds it
+    assert _train(tmp_path, data, out, "--epochs", "1") == 1
+    assert "another cxrlearn process" in capsys.readouterr().err
+    (out / ".cxrlearn.lock").write_text("999999999")  # its process is gone: taken over
+    assert _train(tmp_path, data, out, "--epochs", "1") == 0
+    assert not (out / ".cxrlearn.lock").exists()
+
+
+def test_without_data_the_first_line_says_the_bundled_sample(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["train", "--image-size", "8"])  # refused at once, but after saying what it uses
+    first = capsys.readouterr().out.strip().splitlines()[0]
+    assert first.startswith("no --data given: training on the bundled sample")
+
+
+def test_any_class_folders_train_and_export(tmp_path, sample_root, capsys):
+    """Two classes of other names; the run's own class list travels to every file."""
+    data = tmp_path / "data"
+    for new, old in (("Healthy", "Normal"), ("Pneumonia", "Viral Pneumonia")):
+        (data / new).mkdir(parents=True)
+        for path in sorted((sample_root / old).glob("*.png"))[:8]:
+            shutil.copy(path, data / new / path.name)
+    out = tmp_path / "run"
+    assert _train(tmp_path, data, out, "--epochs", "1") == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["class_names"] == ["Healthy", "Pneumonia"]
+    assert load_checkpoint(out / "best.pt")["class_names"] == ["Healthy", "Pneumonia"]
+    assert main(["export", "--model", str(out)]) == 0
+    from cxrlearn.export import read_metadata
+
+    assert read_metadata(out / "model.pt").class_names == ("Healthy", "Pneumonia")
+
+
+def test_ctrl_c_in_training_exits_130_and_keeps_finished_epochs(tmp_path, data, capsys,
+                                                                monkeypatch):
+    import cxrlearn.training as training
+
+    real, calls = training.train_one_epoch, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+    out = tmp_path / "run"
+    assert _train(tmp_path, data, out, "--epochs", "3") == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "last.pt holds epoch 1" in err and "Traceback" not in err
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert not (out / ".cxrlearn.lock").exists()
 
 
 def test_train_errors_are_one_line_without_traceback(tmp_path):
@@ -127,10 +260,8 @@ def test_train_with_pretrained_weights_from_a_file(tmp_path, data):
     reference = resnet18(num_classes=1000)
     torch.save(reference.state_dict(), weights)
     out = tmp_path / "run"
-    rc = main(["train", "--data", str(data), "--out", str(out), "--epochs", "1",
-               "--pretrained", str(weights), "--freeze-backbone",
-               "--cache-dir", str(tmp_path / "cache"), *FAST])
-    assert rc == 0
+    assert _train(tmp_path, data, out, "--epochs", "1", "--pretrained", str(weights),
+                  "--freeze-backbone") == 0
     trained = load_checkpoint(out / "last.pt")["model"]
     # A frozen backbone keeps the loaded weights and BN statistics; only fc changed.
     torch.testing.assert_close(trained["layer3.1.conv2.weight"],
@@ -138,3 +269,15 @@ def test_train_with_pretrained_weights_from_a_file(tmp_path, data):
     torch.testing.assert_close(trained["bn1.running_mean"],
                                reference.state_dict()["bn1.running_mean"])
     assert trained["fc.weight"].shape == (4, 512)
+
+
+def test_epoch_lines_fit_the_terminal():
+    from cxrlearn.cli.train import epoch_line
+
+    row = {"epoch": 12, "train_loss": 0.912, "train_accuracy": 0.658, "val_loss": 1.234,
+           "val_accuracy": 0.55, "val_macro_f1": 0.531, "image_size": 96, "images_per_s": 61.2}
+    for width in (120, 100, 80, 60, 40, 20):
+        line = epoch_line(row, width)
+        assert len(line) <= width and line.startswith("epoch  12:"[:width])
+    assert "61 img/s" in epoch_line(row, 120)
+    assert "F1 0.531" in epoch_line(row, 80)  # the score stays when the width shrinks

@@ -40,7 +40,7 @@ def test_flat_layout_is_the_bundled_sample(sample_root):
     assert scan.items == sorted(scan.items, key=lambda item: (item[1], item[0].name))
 
 
-def test_class_subset_keeps_canonical_order(tiny_dataset):
+def test_class_subset_keeps_sorted_order(tiny_dataset):
     scan = scan_folder(tiny_dataset, classes=["Normal", "COVID"])
     assert scan.class_names == ("COVID", "Normal")
     assert scan.counts() == {"COVID": 5, "Normal": 5}
@@ -60,17 +60,37 @@ def test_extensions_case_insensitive_and_other_files_ignored(tmp_path, write_png
     assert scan.class_names == ("COVID",)
 
 
-def test_unknown_folders_are_reported_not_used(tmp_path, write_png):
+def test_any_folder_of_images_is_a_class_sorted_by_name(tmp_path, write_png):
     root = tmp_path / "data"
-    write_png(root / "Normal" / "n.png", PIXEL)
-    write_png(root / "Tuberculosis" / "t.png", PIXEL)
-    write_png(root / "normal" / "wrong_case.png", PIXEL)
+    for name in ("Pneumothorax", "Healthy", "normal"):
+        write_png(root / name / f"{name}-1.png", PIXEL)
     (root / "README.md").write_text("about")
+    (root / "empty").mkdir()
     (root / ".hidden").mkdir()
     scan = scan_folder(root)
-    assert scan.class_names == ("Normal",)
-    assert [p.name for p, _ in scan.items] == ["n.png"]
-    assert scan.unknown == sorted([root / "README.md", root / "Tuberculosis", root / "normal"])
+    assert scan.class_names == ("Healthy", "Pneumothorax", "normal")  # ImageFolder's order
+    assert [(p.name, y) for p, y in scan.items] == [
+        ("Healthy-1.png", 0), ("Pneumothorax-1.png", 1), ("normal-1.png", 2)]
+    assert scan.unknown == sorted([root / "README.md", root / "empty"])
+    subset = scan_folder(root, classes=["normal", "Healthy"])
+    assert subset.class_names == ("Healthy", "normal")
+    assert root / "Pneumothorax" in subset.unknown
+
+
+def test_broken_links_and_undecodable_names_are_reported(tmp_path, write_png):
+    import os
+
+    root = tmp_path / "data"
+    write_png(root / "COVID" / "a.png", PIXEL)
+    write_png(root / "Normal" / "b.png", PIXEL)
+    (root / "Normal" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    bad_name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    write_png(root / "COVID" / bad_name, PIXEL)
+    scan = scan_folder(root)
+    assert [p.name for p, _ in scan.items] == ["a.png", "b.png"]
+    problems = {p.name: problem for p, problem in scan.problems}
+    assert "does not exist" in problems["gone.png"]
+    assert "not valid UTF-8" in problems[bad_name]
 
 
 def _error(root, **kwargs) -> str:
@@ -90,23 +110,25 @@ def test_root_is_a_file(tmp_path):
     assert str(tmp_path / "file.zip") in msg and "not a folder" in msg
 
 
-def test_empty_class_folder(tmp_path, write_png):
+def test_empty_class_folder_asked_for(tmp_path, write_png):
     write_png(tmp_path / "COVID" / "c.png", PIXEL)
     (tmp_path / "Normal").mkdir()
     (tmp_path / "Normal" / "readme.txt").write_text("no images here")
-    msg = _error(tmp_path)
+    assert scan_folder(tmp_path).unknown == [tmp_path / "Normal"]  # not asked for: not a class
+    msg = _error(tmp_path, classes=["COVID", "Normal"])
     assert str(tmp_path / "Normal") in msg and "no .png" in msg
 
 
 def test_no_class_folders(tmp_path, write_png):
-    write_png(tmp_path / "cats" / "c.png", PIXEL)
+    write_png(tmp_path / "loose.png", PIXEL)
+    (tmp_path / "empty").mkdir()
     msg = _error(tmp_path)
-    assert str(tmp_path) in msg and "no class folders" in msg and "'COVID'" in msg
+    assert str(tmp_path) in msg and "no class folders" in msg and "folder name is the class" in msg
 
 
 def test_unknown_class_requested(tiny_dataset):
     msg = _error(tiny_dataset, classes=["COVID", "Cats"])
-    assert str(tiny_dataset) in msg and "'Cats'" in msg
+    assert str(tiny_dataset) in msg and "'Cats'" in msg and "'Normal'" in msg  # what there is
 
 
 def test_requested_class_without_folder(tmp_path, write_png):

@@ -125,7 +125,7 @@ def _assert_error(path: Path, problem: str, **kwargs) -> None:
 def test_corrupt_file(tmp_path):
     path = tmp_path / "noise.png"
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    _assert_error(path, "not an image")
+    _assert_error(path, "not a PNG, JPEG or DICOM image")
 
 
 def test_truncated_png(tmp_path, sample_root):
@@ -147,7 +147,7 @@ def test_png_with_damaged_data(tmp_path, write_png):
 def test_text_file_named_png(tmp_path):
     path = tmp_path / "x.png"
     path.write_text("this is not an X-ray\n")
-    _assert_error(path, "not an image")
+    _assert_error(path, "not a PNG, JPEG or DICOM image")
 
 
 def test_missing_file_and_folder(tmp_path):

@@ -62,7 +62,7 @@ def test_too_small_class():
     with pytest.raises(CxrlearnError) as info:
         split_items(items, test_per_class=30)
     msg = str(info.value)
-    assert "30 images" in msg and "lower test_per_class" in msg
+    assert "30 images" in msg and "hold out fewer (--test-per-class)" in msg
     assert str(Path("/data/Lung_Opacity")) in msg
     split_items(make_items([40, 31]), test_per_class=30)  # one image left to train on: fine
 
@@ -120,8 +120,6 @@ def _files(root: Path, items: list[tuple[Path, int]]) -> None:
 def test_manifest_round_trip(tmp_path):
     root = tmp_path / "data"
     items = make_items([6, 5, 4, 7], root)
-    outside = tmp_path / "elsewhere" / "extra.png"
-    items.append((outside, 2))
     _files(root, items)
     rows = split_items(items, test_per_class=1, val_fraction=0.25)
     manifest = tmp_path / "runs" / "split.csv"
@@ -130,9 +128,26 @@ def test_manifest_round_trip(tmp_path):
         lines = list(csv.reader(f))
     assert lines[0] == ["path", "class", "split"]
     assert lines[1] == ["COVID/COVID-0.png", "COVID", rows[0].split]
-    assert lines[-1] == [outside.as_posix(), "Normal", rows[-1].split]  # outside root: absolute
     assert read_manifest(manifest, root, CLASSES) == rows
     assert not list(manifest.parent.glob("*.tmp"))
+
+
+def test_manifest_paths_stay_inside_the_data_folder(tmp_path):
+    """A manifest names images relative to the data folder: an image outside it cannot be
+    written, and a row that climbs out of it (`..`, an absolute path) cannot be read."""
+    root = tmp_path / "data"
+    items = make_items([3, 3, 3, 3], root)
+    _files(root, items)
+    outside = tmp_path / "elsewhere" / "extra.png"
+    _files(tmp_path / "elsewhere", [(outside, 2)])
+    rows = split_items([*items, (outside, 2)], test_per_class=1, val_fraction=0.25)
+    manifest = tmp_path / "m.csv"
+    with pytest.raises(CxrlearnError, match="extra.png is not inside the data folder"):
+        write_manifest(manifest, rows, root, CLASSES)
+    assert not manifest.exists() and not list(tmp_path.glob("*.tmp"))  # nothing half-written
+    for bad in ("../elsewhere/extra.png", str(outside), "COVID/../../elsewhere/extra.png"):
+        msg = _manifest_error(root, f"path,class,split\n{bad},Normal,test\n")
+        assert "line 2" in msg and "not inside the data folder" in msg
 
 
 def _manifest_error(tmp_path: Path, text: str | bytes) -> str:

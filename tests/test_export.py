@@ -26,22 +26,22 @@ from cxrlearn.export import (
     EXPORT_FORMAT,
     EndToEndModel,
     ExportMetadata,
-    Preprocess,
-    eager_input,
     eager_probs,
     export_lite,
     export_program,
     export_torchscript,
-    is_export,
     load_exported,
+    load_graph,
     read_metadata,
+    read_weights,
     resize_hw,
     sample_check_images,
     upstream_deprecation,
     weights_sha256,
 )
 from cxrlearn.resnet import resnet18
-from cxrlearn.transforms import eval_transform, prepare
+from cxrlearn.trained import open_model
+from cxrlearn.transforms import Preprocess, eval_transform, prepare
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 SIZE = 32
@@ -107,11 +107,12 @@ def exported(model, tmp_path_factory) -> dict:
     """One checkpoint and its three exports, shared by the tests of this file."""
     root = tmp_path_factory.mktemp("export")
     ckpt = _checkpoint(root / "best.pt", model)
+    trained = open_model(ckpt)
     return {
         "checkpoint": ckpt,
-        "torchscript": export_torchscript(ckpt, root / "model.pt"),
-        "lite": export_lite(ckpt, root / "model.ptl"),
-        "export": export_program(ckpt, root / "model.pt2"),
+        "torchscript": export_torchscript(trained, root / "model.pt"),
+        "lite": export_lite(trained, root / "model.ptl"),
+        "export": export_program(trained, root / "model.pt2"),
     }
 
 
@@ -129,7 +130,7 @@ def test_wrapper_preprocessing_equals_python_pipeline(model, scripted):
         for given in (x, u8):
             assert torch.equal(wrapper.preprocess(given), want)
             assert torch.equal(scripted.preprocess(given), want)
-        assert torch.equal(eager_input(image, PREPROCESS), want[0])
+        assert torch.equal(PREPROCESS.network_input(image), want[0])
 
 
 def test_eager_probs_is_the_python_pipeline(model):
@@ -244,10 +245,12 @@ def test_lite_file_matches_eager(model, exported):
     # On builds without XNNPACK (the Linux CPU wheels) the optimisation is skipped, says so.
     assert all("optimize_for_mobile skipped" in n for n in result.notes)
     loaded = load_exported(result.path, expected_classes=CLASSES)
-    assert type(loaded.module).__name__ == "LiteScriptModule"
+    # The graph, loaded as a phone loads it (safe here: this test wrote the file).
+    graph = load_graph(result.path, "lite")
+    assert type(graph).__name__ == "LiteScriptModule"
     x = torch.from_numpy(_images(5)[2])
-    assert torch.equal(loaded.module.run_method("preprocess", x),
-                       eager_input(_images(5)[2], PREPROCESS)[None])
+    assert torch.equal(graph.run_method("preprocess", x),
+                       PREPROCESS.network_input(_images(5)[2])[None])
     image = _images(5)[1]
     x = (torch.from_numpy(image) * 255).round().to(torch.uint8)
     torch.testing.assert_close(loaded(x), _python_pipeline(model, image)[None],
@@ -265,7 +268,7 @@ def test_program_file_matches_eager_at_its_size(model, exported):
         got = loaded(torch.from_numpy(np.stack(batch))[:, None])
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     big = _images(6)[2]  # 128 x 128
-    with pytest.raises(CxrlearnError, match=r"model\.pt2: .*takes \(B, 1, 32, 32\)"):
+    with pytest.raises(CxrlearnError, match=r"model\.pt2: .*takes 32x32 images"):
         loaded(big)
     torch.testing.assert_close(loaded(big, fit_size=True),
                                _python_pipeline(model, resize_hw(big, (SIZE, SIZE)))[None],
@@ -281,7 +284,7 @@ def test_program_needs_pt2_suffix(model, tmp_path):
 def test_checkpoint_temperature_is_exported(model, tmp_path):
     ckpt = _checkpoint(tmp_path / "calibrated.pt", model, temperature=2.5)
     image = sample_check_images()[0]
-    result = export_torchscript(ckpt, tmp_path / "m.pt", check_images=[image])
+    result = export_torchscript(open_model(ckpt), tmp_path / "m.pt", check_images=[image])
     assert result.metadata.temperature == 2.5
     got = load_exported(result.path)(torch.from_numpy(image))
     torch.testing.assert_close(got, _python_pipeline(model, image, 2.5)[None],
@@ -289,25 +292,35 @@ def test_checkpoint_temperature_is_exported(model, tmp_path):
     assert not torch.allclose(got, _python_pipeline(model, image, 1.0)[None], atol=1e-3)
 
 
-def test_flip_average_travels_from_checkpoint_to_file(model, tmp_path):
-    """A checkpoint that averages over mirror images exports a file that does the same."""
-    ckpt = _checkpoint(tmp_path / "flip.pt", model, Preprocess(SIZE, flip_average=True))
-    image = sample_check_images()[1]
-    result = export_torchscript(ckpt, tmp_path / "m.pt", check_images=[image])
-    assert result.metadata.preprocess.flip_average is True
-    x = eval_transform(3)(prepare(image, SIZE).to(torch.float32) / 255.0)[None]
-    with torch.no_grad():
-        want = torch.softmax((model(x) + model(x.flip(-1))) / 2, dim=1)
-    got = load_exported(result.path)(torch.from_numpy(image))
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-    assert not torch.allclose(got, _python_pipeline(model, image)[None], atol=1e-4)
+def test_a_file_exported_with_flip_averaging_is_refused(exported, tmp_path):
+    """cxrlearn 0.1 could export a graph that averaged two passes; this one rebuilds the
+    model without it, so it refuses rather than answer differently from the file."""
+    _rewrite_json(exported["torchscript"].path, tmp_path / "flip.pt",
+                  lambda d: d.update(flip_average=True))
+    with pytest.raises(CxrlearnError, match=r"flip\.pt: exported with flip averaging.*export "
+                                            "the checkpoint again"):
+        load_exported(tmp_path / "flip.pt")
+
+
+def test_weights_are_read_as_data_from_every_format(model, exported):
+    want = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for name in ("torchscript", "lite", "export"):
+        result = exported[name]
+        got = read_weights(result.path, result.metadata)
+        for key, value in want.items():
+            assert torch.equal(got[key], value), (name, key)
+    # The safe rebuild answers like the graph an app loads (to the parity tolerance).
+    image = sample_check_images()[3]
+    graph = load_graph(exported["torchscript"].path, "torchscript")
+    torch.testing.assert_close(load_exported(exported["torchscript"].path)(image),
+                               graph(torch.from_numpy(image)), rtol=0, atol=1e-6)
 
 
 def test_failed_parity_check_writes_nothing(model, tmp_path, monkeypatch):
-    import cxrlearn.export.parity as parity
+    import cxrlearn.export.files as files
 
-    real = parity.eager_probs
-    monkeypatch.setattr(parity, "eager_probs",
+    real = files.eager_probs
+    monkeypatch.setattr(files, "eager_probs",
                         lambda *a, **k: real(*a, **k).roll(1, dims=1))  # a wrong reference
     with pytest.raises(CxrlearnError, match=r"model\.pt: .*disagrees.*nothing was written"):
         export_torchscript(model, tmp_path / "model.pt", class_names=CLASSES,
@@ -340,7 +353,7 @@ def test_export_of_a_bare_model_needs_its_settings(model, tmp_path):
 
 def test_load_exported_refuses_a_checkpoint(exported):
     ckpt = exported["checkpoint"]
-    assert not is_export(ckpt)
+    assert read_metadata(ckpt) is None
     with pytest.raises(CxrlearnError, match=r"best\.pt: not a cxrlearn export"):
         load_exported(ckpt)
 
@@ -397,10 +410,11 @@ def test_weights_sha256_by_hand():
 
 
 def test_preprocess_dict_round_trip():
-    p = Preprocess(64, 1.0, 99.0, 1, (0.449,), (0.226,))
+    p = Preprocess(64, 1.0, 99.0, 1, (0.4,), (0.3,))
     assert Preprocess.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert Preprocess(64, channels=1).mean == (0.449,)  # the grey defaults follow channels
     with pytest.raises(ValueError, match="mean and std"):
-        Preprocess(64, channels=1)
+        Preprocess(64, channels=1, mean=(0.4, 0.4, 0.4))
 
 
 def test_upstream_deprecation_hides_only_the_named_warning():

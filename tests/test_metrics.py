@@ -1,4 +1,4 @@
-"""Tests for cxrlearn.metrics: hand-computed matrices and reports, and hypothesis properties.
+"""cxrlearn.evaluation.metrics: hand-computed matrices and reports, and hypothesis properties.
 
 scikit-learn is not a dependency: the expected reports are written out by hand (as
 fractions) and the properties are checked against a brute-force loop over the samples.
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cxrlearn.metrics
-from cxrlearn.metrics import (
+import cxrlearn.evaluation.metrics
+from cxrlearn.evaluation.metrics import (
     UndefinedMetricWarning,
     classification_report,
     confusion_matrix,
@@ -248,7 +248,7 @@ def test_sensitivity_specificity_undefined_is_nan():
 def test_metrics_imports_numpy_only():
     # The layering rule: metrics knows numbers, not models. Read its imports from the source
     # (importing it would also run cxrlearn/__init__.py, which is not this module's business).
-    tree = ast.parse(Path(cxrlearn.metrics.__file__).read_text())
+    tree = ast.parse(Path(cxrlearn.evaluation.metrics.__file__).read_text())
     nodes = list(ast.walk(tree))
     imported = {a.name for node in nodes if isinstance(node, ast.Import) for a in node.names}
     imported |= {node.module for node in nodes if isinstance(node, ast.ImportFrom)}

@@ -1,4 +1,4 @@
-"""Tests for cxrlearn.plots: what each figure draws matches the numbers it was given."""
+"""Tests for cxrlearn.evaluation.plots: what each figure draws matches the numbers it was given."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cxrlearn.calibration import expected_calibration_error, reliability_bins
-from cxrlearn.plots import (
+from cxrlearn.evaluation.calibration import expected_calibration_error, reliability_bins
+from cxrlearn.evaluation.plots import (
     plot_confident_mistakes,
     plot_confusion_matrix,
     plot_reliability_diagram,
     plot_roc_curves,
 )
-from cxrlearn.roc import one_vs_rest_auc
+from cxrlearn.evaluation.roc import one_vs_rest_auc
 
 NAMES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 CM = np.array([[26, 2, 2, 0], [2, 24, 4, 0], [1, 3, 25, 1], [0, 1, 4, 25]])

@@ -1,4 +1,4 @@
-"""Tests for cxrlearn.report: the text layout written out by hand, and the rich table."""
+"""Tests for cxrlearn.evaluation.report: the text layout written out by hand, and the rich table."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import io
 import numpy as np
 from rich.console import Console
 
-import cxrlearn.report
-from cxrlearn.metrics import classification_report
-from cxrlearn.report import report_table, report_text
+import cxrlearn.evaluation.report
+from cxrlearn.cli.evaluate import report_table
+from cxrlearn.evaluation.metrics import classification_report
+from cxrlearn.evaluation.report import report_text
 
 NAMES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 REFERENCE_CM = np.array([[26, 2, 2, 0], [2, 24, 4, 0], [1, 3, 25, 1], [0, 1, 4, 25]])
@@ -107,4 +108,4 @@ def test_table_with_intervals_shows_brackets_literally():
 
 
 def test_docstring_examples():
-    assert doctest.testmod(cxrlearn.report).failed == 0
+    assert doctest.testmod(cxrlearn.evaluation.report).failed == 0

@@ -1,4 +1,4 @@
-"""Tests for cxrlearn.roc: hand-drawn curves and the Mann-Whitney oracle for the AUC."""
+"""Tests for cxrlearn.evaluation.roc: hand-drawn curves and the Mann-Whitney oracle for the AUC."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cxrlearn.metrics import UndefinedMetricWarning
-from cxrlearn.roc import auc, one_vs_rest_auc, one_vs_rest_roc, roc_curve
+from cxrlearn.evaluation.metrics import UndefinedMetricWarning
+from cxrlearn.evaluation.roc import auc, one_vs_rest_auc, one_vs_rest_roc, roc_curve
 
 
 def mann_whitney(positive: np.ndarray, scores: np.ndarray) -> float:

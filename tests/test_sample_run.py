@@ -45,12 +45,14 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_first_call_trains_a_lean_run_folder(tiny_cache: Path) -> None:
     folder = sample_run_folder(TINY, tiny_cache)
-    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "manifest.csv",
-                                                        "settings.json"]
+    # A run folder as cxrlearn train writes it, without last.pt (resume state).
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "best.pt", "config.json", "history.csv", "learning_curves.png", "manifest.csv"]
     ckpt = load_checkpoint(folder / "best.pt")
     assert not {"optimizer", "scheduler", "rng"} & set(ckpt)  # only what inference needs
     assert ckpt["meta"]["preprocess"]["image_size"] == 32
     assert len(ckpt["history"]) == ckpt["epoch"] <= TINY.num_epochs
+    assert 0.01 < ckpt["temperature"] < 100  # calibrated on validation, as train does
     # Nothing is left beside it: no temporary folder of the training.
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
 
@@ -60,11 +62,11 @@ def test_second_call_loads_without_training(tiny_cache: Path,
     def no_training(*args, **kwargs):
         raise AssertionError("the cached run was trained again")
 
-    monkeypatch.setattr(sample_run_module, "fit", no_training)
+    monkeypatch.setattr(sample_run_module, "train_run", no_training)
     first = sample_run(TINY, cache_dir=tiny_cache)
     second = sample_run(TINY, cache_dir=tiny_cache)
-    for name, tensor in first.model.state_dict().items():
-        assert torch.equal(tensor, second.model.state_dict()[name]), name
+    for name, tensor in first.network.state_dict().items():
+        assert torch.equal(tensor, second.network.state_dict()[name]), name
 
 
 def test_training_is_deterministic(tiny_cache: Path, tmp_path: Path) -> None:
@@ -72,8 +74,8 @@ def test_training_is_deterministic(tiny_cache: Path, tmp_path: Path) -> None:
     again = sample_run(TINY, cache_dir=tmp_path)
     cached = sample_run(TINY, cache_dir=tiny_cache)
     assert again.folder != cached.folder
-    for name, tensor in cached.model.state_dict().items():
-        assert torch.equal(tensor, again.model.state_dict()[name]), name
+    for name, tensor in cached.network.state_dict().items():
+        assert torch.equal(tensor, again.network.state_dict()[name]), name
 
 
 def test_the_run_is_what_its_history_says(tiny_cache: Path) -> None:
@@ -83,7 +85,7 @@ def test_the_run_is_what_its_history_says(tiny_cache: Path) -> None:
     hashes = np.stack([dhash(load_image(p)) for p, _ in scan.items])
     groups = duplicate_groups(len(scan.items), near_duplicate_pairs(hashes))
     expected = split_items(scan.items, TINY.test_per_class, TINY.val_fraction, TINY.seed, groups)
-    assert [(r.path.name, r.label, r.split) for r in run.rows] == \
+    assert [(r.path.name, r.label, r.split) for r in run.split] == \
            [(r.path.name, r.label, r.split) for r in expected]
     test = run.dataset("test")
     assert len(test) == 4 * TINY.test_per_class
@@ -93,7 +95,8 @@ def test_the_run_is_what_its_history_says(tiny_cache: Path) -> None:
     assert scores[run.epoch - 1] == max(scores)
     val = run.dataset("val")
     loss_fn = make_loss_fn(TINY.train_config(), [0], 4)
-    again = evaluate(run.model, DataLoader(val, batch_size=64), loss_fn, torch.device("cpu"), 4)
+    again = evaluate(run.network, DataLoader(val, batch_size=64), loss_fn, torch.device("cpu"),
+                     4)
     assert again["macro_f1"] == scores[run.epoch - 1]
 
 
@@ -112,15 +115,17 @@ def test_the_library_version_is_in_the_key(monkeypatch: pytest.MonkeyPatch,
 
 def test_a_failed_training_leaves_nothing(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import cxrlearn.runs as runs
+
     def interrupted(*args, out_dir, **kwargs):
-        (Path(out_dir) / "last.pt").parent.mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "last.pt").write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sample_run_module, "fit", interrupted)
+    monkeypatch.setattr(runs, "fit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sample_run(TINY, cache_dir=tmp_path)
     assert list((tmp_path / "sample-runs").iterdir()) == []
+    assert not (tmp_path / "sample-runs" / ".cxrlearn.lock").exists()
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch,

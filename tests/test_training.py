@@ -18,7 +18,7 @@ from cxrlearn.data import XrayDataset
 from cxrlearn.device import describe_device, select_device
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.resnet import resnet18
-from cxrlearn.schedule import lr_factor, scaled_side, size_fraction
+from cxrlearn.schedule import SizeSchedule, lr_factor, scaled_side, size_fraction
 from cxrlearn.seeding import rng_state, seed_everything, set_rng_state
 from cxrlearn.training import (
     TrainConfig,
@@ -27,10 +27,8 @@ from cxrlearn.training import (
     class_weights,
     evaluate,
     fit,
-    macro_f1_from_confusion,
-    resize_batch,
 )
-from cxrlearn.transforms import eval_transform, train_transform
+from cxrlearn.transforms import eval_transform, resize, train_transform
 
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 META = {"arch": {"name": "tiny", "num_classes": 4, "in_channels": 3}}
@@ -79,7 +77,7 @@ def _run(tmp: Path | None, num_epochs: int = 3, resume=None, on_epoch=None, size
     config = TrainConfig(num_epochs=num_epochs, **cfg)
     history = fit(model, _toy_data(6, 0, train_transform(), size),
                   _toy_data(3, 1, eval_transform(), size), config, torch.device("cpu"), CLASSES,
-                  out_dir=tmp, resume=resume, meta=META, on_epoch=on_epoch)
+                  out_dir=tmp, resume_from=resume, meta=META, on_epoch=on_epoch)
     return model, history
 
 
@@ -108,9 +106,9 @@ def test_training_learns_the_toy_task():
     assert history[-1]["val_accuracy"] >= 0.75
 
 
-@pytest.mark.parametrize("progressive", [1.0, 0.5])
-def test_resume_after_interruption_ends_with_the_same_weights(tmp_path, progressive):
-    cfg = {"num_epochs": 4, "size": 64, "progressive_resize": progressive}
+@pytest.mark.parametrize("sizes", [None, SizeSchedule(0.5, 0.5, 0.75)])
+def test_resume_after_interruption_ends_with_the_same_weights(tmp_path, sizes):
+    cfg = {"num_epochs": 4, "size": 64, "sizes": sizes}
     full, h_full = _run(tmp_path / "full", **cfg)
 
     def stop_after_two(row):
@@ -129,7 +127,7 @@ def test_resume_after_interruption_ends_with_the_same_weights(tmp_path, progress
 
 def test_progressive_resizing_trains_small_first_and_full_size_at_the_end(tmp_path):
     # 6 epochs from 0.5: 0.5 for epochs 0-2, 0.5 + 0.5 * (3 - 3) / 1.5, (4 - 3) / 1.5, then 1
-    _, history = _run(tmp_path, num_epochs=6, size=64, progressive_resize=0.5)
+    _, history = _run(tmp_path, num_epochs=6, size=64, sizes=SizeSchedule(0.5, 0.5, 0.75))
     assert [r["image_size"] for r in history] == [32, 32, 32, 32, 48, 64]
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 6
 
@@ -137,26 +135,27 @@ def test_progressive_resizing_trains_small_first_and_full_size_at_the_end(tmp_pa
 def test_progressive_resizing_follows_the_configured_hold_and_full_from(tmp_path):
     # 5 epochs from 0.5, hold 0.6 (epochs 0-2), full from 0.8 (epoch 4): epoch 3 is
     # 0.5 + 0.5 * (3 - 3) / (4 - 3) = 0.5, so only the last epoch is at full size
-    _, history = _run(None, num_epochs=5, size=64, progressive_resize=0.5, resize_hold=0.6,
-                      resize_full_from=0.8)
+    _, history = _run(None, num_epochs=5, size=64, sizes=SizeSchedule(0.5, 0.6, 0.8))
     assert [r["image_size"] for r in history] == [32, 32, 32, 32, 64]
-    with pytest.raises(ValueError, match="resize_hold"):
-        TrainConfig(resize_hold=0.9, resize_full_from=0.5)
+    with pytest.raises(ValueError, match="hold <= full_from"):
+        SizeSchedule(hold=0.9, full_from=0.5)
+    # cxrlearn train's defaults: three quarters of the side for 70% of the run (96 px of 128)
+    assert [SizeSchedule().side(128, e, 12) for e in range(12)] == [96] * 9 + [112, 128, 128]
 
 
 def test_progressive_epochs_validate_small_and_never_become_best(tmp_path, monkeypatch):
     import cxrlearn.training as training
 
-    scales = []
+    sides = []
 
-    def worse_every_epoch(model, loader, loss_fn, device, num_classes, channels_last=False,
-                          image_scale=1.0):
-        scales.append(image_scale)
-        return {"loss": float(len(scales)), "accuracy": 0.5, "macro_f1": 1.0 - len(scales) / 10}
+    def worse_every_epoch(model, loader, loss_fn, device, num_classes, image_size=None):
+        sides.append(image_size)
+        return {"loss": float(len(sides)), "accuracy": 0.5, "macro_f1": 1.0 - len(sides) / 10}
 
     monkeypatch.setattr(training, "evaluate", worse_every_epoch)
-    _, history = _run(tmp_path, num_epochs=6, size=64, progressive_resize=0.5, patience=1)
-    assert scales == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.5 + 0.5 / 1.5, 1.0])
+    _, history = _run(tmp_path, num_epochs=6, size=64, sizes=SizeSchedule(0.5, 0.5, 0.75),
+                      patience=1)
+    assert sides == [32, 32, 32, 32, 48, 64]
     # Epoch 1 scored best, but at 32 px: only the full-size epoch 6 may become best.pt, and
     # patience (1) does not stop the run during the small epochs.
     assert len(history) == 6
@@ -206,7 +205,18 @@ def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
     best = load_checkpoint(tmp_path / "best.pt")
     scores = [r["val_macro_f1"] for r in history]
     assert best["epoch"] == 1 + scores.index(max(scores))
-    assert best["best"] == max(scores)
+    assert best["scores"]["val_macro_f1"] == max(scores)
+    assert best["scores"] == {k: v for k, v in history[best["epoch"] - 1].items()
+                              if k.startswith("val_")}
+
+
+def test_best_is_lean_and_last_can_resume(tmp_path):
+    # best.pt: what using the model needs; last.pt: what resuming needs as well.
+    _run(tmp_path, num_epochs=2)
+    best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
+    assert not {"optimizer", "scheduler", "rng"} & set(best)
+    assert {"optimizer", "scheduler", "rng", "best", "since_best"} <= set(last)
+    assert set(best["model"]) == set(last["model"])
 
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement():
@@ -223,11 +233,22 @@ def test_resume_refuses_a_checkpoint_for_other_classes_or_architecture(tmp_path)
     with pytest.raises(CxrlearnError, match=r"last.pt: checkpoint was trained for classes"):
         fit(TinyNet(), _toy_data(2, 0, eval_transform()), _toy_data(2, 1, eval_transform()),
             TrainConfig(num_epochs=2), torch.device("cpu"), ("A", "B", "C", "D"),
-            resume=last, meta=META)
+            resume_from=last, meta=META)
     with pytest.raises(CxrlearnError, match="last.pt: checkpoint is for"):
         fit(TinyNet(), _toy_data(2, 0, eval_transform()), _toy_data(2, 1, eval_transform()),
-            TrainConfig(num_epochs=2), torch.device("cpu"), CLASSES, resume=last,
+            TrainConfig(num_epochs=2), torch.device("cpu"), CLASSES, resume_from=last,
             meta={"arch": {"name": "other"}})
+    with pytest.raises(CxrlearnError, match="best.pt: holds no training state"):
+        fit(TinyNet(), _toy_data(2, 0, eval_transform()), _toy_data(2, 1, eval_transform()),
+            TrainConfig(num_epochs=2), torch.device("cpu"), CLASSES,
+            resume_from=tmp_path / "best.pt", meta=META)
+
+
+def test_fit_refuses_empty_splits():
+    with pytest.raises(CxrlearnError, match="at least 2 training and 1 validation"):
+        fit(TinyNet(), _toy_data(2, 0, eval_transform()),
+            torch.utils.data.Subset(_toy_data(2, 1, eval_transform()), []),
+            TrainConfig(num_epochs=1), torch.device("cpu"), CLASSES)
 
 
 def test_checkpoint_write_is_atomic_under_a_crash(tmp_path, monkeypatch):
@@ -239,7 +260,8 @@ def test_checkpoint_write_is_atomic_under_a_crash(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CxrlearnError, match="last.pt: could not write the checkpoint.*disk full"
+                       ".*the previous file is intact"):
         save_checkpoint(path, {"epoch": 2, "class_names": list(CLASSES)})
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1  # the old checkpoint survived, whole
@@ -251,7 +273,7 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(100))
-    with pytest.raises(CxrlearnError, match="junk.pt: not a readable checkpoint"):
+    with pytest.raises(CxrlearnError, match="junk.pt: not a checkpoint: not a PyTorch file"):
         load_checkpoint(junk)
     bare = tmp_path / "bare.pt"
     torch.save(TinyNet().state_dict(), bare)
@@ -267,8 +289,10 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
             return (os.system, ("echo pwned",))
 
     torch.save({"format": "cxrlearn-checkpoint-v1", "x": Boom()}, evil)
-    with pytest.raises(CxrlearnError, match="evil.pt: not a readable checkpoint"):
+    with pytest.raises(CxrlearnError, match="evil.pt: not a cxrlearn checkpoint: it holds "
+                                            "objects other than plain data") as caught:
         load_checkpoint(evil)
+    assert "weights_only" not in str(caught.value)  # never advise turning the guard off
 
 
 def test_model_from_checkpoint_rebuilds_resnet18(tmp_path):
@@ -280,9 +304,14 @@ def test_model_from_checkpoint_rebuilds_resnet18(tmp_path):
     rebuilt = model_from_checkpoint(ckpt)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(rebuilt(x), model.eval()(x))
-    wrong = {**ckpt, "meta": {"arch": {**arch, "num_classes": 3}}}
+    wrong = {**ckpt, "meta": {"arch": {**arch, "num_classes": 3}},
+             "class_names": list(CLASSES[:3])}
     with pytest.raises(CxrlearnError, match="weights do not fit resnet18"):
         model_from_checkpoint(wrong, tmp_path / "m.pt")
+    inconsistent = {**ckpt, "meta": {"arch": {**arch, "num_classes": 3}}}
+    with pytest.raises(CxrlearnError, match="damaged checkpoint: the network has 3 outputs "
+                                            "for 4 class names"):
+        model_from_checkpoint(inconsistent, tmp_path / "m.pt")
 
 
 def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
@@ -295,15 +324,8 @@ def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):
     np.testing.assert_array_equal(np.random.rand(3), expected[1])  # noqa: NPY002
 
 
-def test_macro_f1_matches_a_hand_computed_value():
-    # rows: true, columns: predicted
-    cm = np.array([[3, 1, 0], [0, 2, 2], [0, 0, 0]])
-    f1 = [2 * 3 / (2 * 3 + 0 + 1), 2 * 2 / (2 * 2 + 1 + 2), 0.0]
-    assert macro_f1_from_confusion(cm) == pytest.approx(sum(f1) / 3)
-
-
 def test_evaluate_matches_the_metrics_module():
-    from cxrlearn.metrics import classification_report
+    from cxrlearn.evaluation.metrics import classification_report
 
     torch.manual_seed(0)
     model = TinyNet()
@@ -348,7 +370,7 @@ def test_schedules_warm_up_then_never_exceed_the_peak(total, frac, kind):
 @settings(max_examples=80, deadline=None)
 @given(epochs=st.integers(1, 60), start=st.floats(0.05, 1.0))
 def test_size_fraction_grows_from_start_to_full_size(epochs, start):
-    f = [size_fraction(e, epochs, start) for e in range(epochs)]
+    f = [size_fraction(e, epochs, start, 0.5, 0.75) for e in range(epochs)]
     assert f[-1] == 1.0  # the last epoch is always at full size
     assert all(start - 1e-12 <= x <= 1.0 for x in f)
     assert all(a <= b for a, b in zip(f, f[1:], strict=False))
@@ -359,33 +381,53 @@ def test_size_fraction_grows_from_start_to_full_size(epochs, start):
 
 def test_size_fraction_and_scaled_side_hand_values():
     # 8 epochs: 0.5 for epochs 0-3, then 0.5 + 0.5 * (e - 4) / 2 up to epoch 6 = 3/4 of 8
-    assert [size_fraction(e, 8, 0.5) for e in range(8)] == pytest.approx(
+    assert [size_fraction(e, 8, 0.5, 0.5, 0.75) for e in range(8)] == pytest.approx(
         [0.5, 0.5, 0.5, 0.5, 0.5, 0.75, 1, 1])
-    assert [size_fraction(e, 2, 0.5) for e in range(2)] == [0.5, 1.0]
-    assert [size_fraction(e, 3, 1.0) for e in range(3)] == [1.0, 1.0, 1.0]
+    assert [size_fraction(e, 2, 0.5, 0.5, 0.75) for e in range(2)] == [0.5, 1.0]
+    assert [size_fraction(e, 3, 1.0, 0.5, 0.75) for e in range(3)] == [1.0, 1.0, 1.0]
     assert scaled_side(128, 0.5) == 64
     assert scaled_side(128, 0.7) == 96  # 89.6 -> nearest multiple of 16
     assert scaled_side(128, 0.97) == 128  # 124.2 rounds to 128: never above the full side
     assert scaled_side(16, 0.3) == 16  # at least one multiple
     assert scaled_side(100, 1.0) == 100
     with pytest.raises(ValueError, match="start"):
-        size_fraction(0, 4, 0.0)
-    with pytest.raises(ValueError, match="progressive_resize"):
-        TrainConfig(progressive_resize=1.5)
+        size_fraction(0, 4, 0.0, 0.5, 0.75)
+    with pytest.raises(ValueError, match="starting share of the side"):
+        SizeSchedule(start=1.5)
+
+
+@pytest.mark.parametrize("bad", [{"lr": float("nan")}, {"lr": -1.0}, {"num_epochs": 0},
+                                 {"batch_size": 0}, {"num_workers": -1}, {"patience": 0},
+                                 {"label_smoothing": 1.0}, {"weight_decay": float("inf")}])
+def test_train_config_refuses_impossible_settings(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
+
+
+def test_train_config_reads_its_own_dict_and_cxrlearn_0_1s():
+    import dataclasses
+
+    config = TrainConfig(num_epochs=7, sizes=SizeSchedule(0.5))
+    assert TrainConfig.from_dict(dataclasses.asdict(config)) == config
+    old = {**dataclasses.asdict(TrainConfig(num_epochs=7)), "progressive_resize": 0.75,
+           "resize_hold": 0.7, "resize_full_from": 0.8}
+    del old["sizes"]
+    assert TrainConfig.from_dict(old) == TrainConfig(num_epochs=7, sizes=SizeSchedule())
+    assert TrainConfig.from_dict({**old, "progressive_resize": 1.0}).sizes is None
 
 
 @settings(max_examples=30, deadline=None)
 @given(scale=st.floats(0.1, 10), shift=st.floats(-5, 5), fraction=st.floats(0.2, 0.9))
-def test_resize_batch_commutes_with_normalisation(scale, shift, fraction):
+def test_resizing_a_batch_commutes_with_normalisation(scale, shift, fraction):
     # Normalising then resizing == resizing then normalising: resizing is a weighted average
     # whose weights sum to one. That is why progressive resizing may act on normalised batches.
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    small = resize_batch(x, fraction)
     side = scaled_side(64, fraction)
+    small = resize(x, side)
     assert small.shape == (2, 3, side, side)
-    torch.testing.assert_close(resize_batch(x * scale + shift, fraction), small * scale + shift,
+    torch.testing.assert_close(resize(x * scale + shift, side), small * scale + shift,
                                atol=1e-4 * (scale + abs(shift)), rtol=1e-5)
-    assert resize_batch(x, 1.0) is x
+    assert resize(x, 64) is x
 
 
 def test_cosine_schedule_hand_values():

@@ -1,4 +1,4 @@
-"""Tests for cxrlearn.uncertainty: Wilson against known values, the bootstrap against the CLT."""
+"""cxrlearn.evaluation.uncertainty: Wilson against known values, the bootstrap against the CLT."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cxrlearn.uncertainty
-from cxrlearn.uncertainty import bootstrap_interval, report_intervals, wilson_interval
+import cxrlearn.evaluation.uncertainty
+from cxrlearn.evaluation.uncertainty import bootstrap_interval, report_intervals, wilson_interval
 
 NAMES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 REFERENCE_CM = np.array([[26, 2, 2, 0], [2, 24, 4, 0], [1, 3, 25, 1], [0, 1, 4, 25]])
@@ -135,4 +135,4 @@ def test_report_intervals_rare_class_and_perfect_class():
 
 
 def test_docstring_examples():
-    assert doctest.testmod(cxrlearn.uncertainty).failed == 0
+    assert doctest.testmod(cxrlearn.evaluation.uncertainty).failed == 0

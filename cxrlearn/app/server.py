@@ -11,12 +11,12 @@ endpoints for programs (a mobile app, `curl`, lesson 07):
 One upload takes this path:
 
     bytes --limits--> temporary file --load_image (PNG, JPEG, DICOM)--> (H, W) in [0, 1]
-          --open_model's predictor--> probs (K,) --GradCAM on a copy--> overlay PNG, base64
+          --TrainedModel.probs--> probs (K,) --TrainedModel.explain--> overlay PNG, base64
 
-The model is loaded once, by `create_app`, with the loader of `cxrlearn predict`: an
-exported file (`cxrlearn export`) or a checkpoint (`best.pt`). Only a checkpoint can draw
-Grad-CAM, because Grad-CAM hooks a layer of the eager network and back-propagates to it;
-an exported graph runs forward only.
+The model is loaded once, by `create_app`, with `cxrlearn.trained.open_model`: a run folder,
+a checkpoint (`best.pt`) or an exported file (`cxrlearn export`, read as data, never run).
+Only a checkpoint can draw Grad-CAM, because Grad-CAM hooks a layer of the eager network and
+back-propagates to it; an exported graph runs forward only.
 
 The answers' shapes are `cxrlearn.app.schemas`; reading the upload, predicting and drawing
 Grad-CAM are `cxrlearn.app.service`. This module is the HTTP part: routes, limits, errors.
@@ -175,7 +175,7 @@ def create_app(
             raise HTTPException(422, str(e)) from None
         probs = service.probabilities(image).tolist()
         best = int(np.argmax(probs))
-        classes = list(service.predictor.class_names)
+        classes = list(service.model.class_names)
         answer = Prediction(predicted=classes[best],
                             probabilities=dict(zip(classes, probs, strict=True)),
                             classes=classes, model=service.ref, image_shape=list(image.shape))

@@ -1,33 +1,60 @@
 """The `cxrlearn` command: argument parsing, printing and exit codes, nothing else.
 
-Each sub-command lives in its own module with two functions: `add_parser(subparsers)`,
-which declares its arguments, and `run(args, console)`, which does the work by calling the
-library and prints with rich. Expected faults (`CxrlearnError`) are printed as one red line
-and exit with status 1, without a traceback; anything else is a bug and keeps its traceback.
-Ctrl-C exits with status 130, the shell's convention.
+Each sub-command lives in its own module with a one-line `HELP`, `add_parser(subparsers)`,
+which declares its arguments, and `run(args, console)`, which calls the library and prints
+with rich. Heavy imports (torch, matplotlib) happen inside `run`, and only the command being
+run has its arguments built, so `cxrlearn --help` and `cxrlearn data check` start in a
+fraction of a second.
+
+Every command names a trained model the same way, `--model PATH`: a run folder, a
+checkpoint or an exported file (`cxrlearn.trained.open_model`).
+
+Expected faults (`CxrlearnError`, a full disk, a file that cannot be written) are printed
+as one red line and exit with status 1, without a traceback; anything else is a bug and
+keeps its traceback. Ctrl-C exits with status 130, the shell's convention, also in the
+middle of training.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from cxrlearn import __version__
-from cxrlearn.errors import CxrlearnError
+from cxrlearn.errors import CxrlearnError, TrainingInterrupted
 
-__all__ = ["main", "build_parser"]
+__all__ = ["COMMANDS", "main", "build_parser", "progress_bar", "positive_int",
+           "nonnegative_int", "positive_float", "fraction", "port"]
 
 # Sub-command modules, in the order `cxrlearn --help` lists them.
 COMMANDS = ("demo", "train", "evaluate", "gradcam", "export", "predict", "app", "data")
 
+# Operating-system faults a user can fix: a full disk, a read-only or forbidden folder.
+USER_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+               errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every sub-command registered."""
+
+def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
+    """The argument parser; `commands` get their full arguments, the others a stub.
+
+    The stubs keep `cxrlearn --help` complete without importing what the other commands
+    need (some defaults come from torch-based settings such as `TrainConfig`).
+    """
     parser = argparse.ArgumentParser(
         prog="cxrlearn",
         description="Chest X-ray classification, built to be learned. "
@@ -36,24 +63,123 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cxrlearn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"cxrlearn.cli.{name}").add_parser(sub)
+        module = importlib.import_module(f"cxrlearn.cli.{name}")
+        if name in commands:
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    console = Console()
-    err = Console(stderr=True)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
+    console = Console(file=_Printable(sys.stdout))
+    err = Console(file=_Printable(sys.stderr), stderr=True)
     try:
         return int(args.func(args, console) or 0)
     except CxrlearnError as e:
+        if isinstance(e, TrainingInterrupted):  # Ctrl-C in training, with what was kept
+            err.print(f"[yellow]interrupted:[/] {escape(e.message)}", highlight=False,
+                      soft_wrap=True)
+            return 130
         # escape: a path such as "scans[v2]" would otherwise be read as rich markup.
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 1
+    except OSError as e:
+        if e.errno not in USER_FAULTS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}",
+                  highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         return 130
+
+
+class _Printable:
+    """A text stream that writes any file name: bytes that are not UTF-8 (they reach Python
+    as lone surrogates) come out as `\\xe9` escapes instead of an encoding error."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        raw = text.encode("utf-8", "surrogateescape")  # the file name's own bytes back
+        return self._stream.write(raw.decode("utf-8", "backslashreplace"))
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, flush, encoding, ...
+        return getattr(self._stream, name)
+
+
+def progress_bar(console: Console, *extra_columns: TextColumn) -> Progress:
+    """A rich progress bar: description, bar, n/total, elapsed, ETA, then `extra_columns`."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=None if console.width >= 100 else 20),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        *extra_columns,
+        console=console,
+        transient=False,
+    )
+
+
+# Argument types: a bad value is argparse's one-line error (exit 2), before any work.
+
+def _number(kind: type, text: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An int >= 1."""
+    value = int(_number(int, text))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An int >= 0."""
+    value = int(_number(int, text))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0."""
+    value = float(_number(float, text))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A float strictly between 0 and 1."""
+    value = float(_number(float, text))
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    value = int(_number(int, text))
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, got {text}")
+    return value
 
 
 if __name__ == "__main__":

@@ -15,9 +15,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from cxrlearn.cli import port
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["add_parser", "run", "missing_app_packages"]
+__all__ = ["HELP", "add_parser", "missing_app_packages"]
+
+HELP = "serve a web page and HTTP API that classify uploaded X-rays"
 
 # Package (as pip names it) -> the modules it may provide; python-multipart was imported
 # as `multipart` before version 0.0.13 and as `python_multipart` since.
@@ -39,16 +42,16 @@ or export it first (probabilities only, no Grad-CAM):
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "app", help="serve a web page and HTTP API that classify uploaded X-rays",
+        "app", help=HELP,
         description="Start a local web app: upload a chest X-ray, see the class probabilities "
                     "and the Grad-CAM overlay. Needs `pip install 'cxrlearn[app]'`. "
                     "A teaching tool, not a diagnostic device.")
-    p.add_argument("--model", type=Path, default=None,
-                   help="checkpoint (best.pt, or its run folder) for probabilities and "
+    p.add_argument("--model", type=Path, default=None, metavar="PATH",
+                   help="a run folder or its checkpoint (best.pt) for probabilities and "
                         "Grad-CAM, or an exported model.pt/.ptl/.pt2 for probabilities only")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     p.set_defaults(func=run)
 
 

@@ -11,15 +11,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cxrlearn.cli.progress import progress_bar
-from cxrlearn.data import dhash, load_image, near_duplicate_pairs, sample_root, scan_folder
+from cxrlearn.cli import progress_bar
+from cxrlearn.data import sample_root
+from cxrlearn.data.dedup import dhash, near_duplicate_pairs
+from cxrlearn.data.folder import scan_folder
+from cxrlearn.data.images import load_image
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["add_parser"]
+__all__ = ["HELP", "add_parser"]
+
+HELP = "inspect a data folder or copy the bundled sample"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="inspect a data folder or copy the bundled sample")
+    p = sub.add_parser("data", help=HELP)
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     c = data_sub.add_parser(
@@ -77,10 +82,11 @@ def run_check(args: argparse.Namespace, console: Console) -> int:
     for entry in scan.unknown:
         console.print(f"[yellow]warning:[/] {escape(str(entry))}: not a class folder, ignored",
                       soft_wrap=True)
-    for path, _, problem in bad:
+    problems = [(path, problem) for path, _, problem in bad] + scan.problems
+    for path, problem in problems:
         console.print(f"[red]bad file:[/] {escape(str(path))}: {escape(problem)}",
                       highlight=False, soft_wrap=True)
-    return 1 if bad else 0
+    return 1 if problems else 0
 
 
 def run_sample(args: argparse.Namespace, console: Console) -> int:
@@ -89,6 +95,9 @@ def run_sample(args: argparse.Namespace, console: Console) -> int:
         raise CxrlearnError("already exists and is not an empty folder; choose a new path",
                             path=dest)
     shutil.copytree(sample_root(), dest, dirs_exist_ok=True)
+    # The images' sources and terms travel with them.
+    shutil.copy2(sample_root().parent / "SOURCES.md", dest / "SOURCES.md")
     n = sum(1 for _ in dest.rglob("*.png"))
-    console.print(f"copied {n} X-rays to {dest} (see SOURCES.md in the package for their origin)")
+    console.print(f"copied {n} X-rays to {escape(str(dest))}, with SOURCES.md (where they come "
+                  "from, their terms, what to know before training on them)", highlight=False)
     return 0

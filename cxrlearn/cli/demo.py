@@ -3,7 +3,8 @@
 Split (seeded, stratified, duplicates kept together), contrast stretching, ResNet18 trained
 from scratch, evaluation on the held-out test split, Grad-CAM overlays for a few test
 images, and export of a self-contained TorchScript file that then predicts test images.
-Every step prints where its output went.
+Each step is a library call (`train_run`, `open_model`, `export_torchscript`) or the same
+writer another command uses; every step prints where its output went.
 """
 
 from __future__ import annotations
@@ -13,78 +14,90 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from cxrlearn.cli.evaluate import evaluate_run
-from cxrlearn.cli.gradcam import write_overlays
-from cxrlearn.cli.train import add_train_arguments, train_run
-from cxrlearn.data import load_image
-from cxrlearn.device import select_device
-from cxrlearn.export import export_torchscript, load_exported
-from cxrlearn.runs import open_run
+from cxrlearn.cli.train import add_training_arguments
 
-__all__ = ["add_parser"]
+__all__ = ["HELP", "DEMO_EPOCHS", "add_parser"]
 
+HELP = "run the whole pipeline on the bundled sample (CPU, minutes)"
 DEMO_EPOCHS = 15
 GRADCAM_PER_CLASS = 2
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline on the bundled sample (CPU, minutes)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="run folder (default: a new runs/demo-<date>-<time>)")
-    add_train_arguments(p, epochs=DEMO_EPOCHS)
-    p.set_defaults(func=run, data=None, classes=None)
+    p = sub.add_parser("demo", help=HELP, description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="run folder (default: a new runs/demo-DATE-TIME)")
+    add_training_arguments(p, epochs=DEMO_EPOCHS)
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    from cxrlearn.cli.evaluate import evaluate_model
+    from cxrlearn.cli.gradcam import write_overlays
+    from cxrlearn.cli.train import RichEvents, settings_from_args
+    from cxrlearn.data import load_image, sample_root
+    from cxrlearn.device import select_device
+    from cxrlearn.export import export_torchscript, load_exported
+    from cxrlearn.runs import train_run
+
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     console.print(Panel.fit(
         "cxrlearn demo: train ResNet18 on 400 real chest X-rays (bundled sample)\n"
         "A teaching tool, not a diagnostic device.", style="bold"))
     start = time.perf_counter()
-    console.rule("1. split, contrast stretching, training")
-    trained = train_run(args, console, out, resume=False)
-    console.rule("2. evaluation on the held-out test split (opened once, now)")
     device = select_device(args.device)
-    run_ = open_run(out)
-    evaluate_run(run_, "test", out, device, console)
+    settings = settings_from_args(args, sample_root(), DEMO_EPOCHS)
+
+    console.rule("1. split, contrast stretching, training")
+    events = RichEvents(console, settings.train.num_epochs)
+    try:
+        model = train_run(settings, out, device, cache_dir=args.cache_dir, events=events)
+    finally:
+        events.close()
+    console.print(f"best validation macro-F1 {model.scores['val_macro_f1']:.3f} at epoch "
+                  f"{model.epoch}", highlight=False)
+
+    console.rule("2. evaluation on the held-out test split (opened once, now)")
+    evaluate_model(model, "test", out, device, console)
 
     console.rule("3. Grad-CAM on a few test images of each class")
-    test_rows = [r for r in run_.rows if r.split == "test"]
-    picked = [r.path for k in range(len(run_.class_names))
+    test_rows = [r for r in model.split if r.split == "test"]
+    picked = [r.path for k in range(len(model.class_names))
               for r in [r for r in test_rows if r.label == k][:GRADCAM_PER_CLASS]]
-    results = write_overlays(run_.model, run_.ckpt, picked, out / "gradcam", device)
-    for r in results:
+    for r in write_overlays(model, picked, out / "gradcam"):
         name = Path(r["path"]).name
         if "error" in r:
-            console.print(f"  {name}: {r['error']}", highlight=False)
+            console.print(f"  {escape(name)}: {escape(r['error'])}", highlight=False)
         else:
-            console.print(f"  {name}: predicted {r['predicted']} ({r['probability']:.2f}) "
-                          f"-> {r['output']}", highlight=False)
+            console.print(f"  {escape(name)}: predicted {r['predicted']} "
+                          f"({r['probability']:.2f}) -> {escape(str(r['output']))}",
+                          highlight=False)
 
     console.rule("4. export: one TorchScript file with the preprocessing inside")
-    exported = export_torchscript(run_.checkpoint_path, out / "model.pt")
-    console.print(f"wrote {out / 'model.pt'}; reloaded, it matches the Python pipeline to "
-                  f"{exported.max_abs_diff:.1e} (limit 1e-5)")
-    model = load_exported(out / "model.pt", run_.class_names)
+    exported = export_torchscript(model, out / "model.pt")
+    console.print(f"wrote {escape(str(out / 'model.pt'))}; reloaded, it matches the Python "
+                  f"pipeline to {exported.max_abs_diff:.1e} (limit 1e-5)", highlight=False)
+    app_model = load_exported(out / "model.pt", model.class_names)
     table = Table(title="predictions of the exported file (test images, unseen in training)")
     for col in ("file", "true class", "predicted", "probability"):
         table.add_column(col)
-    for r in [next(r for r in test_rows if r.label == k) for k in range(len(run_.class_names))]:
-        probs = model(load_image(r.path))[0]
+    for r in [next(r for r in test_rows if r.label == k) for k in range(len(model.class_names))]:
+        probs = app_model(load_image(r.path))[0]
         k = int(probs.argmax())
-        table.add_row(r.path.name, run_.class_names[r.label], run_.class_names[k],
+        table.add_row(escape(r.path.name), model.class_names[r.label], model.class_names[k],
                       f"{float(probs[k]):.2f}")
     console.print(table)
     console.rule("done")
     console.print("Start the app on this model with: "
-                  f"[bold]cxrlearn app --model {trained.out / 'best.pt'}[/]")
-    console.print(f"everything is in [bold]{trained.out}[/] "
+                  f"[bold]cxrlearn app --model {escape(str(out))}[/]")
+    console.print(f"everything is in [bold]{escape(str(out))}[/] "
                   f"({time.perf_counter() - start:.0f} s):")
     for name in ("manifest.csv", "config.json", "history.csv", "learning_curves.png",
                  "best.pt", "last.pt", "report.json", "predictions.csv", "confusion_matrix.png",
                  "gradcam/", "model.pt"):
-        console.print(f"  {trained.out / name}")
+        console.print(f"  {escape(str(out / name))}", highlight=False)
     return 0

@@ -1,4 +1,4 @@
-"""`cxrlearn export --run runs/NAME`: write a run's best model as self-contained files."""
+"""`cxrlearn export --model runs/NAME`: write a run's best model as self-contained files."""
 
 from __future__ import annotations
 
@@ -8,55 +8,64 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from cxrlearn.checkpoint import load_checkpoint
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.export import FILE_FORMATS, export_lite, export_program, export_torchscript
 
-__all__ = ["add_parser", "run"]
+__all__ = ["HELP", "FORMATS", "add_parser", "parse_formats"]
 
-WRITERS = {"torchscript": export_torchscript, "lite": export_lite, "export": export_program}
+HELP = "write a run's best.pt as a self-contained TorchScript/mobile/.pt2 file"
+# The export formats and their suffixes (cxrlearn.export.FILE_FORMATS, without torch).
+FORMATS = {"torchscript": ".pt", "lite": ".ptl", "export": ".pt2"}
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
     """`"torchscript,lite"` -> `("torchscript", "lite")`; unknown names are an argparse error."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in FILE_FORMATS]
+    unknown = [n for n in names if n not in FORMATS]
     if not names or unknown:
         raise argparse.ArgumentTypeError(
             f"unknown format {', '.join(unknown) or repr(text)}; choose from "
-            f"{', '.join(FILE_FORMATS)} (comma-separated)")
+            f"{', '.join(FORMATS)} (comma-separated)")
     return names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="write a run's best.pt as a self-contained TorchScript/mobile/.pt2 file",
+        "export", help=HELP,
         description="Export the best checkpoint of a run with its preprocessing, class names "
                     "and temperature inside. Each file is loaded back and checked against the "
                     "Python pipeline on sample X-rays before it is kept.")
-    p.add_argument("--run", type=Path, required=True, help="run folder holding best.pt")
+    p.add_argument("--model", type=Path, metavar="RUN",
+                   help="the run folder, or a checkpoint (best.pt)")
+    p.add_argument("--run", type=Path, dest="model", help=argparse.SUPPRESS)  # cxrlearn 0.1
     p.add_argument("--format", type=parse_formats, default=("torchscript",), dest="formats",
                    help="comma-separated: torchscript (.pt), lite (.ptl, PyTorch Mobile), "
-                        "export (.pt2, torch.export); default torchscript")
-    p.add_argument("--out", type=Path, default=None,
+                        "export (.pt2, torch.export) (default torchscript)")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH",
                    help="output path; its suffix is set per format "
                         "(default RUN/model.pt, .ptl, .pt2)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    best = args.run / "best.pt"
-    if not best.is_file():
-        raise CxrlearnError("no best.pt in the run folder; train first with "
-                            "`cxrlearn train --out RUN`", path=args.run)
-    load_checkpoint(best)  # fail early, once, with the checkpoint's own message
-    base = args.out if args.out is not None else args.run / "model"
+    from cxrlearn.export import export_model
+    from cxrlearn.trained import open_model
+
+    if args.model is None:
+        raise CxrlearnError("name the run to export: cxrlearn export --model runs/NAME")
+    model = open_model(args.model)  # fails early, once, with the file's own message
+    if model.network is None:
+        raise CxrlearnError("this is already an exported file; export the checkpoint "
+                            "(best.pt) instead", path=model.path)
+    base = args.out if args.out is not None else model.folder / "model"
+    if base.is_dir():
+        raise CxrlearnError("--out is a folder; give a file path such as DIR/model.pt",
+                            path=base)
     failed = 0
     for name in args.formats:
-        path = base.with_suffix(FILE_FORMATS[name])
+        path = base.with_suffix(FORMATS[name])
         with console.status(f"exporting {name} to {escape(str(path))}"):
             try:
-                result = WRITERS[name](best, path)
+                result = export_model(model, path, name)
             except CxrlearnError as e:
                 console.print(f"[bold red]{name} failed:[/] {escape(str(e))}",
                               highlight=False, soft_wrap=True)

@@ -1,12 +1,10 @@
-"""`cxrlearn gradcam IMAGE... --model runs/NAME/best.pt`: where did the network look?
+"""`cxrlearn gradcam IMAGE... --model runs/NAME`: where did the network look?
 
-For each X-ray: preprocess it exactly as training and evaluation did (the checkpoint's
-`meta["preprocess"]`), predict, compute the Grad-CAM map of the predicted class (or of
-`--target`), and write a three-panel PNG: the image the network saw, the map, the overlay.
-The probability in the title and the table is calibrated with the checkpoint's
-temperature when it has one (see `cxrlearn.calibration`), and averaged over the image and
-its mirror image when the checkpoint says so (`cxrlearn.tta`); the map explains the pass
-over the image as it is.
+For each X-ray, `TrainedModel.explain` prepares it exactly as training and evaluation did
+(the checkpoint's preprocessing), predicts (with the checkpoint's temperature), and computes
+the Grad-CAM map of the predicted class (or of `--target`); `write_overlays` saves a
+three-panel PNG: the image the network saw, the map, and the overlay (`heatmap.overlay`, the
+same drawing the app shows). `cxrlearn predict --gradcam` writes the same files.
 
 A map is a question to ask of the model, not an answer: heat on a shoulder, a text marker
 or the edge of the film means the model may have learned a shortcut. See
@@ -16,111 +14,66 @@ or the edge of the film means the model may have learned a shortcut. See
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from torch import nn
 
-from cxrlearn.calibration import apply_temperature
-from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint
-from cxrlearn.cli.progress import progress_bar
-from cxrlearn.data import load_image
-from cxrlearn.device import select_device
+from cxrlearn.cli import progress_bar
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.export import Preprocess
-from cxrlearn.gradcam import GradCAM
-from cxrlearn.heatmap import gradcam_figure
-from cxrlearn.transforms import eval_transform, prepare
-from cxrlearn.tta import model_logits
 
-__all__ = ["add_parser", "load_for_gradcam", "write_overlays"]
+__all__ = ["HELP", "add_parser", "write_overlays", "overlay_name"]
 
-PREPROCESS_KEYS = ("image_size", "low", "high", "channels")
+HELP = "write Grad-CAM overlays: where did the model look?"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("gradcam", help="write Grad-CAM overlays: where did the model look?")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="PNG or JPEG X-rays")
-    p.add_argument("--model", type=Path, required=True,
-                   help="checkpoint, e.g. runs/NAME/best.pt (a run folder means its best.pt)")
+    p = sub.add_parser("gradcam", help=HELP, description=__doc__.splitlines()[0])
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="PNG, JPEG or DICOM X-rays")
+    p.add_argument("--model", type=Path, required=True, metavar="PATH",
+                   help="a run folder or its checkpoint (best.pt); exported files have no "
+                        "layer to hook")
     p.add_argument("--target", default=None, metavar="CLASS",
                    help="explain this class for every image (default: the predicted class)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: gradcam/ beside the checkpoint)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output folder (default: gradcam/ in the run folder)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace overlays that already exist in --out")
     p.set_defaults(func=run)
 
 
-def load_for_gradcam(path: str | Path) -> tuple[nn.Module, dict[str, Any], Path]:
-    """The model, the checkpoint and its path; a run folder stands for its `best.pt`.
-
-    Raises:
-        CxrlearnError: The checkpoint is missing, unreadable, or lacks the preprocessing.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    ckpt = load_checkpoint(path)
-    preprocess = ckpt.get("meta", {}).get("preprocess", {})
-    missing = [k for k in PREPROCESS_KEYS if k not in preprocess]
-    if missing or "class_names" not in ckpt:
-        raise CxrlearnError(
-            "checkpoint lacks its preprocessing settings or class names "
-            f"(missing: {', '.join(missing) or 'class_names'}); use a best.pt from cxrlearn train",
-            path=path,
-        )
-    return model_from_checkpoint(ckpt, path), ckpt, path
-
-
-def _target_index(target: str | None, class_names: Sequence[str]) -> int | None:
-    if target is None:
-        return None
-    if target not in class_names:
-        raise CxrlearnError(
-            f"unknown class {target!r} for --target; this model knows "
-            + ", ".join(repr(name) for name in class_names)
-        )
-    return list(class_names).index(target)
-
-
-def _output_path(out_dir: Path, image: Path, taken: set[Path]) -> Path:
+def overlay_name(image: Path, taken: set[str]) -> str:
     """`<stem>_gradcam.png`, numbered when two inputs share a name (COVID/1.png, Normal/1.png)."""
-    candidate = out_dir / f"{image.stem}_gradcam.png"
-    n = 2
+    stem = os.fsencode(image.stem).decode("utf-8", "backslashreplace")  # any bytes, a valid name
+    candidate, n = f"{stem}_gradcam.png", 2
     while candidate in taken:
-        candidate = out_dir / f"{image.stem}_gradcam-{n}.png"
-        n += 1
+        candidate, n = f"{stem}_gradcam-{n}.png", n + 1
     taken.add(candidate)
     return candidate
 
 
 def write_overlays(
-    model: nn.Module,
-    ckpt: dict[str, Any],
+    model: Any,
     paths: Sequence[str | Path],
     out_dir: str | Path,
-    device: torch.device,
     target: str | None = None,
     on_image: Callable[[], None] | None = None,
+    overwrite: bool = True,
 ) -> list[dict[str, Any]]:
     """Write one Grad-CAM figure per image; a bad image is reported, not raised.
 
-    Each image is prepared like the training and evaluation images: `load_image`, then
-    `prepare` (contrast stretch, resize, 8 bits), then `/ 255` and `eval_transform`.
-
     Args:
-        model: The classifier of `ckpt` (see `load_for_gradcam`); it is moved to `device`.
-        ckpt: Its checkpoint: `class_names`, `meta["preprocess"]`, maybe `temperature`.
+        model: A `cxrlearn.trained.TrainedModel` opened from a checkpoint.
         paths: X-ray files.
         out_dir: Folder for the PNGs; created if needed.
-        device: Where to run the model.
         target: Class name to explain for every image; None explains the predicted class.
         on_image: Called after each image (for a progress bar).
+        overwrite: Replace existing files; otherwise an existing file is an error.
 
     Returns:
         One dict per input, in order: `path`, then either `error` (the message) or
@@ -128,67 +81,74 @@ def write_overlays(
         `target`, `target_probability` and `output` (the PNG written).
 
     Raises:
-        CxrlearnError: `target` is not one of the checkpoint's classes.
+        CxrlearnError: `target` is not one of the model's classes, the model is an export,
+            or an overlay exists and `overwrite` is False.
     """
-    class_names = list(ckpt["class_names"])
-    target_index = _target_index(target, class_names)
-    pre = Preprocess.from_dict(ckpt["meta"]["preprocess"])  # flip averaging off if unset
-    # As `cxrlearn evaluate` does: training stored the mean and std of eval_transform.
-    transform = eval_transform(pre.channels)
-    temperature = float(ckpt.get("temperature", 1.0))
+    from cxrlearn.data import load_image
+    from cxrlearn.heatmap import gradcam_figure
+    from cxrlearn.runs import write_atomic
+
+    names = list(model.class_names)
+    if target is not None and target not in names:
+        raise CxrlearnError(f"unknown class {target!r} for --target; this model knows "
+                            + ", ".join(repr(name) for name in names))
+    target_index = None if target is None else names.index(target)
     out_dir = Path(out_dir)
+    taken: set[str] = set()
+    outputs = [out_dir / overlay_name(Path(p), taken) for p in paths]
+    if not overwrite:
+        existing = [o.name for o in outputs if o.exists()]
+        if existing:
+            raise CxrlearnError(f"already holds {', '.join(existing[:3])}; choose another "
+                                "folder, or replace them with --overwrite", path=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.to(device).eval()
-    taken: set[Path] = set()
     results: list[dict[str, Any]] = []
-    with GradCAM(model) as cam:
-        for path in map(Path, paths):
-            try:
-                image = load_image(path)  # (H, W) float in [0, 1]
-            except CxrlearnError as e:
-                results.append({"path": path, "error": e.message})
-            else:
-                prepared = prepare(image, pre.image_size, pre.low, pre.high)
-                x = transform(prepared.float() / 255.0)[None].to(device)  # (1, C, S, S)
-                with torch.no_grad():  # flip-averaged if the model is, as in predict
-                    logits = model_logits(model, x, pre.flip_average).float().cpu()  # (1, K)
-                probs = torch.softmax(apply_temperature(logits, temperature), dim=1)[0]  # (K,)
-                predicted = int(probs.argmax())
-                explained = predicted if target_index is None else target_index
-                cams = cam(x, explained).cams  # (1, S, S)
-                output = _output_path(out_dir, path, taken)
-                title = f"{path.name}: {class_names[predicted]} (p = {float(probs[predicted]):.2f})"
-                if explained != predicted:
-                    title += f", map for {class_names[explained]}"
-                # The image the network saw (prepared, (S, S) uint8), not the original file.
-                gradcam_figure(prepared[0].numpy(), cams[0].cpu(), title).savefig(output)
-                results.append({
-                    "path": path, "predicted": class_names[predicted],
-                    "probability": float(probs[predicted]), "target": class_names[explained],
-                    "target_probability": float(probs[explained]), "output": output,
-                })
-            if on_image is not None:
-                on_image()
+    for path, output in zip(map(Path, paths), outputs, strict=True):
+        try:
+            image = load_image(path)  # (H, W) float in [0, 1]
+        except CxrlearnError as e:
+            results.append({"path": path, "error": e.message})
+        else:
+            e = model.explain(image, target_index)
+            shown = os.fsencode(path.name).decode("utf-8", "backslashreplace")
+            title = f"{shown}: {names[e.predicted]} (p = {float(e.probs[e.predicted]):.2f})"
+            if e.target != e.predicted:
+                title += f", map for {names[e.target]}"
+            figure = gradcam_figure(e.seen, e.cam, title)  # the image the network saw
+            write_atomic(output, lambda f, fig=figure: fig.savefig(f, format="png"))
+            results.append({
+                "path": path, "predicted": names[e.predicted],
+                "probability": float(e.probs[e.predicted]), "target": names[e.target],
+                "target_probability": float(e.probs[e.target]), "output": output,
+            })
+        if on_image is not None:
+            on_image()
     return results
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    model, ckpt, ckpt_path = load_for_gradcam(args.model)
-    _target_index(args.target, ckpt["class_names"])  # a wrong name fails before any work
-    out_dir = args.out if args.out is not None else ckpt_path.parent / "gradcam"
-    device = select_device(args.device)
+    from cxrlearn.trained import open_model
+
+    model = open_model(args.model)
+    if model.network is None:
+        raise CxrlearnError("Grad-CAM needs a checkpoint (best.pt, or its run folder): an "
+                            "exported file has no layer to hook", path=model.path)
+    if args.target is not None and args.target not in model.class_names:  # before any work
+        raise CxrlearnError(f"unknown class {args.target!r} for --target; this model knows "
+                            + ", ".join(repr(name) for name in model.class_names))
+    out_dir = args.out if args.out is not None else model.folder / "gradcam"
     with progress_bar(console) as progress:
         task = progress.add_task("Grad-CAM", total=len(args.images))
-        results = write_overlays(model, ckpt, args.images, out_dir, device, args.target,
-                                 on_image=lambda: progress.advance(task))
+        results = write_overlays(model, args.images, out_dir, args.target,
+                                 on_image=lambda: progress.advance(task),
+                                 overwrite=args.overwrite or args.out is None)
 
-    temperature = ckpt.get("temperature")
     caption = ("probabilities without calibration (no temperature in the checkpoint)"
-               if temperature is None else
-               f"probabilities calibrated with the checkpoint's temperature T = {temperature:.2f}")
-    table = Table(title=f"Grad-CAM, {escape(str(ckpt_path))}", caption=caption)
+               if model.temperature == 1.0 else
+               f"probabilities calibrated with the checkpoint's temperature "
+               f"T = {model.temperature:.2f}")
+    table = Table(title=f"Grad-CAM, {escape(str(model.path))}", caption=caption)
     for col in ("file", "predicted", "probability", "target", "output"):
-        # fold: a long file name wraps instead of being cut to "COVID-10…".
         table.add_column(col, overflow="fold", justify="right" if col == "probability" else "left")
     good = [r for r in results if "error" not in r]
     for r in good:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlearn.contrast import HIGH, LOW
 from cxrlearn.data.images import load_image
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.transforms import prepare
@@ -81,8 +82,8 @@ def cache_key(paths: Sequence[str | Path], image_size: int, low: float, high: fl
 def prepare_images(
     paths: Sequence[str | Path],
     image_size: int,
-    low: float = 2.0,
-    high: float = 98.0,
+    low: float = LOW,
+    high: float = HIGH,
     cache_dir: str | Path | None = None,
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,

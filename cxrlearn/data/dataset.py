@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from cxrlearn.contrast import HIGH, LOW
 from cxrlearn.data.images import load_image
 from cxrlearn.data.splits import SplitRow
 from cxrlearn.errors import CxrlearnError
@@ -63,8 +64,8 @@ class XrayDataset(Dataset):
         image_size: int,
         transform: Callable[[Tensor, torch.Generator | None], Tensor],
         images: np.ndarray | None = None,
-        low: float = 2.0,
-        high: float = 98.0,
+        low: float = LOW,
+        high: float = HIGH,
         seed: int = 0,
     ) -> None:
         if len(paths) != len(labels):
@@ -107,8 +108,8 @@ def split_dataset(
     image_size: int,
     transform: Callable[[Tensor, torch.Generator | None], Tensor],
     images: np.ndarray | None = None,
-    low: float = 2.0,
-    high: float = 98.0,
+    low: float = LOW,
+    high: float = HIGH,
     seed: int = 0,
 ) -> XrayDataset:
     """The dataset of one part of a split: the rows whose `split` is `part`, in their order.

@@ -24,11 +24,12 @@ Lesson: lessons/06_torchscript_export.ipynb
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from cxrlearn.data.images import MAX_PIXELS
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["DICOM_EXTENSIONS", "is_dicom_file", "load_dicom", "rescale_dicom_pixels"]
@@ -78,12 +79,13 @@ def rescale_dicom_pixels(
     return x.astype(np.float32)
 
 
-def load_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_dicom(path: str | Path, max_pixels: int) -> np.ndarray:
     """Read a single-frame grey DICOM file as float32 in [0, 1].
 
     Args:
         path: A DICOM file (Part 10, with or without the 128-byte preamble).
-        max_pixels: Refuse images with more pixels than this.
+        max_pixels: Refuse images with more pixels than this (`load_image` passes
+            `cxrlearn.data.images.MAX_PIXELS`).
 
     Returns:
         The image after rescale slope/intercept, scaled to [0, 1], MONOCHROME1 inverted.
@@ -114,11 +116,11 @@ def load_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise CxrlearnError(f"unreadable DICOM header ({e})", path=path) from None
     if "PixelData" not in ds:
         raise CxrlearnError("the DICOM file holds no image (no PixelData)", path=path)
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    rows, cols = _number(ds, "Rows", 0, int, path), _number(ds, "Columns", 0, int, path)
     if rows * cols > max_pixels:
         raise CxrlearnError(f"image is {cols}x{rows} = {rows * cols:,} pixels, more than the "
                             f"limit of {max_pixels:,}", path=path)
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    if _number(ds, "NumberOfFrames", 1, int, path) > 1:
         raise CxrlearnError("multi-frame DICOM; save the frame to classify as its own file",
                             path=path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
@@ -132,6 +134,28 @@ def load_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if stored.ndim != 2:
         raise CxrlearnError(f"expected one grey frame, got pixel data of shape {stored.shape}",
                             path=path)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope = _number(ds, "RescaleSlope", 1.0, float, path)
+    intercept = _number(ds, "RescaleIntercept", 0.0, float, path)
     return rescale_dicom_pixels(stored, slope, intercept, photometric == "MONOCHROME1")
+
+
+def _number(ds: object, tag: str, default: float, kind: type, path: Path) -> Any:
+    """One numeric header value; a missing or empty tag gives `default`.
+
+    Raises:
+        CxrlearnError: The value is not one finite number (text, several values, NaN).
+    """
+    try:
+        value = ds.get(tag, default)  # type: ignore[attr-defined]
+    except Exception as e:  # pydicom converts lazily: a bad value fails on access
+        raise CxrlearnError(f"the DICOM tag {tag} cannot be read ({e})", path=path) from None
+    if value is None or value == "":
+        return kind(default)
+    try:
+        number = float(value)
+        if not math.isfinite(number) or (kind is int and number != int(number)):
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        raise CxrlearnError(f"the DICOM tag {tag} is {str(value)[:40]!r}, not one number",
+                            path=path) from None
+    return kind(number)

@@ -1,19 +1,23 @@
-"""Finding the X-rays of each class in a folder laid out like the Kaggle database.
+"""Finding the X-rays of each class in a folder with one sub-folder per class.
 
-The COVID-19 Radiography Database (Chowdhury et al. 2020; Rahman et al. 2021) ships one
-folder per class. The current release puts the images one level down,
-`<root>/<Class>/images/*.png`, with lung masks in `<root>/<Class>/masks/` (ignored here);
-older copies and our bundled sample are flat, `<root>/<Class>/*.png`. Both are read.
+The class of an image is the name of the folder it sits in, as in torchvision's
+`ImageFolder`: `<root>/<Class>/*.png`. The COVID-19 Radiography Database (Chowdhury et al.
+2020; Rahman et al. 2021) ships this way; its current release puts the images one level
+down, `<root>/<Class>/images/*.png`, with lung masks in `<root>/<Class>/masks/` (ignored
+here). Both layouts are read.
 
-Class folders must be named exactly as in the database. Any subset of the four classes
-works; a folder with another name is reported in `FolderScan.unknown`, never silently
-turned into a fifth class.
+Any folder names work (`Healthy/`, `Pneumothorax/`, ...). The classes are the sub-folders
+that hold images, sorted by name: label i is the i-th name. For the database's four
+folders that is its usual order, `CLASS_NAMES`. A sub-folder without images and a loose
+file are reported in `FolderScan.unknown`, never turned into a class; a link that points
+nowhere, or a file name that is not valid UTF-8, is reported in `FolderScan.problems`.
 
 Lesson: lessons/01_data_and_contrast.ipynb
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +28,7 @@ from cxrlearn.errors import CxrlearnError
 __all__ = ["CLASS_NAMES", "DISPLAY_NAMES", "FolderScan", "scan_folder"]
 
 CLASS_NAMES: tuple[str, ...] = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
-"""The four classes in canonical order (label 0..3), spelled like the database's folders."""
+"""The COVID-19 Radiography Database's four classes, in their order (label 0..3)."""
 
 DISPLAY_NAMES: dict[str, str] = {
     "COVID": "COVID-19",
@@ -32,7 +36,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "Normal": "Normal",
     "Viral Pneumonia": "Viral pneumonia",
 }
-"""Prettier names for plots and reports."""
+"""Prettier names of the database's classes for plots and reports (others show as they are)."""
 
 
 @dataclass(frozen=True)
@@ -41,15 +45,18 @@ class FolderScan:
 
     Attributes:
         root: The folder that was read.
-        class_names: The classes used, in canonical order; label i is `class_names[i]`.
+        class_names: The classes used, sorted; label i is `class_names[i]`.
         items: `(path, label)` for every image, sorted by class then file name.
-        unknown: Sub-folders (and loose files) of `root` that are not class folders.
+        unknown: Sub-folders without images, and loose files, of `root`: not classes.
+        problems: `(path, problem)` for image entries that cannot be used as they are: a
+            link to nothing, a name that is not valid UTF-8.
     """
 
     root: Path
     class_names: tuple[str, ...]
     items: list[tuple[Path, int]] = field(repr=False)
     unknown: list[Path]
+    problems: list[tuple[Path, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Number of images per class, in class order."""
@@ -57,11 +64,31 @@ class FolderScan:
         return {name: c[i] for i, name in enumerate(self.class_names)}
 
 
-def _images_of_class(class_dir: Path) -> list[Path]:
+def _images_of_class(class_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files of one class folder, and the entries that look like images but are
+    unusable (a link to nothing, a name that cannot be written to a UTF-8 manifest)."""
     # The current Kaggle release keeps images in <Class>/images/ next to <Class>/masks/.
     images_dir = class_dir / "images"
     source = images_dir if images_dir.is_dir() else class_dir
-    return sorted(p for p in source.iterdir() if p.is_file() and is_image_file(p))
+    files, problems = [], []
+    for p in sorted(source.iterdir()):
+        if not is_image_file(p):
+            continue
+        if p.is_symlink() and not p.exists():
+            problems.append((p, f"a link to {os.readlink(p)}, which does not exist"))
+        elif not _utf8(p.name):
+            problems.append((p, "the file name is not valid UTF-8; rename the file"))
+        elif p.is_file():
+            files.append(p)
+    return files, problems
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")  # undecodable bytes arrive as lone surrogates, which fail here
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def scan_folder(root: str | Path, classes: list[str] | tuple[str, ...] | None = None) -> FolderScan:
@@ -69,14 +96,15 @@ def scan_folder(root: str | Path, classes: list[str] | tuple[str, ...] | None = 
 
     Args:
         root: Folder with one sub-folder per class.
-        classes: Classes to use, from `CLASS_NAMES`. Default: every class found.
+        classes: Classes to use, by folder name (at least one). Default: every sub-folder
+            that holds images. Either way the labels follow the sorted names.
 
     Returns:
         The images with their labels, and whatever else was found.
 
     Raises:
-        CxrlearnError: `root` is missing or not a folder, a requested class folder is
-            missing, a class name is unknown, or no class folder holds an image.
+        CxrlearnError: `root` is missing or not a folder, a requested class has no folder
+            or no images, or no sub-folder holds an image.
     """
     root = Path(root)
     if not root.exists():
@@ -84,33 +112,40 @@ def scan_folder(root: str | Path, classes: list[str] | tuple[str, ...] | None = 
     if not root.is_dir():
         raise CxrlearnError("not a folder; expected one sub-folder per class", path=root)
 
+    found: dict[str, list[Path]] = {}
+    problems: list[tuple[Path, str]] = []
+    unknown: list[Path] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            unknown.append(entry)
+            continue
+        files, bad = _images_of_class(entry)
+        problems += bad
+        if files:
+            found[entry.name] = files
+        elif not bad:
+            unknown.append(entry)
+
     if classes is not None:
-        bad = [c for c in classes if c not in CLASS_NAMES]
-        if bad:
-            raise CxrlearnError(
-                f"unknown class {bad[0]!r}; choose from {', '.join(CLASS_NAMES)}", path=root
-            )
+        if not classes:
+            raise CxrlearnError("name at least one class", path=root)
         missing = [c for c in classes if not (root / c).is_dir()]
         if missing:
-            raise CxrlearnError(f"no folder for class {missing[0]!r}", path=root)
-    present = [c for c in CLASS_NAMES if (root / c).is_dir()]
-    wanted = present if classes is None else [c for c in CLASS_NAMES if c in classes]
-    unknown = sorted(
-        p
-        for p in root.iterdir()
-        if p.name not in CLASS_NAMES and not p.name.startswith(".")
-    )
-    if not wanted:
-        raise CxrlearnError(
-            "no class folders found; expected sub-folders named "
-            + ", ".join(repr(c) for c in CLASS_NAMES),
-            path=root,
-        )
-
-    items: list[tuple[Path, int]] = []
-    for label, name in enumerate(wanted):
-        files = _images_of_class(root / name)
-        if not files:
-            raise CxrlearnError("class folder holds no .png/.jpg/.jpeg images", path=root / name)
-        items.extend((p, label) for p in files)
-    return FolderScan(root=root, class_names=tuple(wanted), items=items, unknown=unknown)
+            raise CxrlearnError(f"no folder for class {missing[0]!r}; the class folders here "
+                                f"are {', '.join(map(repr, found)) or 'none'}", path=root)
+        empty = [c for c in classes if c not in found]
+        if empty:
+            raise CxrlearnError("class folder holds no .png/.jpg/.jpeg images",
+                                path=root / empty[0])
+        unknown += [root / name for name in found if name not in classes]
+        found = {name: files for name, files in found.items() if name in classes}
+    if not found:
+        raise CxrlearnError("no class folders found: expected one sub-folder of images per "
+                            "class, such as COVID/, Normal/ (the folder name is the class)",
+                            path=root)
+    names = tuple(sorted(found))
+    items = [(p, label) for label, name in enumerate(names) for p in found[name]]
+    return FolderScan(root=root, class_names=names, items=items, unknown=sorted(unknown),
+                      problems=problems)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cxrlearn.data.dicom import is_dicom_file, load_dicom
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "load_image", "is_image_file"]
@@ -84,9 +85,6 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise CxrlearnError("no such file", path=path)
-    # Imported here: cxrlearn.data.dicom itself uses this module's helpers.
-    from cxrlearn.data.dicom import is_dicom_file, load_dicom
-
     if is_dicom_file(path):  # a .dcm/.dicom name or the "DICM" marker at byte 128
         return load_dicom(path, max_pixels)
     try:
@@ -107,7 +105,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise
     except UnidentifiedImageError:
         raise CxrlearnError(
-            "not an image file PIL can read (expected PNG or JPEG)", path=path
+            "not a PNG, JPEG or DICOM image", path=path
         ) from None
     except Image.DecompressionBombError as e:
         raise CxrlearnError(f"image too large: {e}", path=path) from None

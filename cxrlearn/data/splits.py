@@ -22,13 +22,14 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["SPLITS", "SplitRow", "split_items", "write_manifest", "read_manifest"]
+__all__ = ["SPLITS", "SplitRow", "split_items", "write_manifest", "read_manifest",
+           "manifest_classes"]
 
 SPLITS = ("train", "val", "test")
 
@@ -88,8 +89,8 @@ def split_items(
         n_items = sum(len(members[g]) for g in units)
         if n_items < test_per_class + 1:
             raise CxrlearnError(
-                f"class {label} has {n_items} images: too few for {test_per_class} test "
-                "images and a training set; lower test_per_class",
+                f"this class has {n_items} images: too few for {test_per_class} test "
+                "images and a training set; hold out fewer (--test-per-class)",
                 path=items[members[units[0]][0]][0].parent,
             )
         # At least one image stays for training, however large val_fraction is.
@@ -117,18 +118,35 @@ def write_manifest(
     """Write the split as CSV (`path,class,split`), paths relative to `root`.
 
     Written to a temporary file first and renamed, so a crash never leaves half a manifest.
+
+    Raises:
+        CxrlearnError: An image is not inside `root`.
     """
     path, root = Path(path), Path(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "class", "split"])
-        for r in rows:
-            p = r.path.resolve()
-            rel = p.relative_to(root.resolve()) if p.is_relative_to(root.resolve()) else p
-            w.writerow([rel.as_posix(), class_names[r.label], r.split])
-    tmp.replace(path)
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "class", "split"])
+            for r in rows:
+                w.writerow([_relative(r.path, root).as_posix(), class_names[r.label], r.split])
+        tmp.replace(path)
+    except UnicodeEncodeError as e:
+        raise CxrlearnError(f"a file name is not valid UTF-8 ({e.object[e.start:e.end]!r}); "
+                            "rename it", path=root) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _relative(path: Path, root: Path) -> Path:
+    """`path` relative to `root`, as written (or, failing that, with both resolved)."""
+    if path.is_relative_to(root):
+        return path.relative_to(root)
+    resolved, resolved_root = path.resolve(), root.resolve()
+    if resolved.is_relative_to(resolved_root):
+        return resolved.relative_to(resolved_root)
+    raise CxrlearnError(f"{path} is not inside the data folder", path=root)
 
 
 def read_manifest(
@@ -138,7 +156,8 @@ def read_manifest(
 
     Raises:
         CxrlearnError: The file is missing, lacks the columns, names an unknown class or
-            split, or lists an image that does not exist.
+            split, lists an image outside `root` (an absolute path, or one with `..`), or
+            an image that does not exist.
     """
     path, root = Path(path), Path(root)
     if not path.is_file():
@@ -162,10 +181,35 @@ def read_manifest(
                     raise CxrlearnError(f"line {line}: unknown class {rec['class']!r}", path=path)
                 if rec["split"] not in SPLITS:
                     raise CxrlearnError(f"line {line}: unknown split {rec['split']!r}", path=path)
-                image = root / rec["path"]
+                relative = PurePosixPath(rec["path"])
+                if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+                    raise CxrlearnError(f"line {line}: path {rec['path']!r} is not inside the "
+                                        "data folder; a manifest names images relative to it",
+                                        path=path)
+                image = root / relative
                 if not image.is_file():
                     raise CxrlearnError(f"line {line}: image {image} does not exist", path=path)
                 rows.append(SplitRow(image, index[rec["class"]], rec["split"]))
         except (UnicodeDecodeError, csv.Error) as e:
             raise CxrlearnError(f"not a manifest: not a UTF-8 CSV file ({e})", path=path) from None
     return rows
+
+
+def manifest_classes(path: str | Path) -> list[str]:
+    """The class names a manifest uses, in the order they first appear.
+
+    Raises:
+        CxrlearnError: The file is missing or not a manifest.
+    """
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "class" not in reader.fieldnames:
+                raise CxrlearnError("not a manifest: expected the columns path,class,split",
+                                    path=path)
+            return list(dict.fromkeys(rec["class"] for rec in reader if rec["class"]))
+    except FileNotFoundError:
+        raise CxrlearnError("manifest not found", path=path) from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise CxrlearnError(f"not a manifest: not a UTF-8 CSV file ({e})", path=path) from None

@@ -21,28 +21,44 @@ and points to `torch.export` and ExecuTorch. cxrlearn writes them because apps b
 PyTorch Mobile still load them, silences only those warnings around those calls, and
 teaches the successor next to them.
 
-A file is only kept when it proves itself: it is saved to a temporary file, loaded back,
-and its probabilities on real X-rays must match the eager Python pipeline (`eager_probs`)
-to 1e-5. Each file holds `cxrlearn.json` (classes, preprocessing, temperature, a sha256 of
-the weights, versions) that `load_exported` checks.
+The package has three modules: `pipeline` (the end-to-end model and its eager reference),
+`files` (writing each format, and the parity check that decides whether a written file
+counts: loaded back, it must match `eager_probs` on real X-rays to 1e-5), and `load`
+(reading a file back: `cxrlearn.json`, the weights as data, and cxrlearn's own model
+rebuilt from them). Each file holds `cxrlearn.json` (classes, preprocessing, temperature,
+a sha256 of the weights, versions).
+
+An exported file is a program, and loading a program runs its code. cxrlearn therefore
+never loads the graph of a file it did not just write: `load_exported` reads the weights
+and settings as data and rebuilds the network from its own code. The graph inside is for
+other apps, and was checked against the Python pipeline when it was written.
 
 Lesson: lessons/06_torchscript_export.ipynb
 """
 
 from __future__ import annotations
 
-from cxrlearn.export.files import ExportResult, export_lite, export_program, export_torchscript
-from cxrlearn.export.load import ExportedModel, is_export, load_exported, upstream_deprecation
-from cxrlearn.export.metadata import EXPORT_FORMAT, FILE_FORMATS, ExportMetadata, read_metadata
-from cxrlearn.export.parity import sample_check_images
-from cxrlearn.export.pipeline import (
-    EndToEndModel,
-    Preprocess,
-    eager_input,
-    eager_probs,
-    resize_hw,
-    weights_sha256,
+from cxrlearn.export.files import (
+    ExportResult,
+    export_lite,
+    export_model,
+    export_program,
+    export_torchscript,
+    max_abs_diff,
+    sample_check_images,
 )
+from cxrlearn.export.load import (
+    EXPORT_FORMAT,
+    FILE_FORMATS,
+    ExportedModel,
+    ExportMetadata,
+    load_exported,
+    load_graph,
+    read_metadata,
+    read_weights,
+    upstream_deprecation,
+)
+from cxrlearn.export.pipeline import EndToEndModel, eager_probs, resize_hw, weights_sha256
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -51,15 +67,16 @@ __all__ = [
     "ExportMetadata",
     "ExportResult",
     "ExportedModel",
-    "Preprocess",
-    "eager_input",
     "eager_probs",
     "export_lite",
+    "export_model",
     "export_program",
     "export_torchscript",
-    "is_export",
     "load_exported",
+    "load_graph",
+    "max_abs_diff",
     "read_metadata",
+    "read_weights",
     "resize_hw",
     "sample_check_images",
     "upstream_deprecation",

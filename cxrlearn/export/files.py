@@ -3,9 +3,15 @@
 Every writer follows the same steps: wrap the network in `EndToEndModel`, convert it
 (script it, or trace it with `torch.export`), save it to a temporary file next to the
 target with `cxrlearn.json` inside, load that file back with the loader an app would use,
-compare its probabilities with `eager_probs` on real X-rays (`cxrlearn.export.parity`), and
-only then rename it into place. A file that disagrees by more than `atol` is deleted and
-never seen.
+and compare its probabilities with `eager_probs` on real X-rays (the parity check):
+
+    max |p_file - p_python| <= atol    (1e-5 by default)
+
+over each image alone (as float, and as the uint8 an app reads from a PNG) and over a
+batch, after checking that the weights inside hash to the sha256 in `cxrlearn.json`. Only
+then is the file renamed into place. A file that disagrees is deleted and never seen.
+(Loading the file back runs its code: that is safe here because this process wrote it a
+moment ago. Files from elsewhere are read with `cxrlearn.export.load.load_exported`.)
 
 Lesson: lessons/06_torchscript_export.ipynb
 """
@@ -15,37 +21,40 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import cxrlearn
-from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint
+from cxrlearn.data import load_image, sample_root
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.export.load import upstream_deprecation
-from cxrlearn.export.metadata import CLASS_NAMES_NAME, METADATA_NAME, ExportMetadata
-from cxrlearn.export.parity import check_saved_file, sample_check_images
-from cxrlearn.export.pipeline import (
-    EndToEndModel,
-    Preprocess,
-    eager_probs,
-    resize_hw,
-    weights_sha256,
+from cxrlearn.export.load import (
+    CLASS_NAMES_NAME,
+    FILE_FORMATS,
+    METADATA_NAME,
+    ExportMetadata,
+    load_graph,
+    upstream_deprecation,
 )
+from cxrlearn.export.pipeline import EndToEndModel, eager_probs, resize_hw, weights_sha256
+from cxrlearn.transforms import Preprocess
 
-__all__ = [
-    "ExportResult",
-    "export_torchscript",
-    "export_lite",
-    "export_program",
-]
+__all__ = ["ExportResult", "export_model", "export_torchscript", "export_lite",
+           "export_program", "sample_check_images", "max_abs_diff"]
 
-ModelSource = nn.Module | Mapping[str, Any] | str | Path
+
+class TrainedLike(Protocol):
+    """What an export needs from a trained model (`cxrlearn.trained.TrainedModel` has it)."""
+
+    network: nn.Module | None
+    class_names: tuple[str, ...]
+    preprocess: Preprocess
+    temperature: float
 
 
 @dataclass(frozen=True)
@@ -67,97 +76,155 @@ class ExportResult:
     notes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class _Source:
-    model: nn.Module
-    class_names: tuple[str, ...]
-    preprocess: Preprocess
-    temperature: float
+def sample_check_images() -> list[np.ndarray]:
+    """Real X-rays for the parity check: the first sample image of each class, plus a
+    non-square crop of the first (117 x 101), so that resizing is checked both ways.
+
+    Shape:
+        -> N x (H, W) float32 in [0, 1]
+    """
+    root = sample_root()
+    images = [load_image(sorted(d.glob("*.png"))[0])
+              for d in sorted(root.iterdir()) if d.is_dir()]
+    return [*images, images[0][5:122, 10:111].copy()]
 
 
-def _resolve(
-    source: ModelSource,
-    class_names: Sequence[str] | None,
-    preprocess: Preprocess | None,
-    temperature: float | None,
-) -> _Source:
-    """The network and its settings, from a checkpoint (path or dict) or a bare model."""
+def max_abs_diff(run: Callable[[Tensor], Tensor], model: nn.Module, preprocess: Preprocess,
+                 temperature: float, images: Sequence[np.ndarray], *,
+                 batched_only: bool = False) -> tuple[float, int]:
+    """Largest |p_file - p_python| of `run` (a loaded file) against the eager pipeline.
+
+    Each image is checked alone, as float and (unless `batched_only`, a `torch.export`
+    program, which takes float batches only) as uint8, plus a batch of the images that share
+    the first one's size. A NaN difference is kept, so that it fails every comparison.
+
+    Returns:
+        (the largest difference, the number of inputs compared).
+    """
+    floats = [torch.from_numpy(np.asarray(im, dtype=np.float32)) for im in images]  # (H, W)
+    want = eager_probs(model, floats, preprocess, temperature)  # (N, K)
+    cases: list[tuple[Tensor, Tensor]] = []  # (input for the file, expected probabilities)
+    for i, x in enumerate(floats):
+        cases.append((x[None, None] if batched_only else x, want[i:i + 1]))
+        if not batched_only:
+            u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)  # (H, W), as a PNG holds it
+            same = torch.equal(u8.to(torch.float32) / 255.0, x)
+            cases.append((u8, want[i:i + 1] if same else
+                          eager_probs(model, [u8], preprocess, temperature)))
+    rows = [i for i, x in enumerate(floats) if x.shape == floats[0].shape]
+    if len(rows) > 1:
+        cases.append((torch.stack([floats[i] for i in rows])[:, None], want[rows]))
+    worst = 0.0
+    for x, expected in cases:
+        with torch.no_grad():
+            got = run(x)  # (B, K)
+        if got.shape != expected.shape:
+            raise CxrlearnError(f"the file returned shape {tuple(got.shape)}, the Python "
+                                f"pipeline {tuple(expected.shape)}")
+        diff = float((got - expected).abs().max())
+        worst = diff if not diff <= worst else worst  # a NaN diff sticks
+    return worst, len(cases)
+
+
+def _network_sha256(graph: object, file_format: str) -> str | None:
+    """The hash of the network inside a loaded graph (the lite runtime keeps none)."""
+    if file_format == "torchscript":
+        return weights_sha256(graph.model.state_dict())  # type: ignore[attr-defined]
+    if file_format == "export":
+        state = graph.state_dict()  # type: ignore[attr-defined]
+        return weights_sha256({k[len("model."):]: v for k, v in state.items()
+                               if k.startswith("model.")})
+    return None
+
+
+def export_model(
+    source: TrainedLike | nn.Module,
+    path: str | Path,
+    file_format: str = "torchscript",
+    *,
+    class_names: Sequence[str] | None = None,
+    preprocess: Preprocess | None = None,
+    temperature: float = 1.0,
+    input_size: tuple[int, int] | None = None,
+    check_images: Sequence[np.ndarray] | None = None,
+    atol: float = 1e-5,
+) -> ExportResult:
+    """Write the whole pipeline as one file of `file_format`, checked before it is kept.
+
+    Args:
+        source: A trained model (`cxrlearn.trained.open_model(...)`: network, classes,
+            preprocessing and temperature), or a bare `nn.Module` with `class_names` and
+            `preprocess` (and optionally `temperature`).
+        path: The file to write. Written only if the parity check passes.
+        file_format: `"torchscript"` (`.pt`), `"lite"` (`.ptl`) or `"export"` (`.pt2`).
+        class_names: For a bare module: the class names.
+        preprocess: For a bare module: the preprocessing settings.
+        temperature: For a bare module: T.
+        input_size: `"export"` only: (H, W) of the program's input; default (S, S).
+        check_images: Grey float images for the parity check; default
+            `sample_check_images()`.
+        atol: Largest accepted |p_file - p_python|.
+
+    Raises:
+        CxrlearnError: No eager network to export, a wrong suffix for `.pt2`, the format
+            cannot be written by this PyTorch, or the reloaded file disagrees with the
+            Python pipeline (then no file is written).
+    """
+    path = Path(path)
+    if file_format not in FILE_FORMATS:
+        raise ValueError(f"file_format must be one of {tuple(FILE_FORMATS)}, got {file_format!r}")
     if isinstance(source, nn.Module):
         if class_names is None or preprocess is None:
             raise ValueError("exporting a bare model needs class_names= and preprocess=")
-        return _Source(source, tuple(class_names), preprocess,
-                       1.0 if temperature is None else float(temperature))
-    where: str | Path = "checkpoint"
-    if isinstance(source, (str, Path)):
-        where = Path(source)
-        source = load_checkpoint(where)
-    model = model_from_checkpoint(dict(source), where)
-    if preprocess is None:
-        try:
-            preprocess = Preprocess.from_dict(source["meta"]["preprocess"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CxrlearnError(f"checkpoint has no usable meta.preprocess ({e}); pass "
-                                "preprocess=Preprocess(...)", path=where) from None
-    names = tuple(source["class_names"]) if class_names is None else tuple(class_names)
-    # A calibrated checkpoint carries T (cxrlearn.calibration); otherwise T = 1.
-    t = float(source.get("temperature", 1.0)) if temperature is None else float(temperature)
-    return _Source(model, names, preprocess, t)
-
-
-def _metadata(src: _Source, wrapper: EndToEndModel, file_format: str,
-              input_size: tuple[int, int] | None, input_dtypes: tuple[str, ...]
-              ) -> ExportMetadata:
-    # The hash is of the weights as saved: the wrapper's float32 CPU copy of the network.
-    return ExportMetadata(
-        file_format=file_format,
-        class_names=src.class_names,
-        preprocess=src.preprocess,
-        temperature=src.temperature,
+        network, names, pre, t = source, tuple(class_names), preprocess, float(temperature)
+    else:
+        if source.network is None:
+            raise CxrlearnError("an exported file holds no eager network to export again; "
+                                "export from the checkpoint (best.pt)", path=path)
+        network, names, pre, t = (source.network, tuple(source.class_names),
+                                  source.preprocess, float(source.temperature))
+    wrapper = EndToEndModel(network, pre, t)
+    images = sample_check_images() if check_images is None else list(check_images)
+    program = file_format == "export"
+    size = None
+    if program:
+        if path.suffix != ".pt2":
+            raise CxrlearnError("a torch.export program is saved as a .pt2 file; change the "
+                                "suffix", path=path)
+        size = (pre.image_size,) * 2 if input_size is None else tuple(input_size)
+        images = [resize_hw(im, size) for im in images]  # inputs the program accepts
+    outputs = eager_probs(network, images[:1], pre).shape[1]
+    if outputs != len(names):
+        raise CxrlearnError(f"the model has {outputs} outputs but there are {len(names)} "
+                            f"class names {list(names)}", path=path)
+    meta = ExportMetadata(
+        file_format=file_format, class_names=names, preprocess=pre, temperature=t,
+        # The hash of the weights as saved: the wrapper's float32 CPU copy of the network.
         weights_sha256=weights_sha256(wrapper.model.state_dict()),
-        input_size=input_size,
-        input_dtypes=input_dtypes,
-        cxrlearn_version=cxrlearn.__version__,
-        torch_version=torch.__version__,
-    )
+        input_size=None if size is None else (int(size[0]), int(size[1])),
+        input_dtypes=("float32",) if program else ("uint8", "float32"),
+        cxrlearn_version=cxrlearn.__version__, torch_version=torch.__version__)
+    extra = {METADATA_NAME: meta.to_json(),
+             CLASS_NAMES_NAME: "".join(f"{c}\n" for c in names)}
+    save, notes = _saver(wrapper, file_format, images, extra, path)
 
-
-def _extra_files(metadata: ExportMetadata) -> dict[str, str]:
-    return {METADATA_NAME: metadata.to_json(),
-            CLASS_NAMES_NAME: "".join(f"{c}\n" for c in metadata.class_names)}
-
-
-def _check_classes(src: _Source, image: np.ndarray, path: Path) -> None:
-    """One class name per output of the model, or a clear error naming the target file."""
-    num_outputs = eager_probs(src.model, [image], src.preprocess).shape[1]
-    if num_outputs != len(src.class_names):
-        raise CxrlearnError(f"the model has {num_outputs} outputs but there are "
-                            f"{len(src.class_names)} class names {list(src.class_names)}",
-                            path=path)
-
-
-def _write_checked(
-    path: Path,
-    save: Callable[[Path], None],
-    meta: ExportMetadata,
-    src: _Source,
-    images: Sequence[np.ndarray],
-    atol: float,
-) -> tuple[float, int]:
-    """Save to a temporary file beside `path`, check it, and rename it only if it passes.
-
-    A `torch.export` program takes float `(B, 1, H, W)` only; the other files also take
-    uint8 and single `(H, W)` images, and are checked with them.
-    """
-    program = meta.file_format == "export"
     path.parent.mkdir(parents=True, exist_ok=True)
     # A private folder on the same file system, so the final rename is atomic. The file in
     # it has the final name because the savers name the archive's root folder after it.
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp = tmp_dir / path.name
     try:
-        save(tmp)
-        worst, n = check_saved_file(tmp, meta, src.model, images, with_uint8=not program,
-                                    batched_only=program)
+        try:
+            save(tmp)
+        except OSError as e:
+            raise CxrlearnError(f"could not write the file ({e.strerror or e}); nothing was "
+                                "written", path=path) from None
+        graph = load_graph(tmp, file_format)  # safe: this process wrote it just now
+        found = _network_sha256(graph, file_format)
+        if found is not None and found != meta.weights_sha256:
+            raise CxrlearnError("the saved weights do not hash to the recorded sha256",
+                                path=path)
+        worst, n = max_abs_diff(graph, network, pre, t, images, batched_only=program)
         if not worst <= atol:
             raise CxrlearnError(
                 f"the exported file disagrees with the Python pipeline (max |diff| = "
@@ -165,132 +232,46 @@ def _write_checked(
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    return worst, n
+    return ExportResult(path, meta, worst, n, tuple(notes))
 
 
-def _wrap(src: _Source) -> EndToEndModel:
-    return EndToEndModel(src.model, src.preprocess, src.temperature)
-
-
-def _script(wrapper: EndToEndModel) -> torch.jit.ScriptModule:
+def _saver(wrapper: EndToEndModel, file_format: str, images: list[np.ndarray],
+           extra: dict[str, str], path: Path) -> tuple[Callable[[Path], None], list[str]]:
+    """Convert the wrapper for `file_format`; return the function that saves it, and notes."""
+    notes: list[str] = []
+    if file_format == "export":
+        # An example batch of 2: torch.export treats a size of 1 as a constant, not a symbol.
+        example = torch.from_numpy(np.stack((images * 2)[:2]))[:, None]  # (2, 1, H, W)
+        try:
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            program = torch.export.export(wrapper, (example,),
+                                          dynamic_shapes={"image": {0: batch}})
+        except Exception as e:  # torch.export reports unsupported code with many error types
+            raise CxrlearnError(f"torch.export could not capture the model ({_reason(e)})",
+                                path=path) from None
+        return lambda tmp: torch.export.save(program, str(tmp), extra_files=extra), notes
     with upstream_deprecation("`torch.jit.script`"):
-        return torch.jit.script(wrapper)
-
-
-def export_torchscript(
-    source: ModelSource,
-    path: str | Path,
-    *,
-    class_names: Sequence[str] | None = None,
-    preprocess: Preprocess | None = None,
-    temperature: float | None = None,
-    check_images: Sequence[np.ndarray] | None = None,
-    atol: float = 1e-5,
-) -> ExportResult:
-    """Script the whole pipeline (`EndToEndModel`) with `torch.jit.script` and save it.
-
-    The file takes a raw grey image, uint8 or float, `(H, W)` or `(B, 1, H, W)`, of any
-    size, and returns probabilities `(B, K)`; it runs with `torch.jit.load` in Python or
-    C++ (LibTorch), with no cxrlearn needed. TorchScript is deprecated upstream in favour
-    of `torch.export` (see `export_program`); it is still what PyTorch Mobile apps load.
-
-    Args:
-        source: A checkpoint path (`best.pt`), a loaded checkpoint dict, or an `nn.Module`
-            (which then needs `class_names` and `preprocess`).
-        path: The file to write, usually `model.pt`. Written only if the check passes.
-        class_names: Override (or, for a bare model, give) the class names.
-        preprocess: Override (or give) the preprocessing settings.
-        temperature: Override T; default the checkpoint's `"temperature"`, else 1.
-        check_images: Grey float images for the parity check; default
-            `sample_check_images()`.
-        atol: Largest accepted |p_file - p_python|.
-
-    Returns:
-        An `ExportResult`.
-
-    Raises:
-        CxrlearnError: Unreadable checkpoint, or the reloaded file disagrees with the
-            Python pipeline (then no file is written).
-    """
-    src = _resolve(source, class_names, preprocess, temperature)
-    wrapper = _wrap(src)
-    meta = _metadata(src, wrapper, "torchscript", None, ("uint8", "float32"))
-    images = sample_check_images() if check_images is None else list(check_images)
-    _check_classes(src, images[0], Path(path))
-    scripted = _script(wrapper)
-
-    def save(tmp: Path) -> None:
-        with upstream_deprecation("`torch.jit.save`"):
-            torch.jit.save(scripted, str(tmp), _extra_files=_extra_files(meta))
-
-    worst, n = _write_checked(Path(path), save, meta, src, images, atol)
-    return ExportResult(Path(path), meta, worst, n)
-
-
-def export_lite(
-    source: ModelSource,
-    path: str | Path,
-    *,
-    class_names: Sequence[str] | None = None,
-    preprocess: Preprocess | None = None,
-    temperature: float | None = None,
-    check_images: Sequence[np.ndarray] | None = None,
-    atol: float = 1e-5,
-    optimize: bool = True,
-) -> ExportResult:
-    """Write the scripted pipeline for PyTorch Mobile's lite interpreter (`.ptl`).
-
-    This is the file an Android or iOS app (or Flutter, through a PyTorch Mobile plugin)
-    loads. Both PyTorch Mobile and its lite interpreter are deprecated upstream in favour
-    of ExecuTorch, which runs `torch.export` programs (see `export_program`).
-
-    `torch.utils.mobile_optimizer.optimize_for_mobile` (batch norm folded into the
-    convolutions, XNNPACK kernels) is tried first. PyTorch builds without XNNPACK, such as
-    the CPU wheels of torch 2.13 for Linux, fail it with "Mobile optimization only
-    available with XNNPACK"; the unoptimised graph is then written, with a note in the
-    result. Either way the reloaded file must pass the parity check.
-
-    Args:
-        source: As in `export_torchscript`.
-        path: The file to write, usually `model.ptl`.
-        class_names: As in `export_torchscript`.
-        preprocess: As in `export_torchscript`.
-        temperature: As in `export_torchscript`.
-        check_images: As in `export_torchscript`.
-        atol: Largest accepted |p_file - p_python|.
-        optimize: Try `optimize_for_mobile` first.
-
-    Returns:
-        An `ExportResult`; `notes` says whether the optimisation was skipped and why.
-
-    Raises:
-        CxrlearnError: This PyTorch cannot write lite-interpreter files, or the check fails.
-    """
-    src = _resolve(source, class_names, preprocess, temperature)
-    wrapper = _wrap(src)
-    meta = _metadata(src, wrapper, "lite", None, ("uint8", "float32"))
-    images = sample_check_images() if check_images is None else list(check_images)
-    _check_classes(src, images[0], Path(path))
-    module = _script(wrapper)
+        module = torch.jit.script(wrapper)
+    if file_format == "torchscript":
+        def save_script(tmp: Path) -> None:
+            with upstream_deprecation("`torch.jit.save`"):
+                torch.jit.save(module, str(tmp), _extra_files=extra)
+        return save_script, notes
     if not hasattr(module, "_save_for_lite_interpreter"):
         raise CxrlearnError("this PyTorch cannot write lite-interpreter files; use the "
                             "TorchScript (.pt) or torch.export (.pt2) format", path=path)
-    notes: list[str] = []
-    if optimize:
-        try:
-            from torch.utils.mobile_optimizer import optimize_for_mobile
+    try:
+        from torch.utils.mobile_optimizer import optimize_for_mobile
 
-            module = optimize_for_mobile(module, preserved_methods=["preprocess"])
-        except (ImportError, RuntimeError) as e:
-            notes.append(f"optimize_for_mobile skipped ({_reason(e)}); the lite file holds "
-                         "the unoptimised scripted graph, which gives the same results")
+        module = optimize_for_mobile(module, preserved_methods=["preprocess"])
+    except (ImportError, RuntimeError) as e:
+        notes.append(f"optimize_for_mobile skipped ({_reason(e)}); the lite file holds the "
+                     "unoptimised scripted graph, which gives the same results")
 
-    def save(tmp: Path) -> None:
+    def save_lite(tmp: Path) -> None:
         with upstream_deprecation("Lite Interpreter"):
-            module._save_for_lite_interpreter(str(tmp), _extra_files=_extra_files(meta))
-
-    worst, n = _write_checked(Path(path), save, meta, src, images, atol)
-    return ExportResult(Path(path), meta, worst, n, tuple(notes))
+            module._save_for_lite_interpreter(str(tmp), _extra_files=extra)
+    return save_lite, notes
 
 
 def _reason(e: BaseException) -> str:
@@ -301,17 +282,34 @@ def _reason(e: BaseException) -> str:
     return first[:200]
 
 
-def export_program(
-    source: ModelSource,
-    path: str | Path,
-    *,
-    input_size: tuple[int, int] | None = None,
-    class_names: Sequence[str] | None = None,
-    preprocess: Preprocess | None = None,
-    temperature: float | None = None,
-    check_images: Sequence[np.ndarray] | None = None,
-    atol: float = 1e-5,
-) -> ExportResult:
+def export_torchscript(source: TrainedLike | nn.Module, path: str | Path,
+                       **options) -> ExportResult:
+    """Script the whole pipeline with `torch.jit.script` and save it (`.pt`).
+
+    The file takes a raw grey image, uint8 or float, `(H, W)` or `(B, 1, H, W)`, of any
+    size, and returns probabilities `(B, K)`; it runs with `torch.jit.load` in Python or
+    C++ (LibTorch), with no cxrlearn needed. TorchScript is deprecated upstream in favour
+    of `torch.export` (see `export_program`); it is still what PyTorch Mobile apps load.
+    Options as in `export_model`.
+    """
+    return export_model(source, path, "torchscript", **options)
+
+
+def export_lite(source: TrainedLike | nn.Module, path: str | Path, **options) -> ExportResult:
+    """Write the scripted pipeline for PyTorch Mobile's lite interpreter (`.ptl`).
+
+    The file an Android or iOS app (or Flutter, through a PyTorch Mobile plugin) loads; both
+    are deprecated upstream in favour of ExecuTorch, which runs `torch.export` programs.
+    `optimize_for_mobile` (batch norm folded into the convolutions, XNNPACK kernels) is
+    tried first; builds without XNNPACK, such as the Linux CPU wheels of torch 2.13, fail
+    it, and the unoptimised graph is written with a note in the result. Options as in
+    `export_model`.
+    """
+    return export_model(source, path, "lite", **options)
+
+
+def export_program(source: TrainedLike | nn.Module, path: str | Path,
+                   **options) -> ExportResult:
     """Trace the pipeline with `torch.export.export` and save the program (`.pt2`).
 
     `torch.export` is the successor of TorchScript: it captures the graph by running the
@@ -323,49 +321,6 @@ def export_program(
     turns such branches into guards that hold for one size only. An app therefore resizes
     to `input_size` before calling; percentiles are then taken on that image instead of
     the full-size one, a small difference from the TorchScript file, which takes any size.
-    The program takes float32 `(B, 1, H, W)` in [0, 1] only (no uint8, no 2-D input).
-
-    Args:
-        source: As in `export_torchscript`.
-        path: The file to write; must end in `.pt2`, as `torch.export.save` expects.
-        input_size: (H, W) of the program's input; default (S, S), the training size.
-        class_names: As in `export_torchscript`.
-        preprocess: As in `export_torchscript`.
-        temperature: As in `export_torchscript`.
-        check_images: As in `export_torchscript`; resized to `input_size` for the check.
-        atol: Largest accepted |p_file - p_python|.
-
-    Returns:
-        An `ExportResult`.
-
-    Raises:
-        CxrlearnError: The path does not end in `.pt2`, `torch.export` fails on this
-            PyTorch, or the check fails.
+    The program takes float32 `(B, 1, H, W)` in [0, 1] only. Options as in `export_model`.
     """
-    path = Path(path)
-    if path.suffix != ".pt2":
-        raise CxrlearnError("a torch.export program is saved as a .pt2 file; change the "
-                            "suffix", path=path)
-    src = _resolve(source, class_names, preprocess, temperature)
-    size = (src.preprocess.image_size,) * 2 if input_size is None else tuple(input_size)
-    wrapper = _wrap(src)
-    meta = _metadata(src, wrapper, "export", (int(size[0]), int(size[1])), ("float32",))
-    raw = sample_check_images() if check_images is None else list(check_images)
-    images = [resize_hw(im, size) for im in raw]  # inputs the program accepts
-    _check_classes(src, images[0], path)
-    # An example batch of 2: torch.export treats a size of 1 as a constant, not a symbol.
-    example = torch.from_numpy(np.stack((images * 2)[:2]))[:, None]  # (2, 1, H, W)
-    try:
-        batch = torch.export.Dim("batch", min=1, max=1024)
-        program = torch.export.export(wrapper, (example,),
-                                      dynamic_shapes={"image": {0: batch}})
-    except Exception as e:  # torch.export reports unsupported code with many error types
-        raise CxrlearnError(f"torch.export could not capture the model ({_reason(e)})",
-                            path=path) from None
-
-    def save(tmp: Path) -> None:
-        torch.export.save(program, str(tmp), extra_files=_extra_files(meta))
-
-    worst, n = _write_checked(path, save, meta, src, images, atol)
-    return ExportResult(path, meta, worst, n)
-
+    return export_model(source, path, "export", **options)

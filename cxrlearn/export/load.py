@@ -1,29 +1,74 @@
-"""Loading an exported file back: check what it is, then run it like a function.
+"""Reading an exported file back: its metadata, its weights, and a model to run, safely.
 
-`load_exported` reads `cxrlearn.json` first (no graph is loaded for a file that is not a
-cxrlearn export), checks the classes if asked, loads the graph with the loader its format
-needs, and compares the weights with the hash written at export time.
+An exported file is a program. TorchScript's `torch.jit.load` runs the file's own code (a
+crafted file's `__setstate__` can write files), and `torch.export.load` quietly retries a
+refused `weights_only=True` load with `weights_only=False`, which unpickles anything. So
+cxrlearn never hands a file it did not just write to either loader. It reads an export as
+data:
+
+- `read_metadata`: the small JSON document `extra/cxrlearn.json` (classes, preprocessing,
+  temperature, a sha256 of the weights), read with `zipfile` alone;
+- `read_weights`: the tensors, from the archive's raw storage records. A TorchScript or
+  lite file's `data.pkl` is read by a restricted unpickler that knows tensors and plain
+  containers and stands an inert placeholder in for every TorchScript class, so nothing of
+  the file's code is ever called; a `.pt2` program's weights are raw bytes described by
+  JSON;
+- `load_exported`: cxrlearn's own `EndToEndModel` with those weights, after their sha256
+  matched the one written at export time.
+
+The exported graph itself is for other apps (a phone, LibTorch). It was checked against
+the Python pipeline when it was written (`cxrlearn.export.files`), so the model
+`load_exported` builds answers like the graph, to 1e-5. `load_graph` loads the graph the way
+an app does; it runs the file's code, so use it only on a file you wrote yourself.
 
 Lesson: lessons/06_torchscript_export.ipynb
 """
 
 from __future__ import annotations
 
+import io
+import json
+import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.export.metadata import ExportMetadata, read_metadata
-from cxrlearn.export.pipeline import resize_hw, weights_sha256
+from cxrlearn.export.pipeline import EndToEndModel, resize_hw, weights_sha256
+from cxrlearn.resnet import resnet18
+from cxrlearn.transforms import Preprocess
 
-__all__ = ["ExportedModel", "load_exported", "is_export", "upstream_deprecation"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "FILE_FORMATS",
+    "ExportMetadata",
+    "ExportedModel",
+    "read_metadata",
+    "read_weights",
+    "load_exported",
+    "load_graph",
+    "upstream_deprecation",
+]
+
+EXPORT_FORMAT = "cxrlearn-export-v1"
+"""The marker in `cxrlearn.json` that says "made by cxrlearn, in this layout"."""
+
+FILE_FORMATS = {"torchscript": ".pt", "lite": ".ptl", "export": ".pt2"}
+"""Export formats and their usual file suffix."""
+
+METADATA_NAME = "cxrlearn.json"
+CLASS_NAMES_NAME = "class_names.txt"
+MAX_RECORD_BYTES = 1 << 30  # one tensor of ResNet18 is under 10 MB; 1 GiB is a damaged file
+MAX_METADATA_BYTES = 1 << 20
 
 
 @contextmanager
@@ -48,68 +93,287 @@ def upstream_deprecation(*apis: str) -> Iterator[None]:
         yield
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+@dataclass(frozen=True)
+class ExportMetadata:
+    """The contents of `cxrlearn.json`.
 
-
-def load_module(path: Path, file_format: str) -> Callable[[Tensor], Tensor]:
-    """Load the graph of an exported file with the loader of its format.
-
-    Raises:
-        CxrlearnError: The file cannot be loaded (damaged, or made by a newer PyTorch).
+    Attributes:
+        file_format: `"torchscript"`, `"lite"` or `"export"` (a `torch.export` program).
+        class_names: Column order of the probabilities.
+        preprocess: Image size, stretch percentiles, channels, mean and std.
+        temperature: T the logits are divided by (1.0 when the model is not calibrated).
+        weights_sha256: `weights_sha256` of the network's state dict.
+        input_size: (H, W) the file accepts, or None when any size works.
+        input_dtypes: Tensor dtypes the file accepts, e.g. `("uint8", "float32")`.
+        cxrlearn_version: The cxrlearn that wrote the file.
+        torch_version: The PyTorch that wrote the file.
     """
-    try:
-        if file_format == "torchscript":
-            with upstream_deprecation("`torch.jit.load`"):
-                return torch.jit.load(str(path), map_location="cpu").eval()
-        if file_format == "lite":
-            from torch.jit.mobile import _load_for_lite_interpreter
 
-            return _load_for_lite_interpreter(str(path))
-        if file_format == "export":
-            return torch.export.load(str(path)).module()
-    except Exception as e:  # each loader fails in its own way (RuntimeError, KeyError, ...)
-        raise CxrlearnError(f"cannot load the {file_format} graph ({_first_line(e)}); "
-                            "the file may be damaged or made by another PyTorch version",
-                            path=path) from None
-    raise CxrlearnError(f"unknown export format {file_format!r}", path=path)
+    file_format: str
+    class_names: tuple[str, ...]
+    preprocess: Preprocess
+    temperature: float
+    weights_sha256: str
+    input_size: tuple[int, int] | None
+    input_dtypes: tuple[str, ...]
+    cxrlearn_version: str
+    torch_version: str
+
+    def to_json(self) -> str:
+        """The document written into the file, with the format marker first."""
+        doc: dict[str, Any] = {
+            "format": EXPORT_FORMAT,
+            "file_format": self.file_format,
+            "class_names": list(self.class_names),
+            **self.preprocess.to_dict(),
+            "temperature": self.temperature,
+            "weights_sha256": self.weights_sha256,
+            "input": {
+                "shape": ["B", 1, *(self.input_size or ("H", "W"))],
+                "dtypes": list(self.input_dtypes),
+                "values": "raw grey levels: uint8 0..255, or float scaled like load_image",
+            },
+            "output": "probabilities (B, K), columns in class_names order",
+            "cxrlearn_version": self.cxrlearn_version,
+            "torch_version": self.torch_version,
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, path: str | Path = METADATA_NAME) -> ExportMetadata:
+        """Parse `cxrlearn.json`; a missing marker or a bad field is a `CxrlearnError`.
+
+        A file exported with flip averaging (`"flip_average": true`, cxrlearn 0.1) is
+        refused: its graph averages two passes, which cxrlearn no longer does.
+        """
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+                found = doc.get("format") if isinstance(doc, dict) else None
+                raise CxrlearnError(f"not a {EXPORT_FORMAT} file (format marker {found!r})",
+                                    path=path)
+            if doc.get("flip_average"):
+                raise CxrlearnError("exported with flip averaging, which this cxrlearn no "
+                                    "longer supports; export the checkpoint again", path=path)
+            names = doc["class_names"]
+            if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                    or not 2 <= len(names) <= 1000):
+                raise ValueError(f"class_names must be 2 to 1000 names, got {names!r:.60}")
+            if doc["file_format"] not in FILE_FORMATS:
+                raise ValueError(f"unknown file_format {doc['file_format']!r:.40}")
+            temperature = float(doc["temperature"])
+            if not 0.005 <= temperature <= 200:  # calibration keeps T in [1/100, 100]
+                raise ValueError(f"temperature {temperature} out of range")
+            shape = doc["input"]["shape"]
+            fixed = all(isinstance(v, int) for v in shape[2:])
+            return cls(
+                file_format=str(doc["file_format"]),
+                class_names=tuple(names),
+                preprocess=Preprocess.from_dict(doc),
+                temperature=temperature,
+                weights_sha256=str(doc["weights_sha256"]),
+                input_size=(int(shape[2]), int(shape[3])) if fixed else None,
+                input_dtypes=tuple(str(d) for d in doc["input"]["dtypes"]),
+                cxrlearn_version=str(doc["cxrlearn_version"]),
+                torch_version=str(doc["torch_version"]),
+            )
+        except (ValueError, KeyError, TypeError, IndexError) as e:  # JSONDecodeError too
+            raise CxrlearnError(f"damaged cxrlearn.json inside ({type(e).__name__}: {e}); "
+                                "export the model again", path=path) from None
 
 
-def network_sha256(module: object, file_format: str) -> str | None:
-    """`weights_sha256` of the network inside a loaded file; None where it cannot be read.
-
-    The lite interpreter keeps no state dict that Python can read, so it gives None.
-    """
-    if file_format == "torchscript":
-        return weights_sha256(module.model.state_dict())
-    if file_format == "export":
-        state = module.state_dict()  # the wrapper's: "model.conv1.weight", ..., mean, std
-        return weights_sha256({k[len("model."):]: v for k, v in state.items()
-                               if k.startswith("model.")})
+def _archive_entry(names: list[str], *parts: str) -> str | None:
+    """The entry `<root>/<parts...>`, whatever the archive's root folder is called."""
+    for entry in names:
+        pieces = entry.split("/")
+        if len(pieces) == len(parts) + 1 and tuple(pieces[1:]) == parts:
+            return entry
     return None
 
 
-def is_export(path: str | Path) -> bool:
-    """True when `path` is a file that cxrlearn exported (it holds `cxrlearn.json`).
+def read_metadata(path: str | Path) -> ExportMetadata | None:
+    """The metadata of a cxrlearn export, or None for any other file (a checkpoint, say).
+
+    Only the zip directory and one small entry are read; nothing is unpickled or run.
 
     Raises:
-        CxrlearnError: The file is missing or unreadable.
+        CxrlearnError: The file is missing or unreadable, or its `cxrlearn.json` is damaged.
     """
-    return read_metadata(path) is not None
+    path = Path(path)
+    if not path.is_file():
+        raise CxrlearnError("no such file", path=path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            entry = _archive_entry(z.namelist(), "extra", METADATA_NAME)
+            if entry is None:
+                return None
+            if z.getinfo(entry).file_size > MAX_METADATA_BYTES:
+                raise CxrlearnError("damaged cxrlearn.json inside (too large)", path=path)
+            text = z.read(entry).decode("utf-8")
+    except zipfile.BadZipFile:
+        return None
+    except (OSError, UnicodeDecodeError, RuntimeError) as e:
+        raise CxrlearnError(f"cannot read the file ({e})", path=path) from None
+    return ExportMetadata.from_json(text, path)
+
+
+# --- the weights, read as data -------------------------------------------------------------
+
+_STORAGE_DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+                   "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+                   "LongStorage": torch.int64, "IntStorage": torch.int32,
+                   "ByteStorage": torch.uint8, "BoolStorage": torch.bool}
+# torch.export's serialised dtypes (torch._export.serde.schema.ScalarType) that a network has.
+_PT2_DTYPES = {5: torch.int64, 6: torch.float16, 7: torch.float32, 8: torch.float64,
+               13: torch.bfloat16}
+
+
+class _Inert:
+    """Stands in for a TorchScript class while `data.pkl` is read: keeps its state, runs
+    nothing (the file's own `__setstate__`, if any, lives in its code and is never called)."""
+
+    def __init__(self, *args: object) -> None:
+        self.state: object = None
+
+    def __setstate__(self, state: object) -> None:
+        self.state = state
+
+
+class _StorageType:
+    def __init__(self, name: str) -> None:
+        self.dtype = _STORAGE_DTYPES[name]
+
+
+def _rebuild_tensor(storage: Tensor, offset: int, size: tuple, stride: tuple,
+                    *rest: object) -> Tensor:
+    try:
+        return torch.as_strided(storage, tuple(size), tuple(stride), int(offset)).clone()
+    except RuntimeError as e:  # a size or stride outside its storage
+        raise pickle.UnpicklingError(f"a tensor does not fit its storage ({e})") from None
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Python's unpickler restricted to what a TorchScript `data.pkl` needs to give tensors."""
+
+    _ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+                ("collections", "OrderedDict"): dict}
+
+    def __init__(self, data: bytes, read_record: Callable[[str], bytes]) -> None:
+        super().__init__(io.BytesIO(data))
+        self.read_record = read_record
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("__torch__."):
+            return type(name, (_Inert,), {})
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        if module == "torch.jit._pickle" and name.startswith("build_"):
+            return lambda value, *args: value  # build_intlist([1, 2]) is just the list
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not plain data")
+
+    def persistent_load(self, pid: Any) -> Tensor:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType)):
+            raise pickle.UnpicklingError(f"unknown record {pid!r:.80}")
+        raw = self.read_record(str(pid[2]))
+        return torch.frombuffer(bytearray(raw), dtype=pid[1].dtype) if raw else \
+            torch.empty(0, dtype=pid[1].dtype)
+
+
+def _flatten(obj: object, prefix: str = "") -> dict[str, Tensor]:
+    """`{"model.conv1.weight": tensor, ...}` from the tree of placeholders `data.pkl` gave."""
+    state = obj.state if isinstance(obj, _Inert) else obj
+    if not isinstance(state, dict):
+        return {}
+    found: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if isinstance(value, Tensor):
+            found[prefix + str(key)] = value
+        elif isinstance(value, _Inert):
+            found.update(_flatten(value, f"{prefix}{key}."))
+    return found
+
+
+def _read(z: zipfile.ZipFile, entry: str, path: Path) -> bytes:
+    if z.getinfo(entry).file_size > MAX_RECORD_BYTES:
+        raise CxrlearnError(f"damaged export: {entry} is too large", path=path)
+    return z.read(entry)
+
+
+def read_weights(path: str | Path, metadata: ExportMetadata) -> dict[str, Tensor]:
+    """The tensors of an exported `EndToEndModel` (`mean`, `std`, `model.*`), read as data.
+
+    Nothing in the file is run: see the module docstring.
+
+    Raises:
+        CxrlearnError: The archive holds anything other than plain tensors where the weights
+            should be, or is damaged.
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            if metadata.file_format == "export":
+                return _read_program_weights(z, names, path)
+            entry = _archive_entry(names, "data.pkl")
+            if entry is None:
+                raise CxrlearnError("damaged export: no data.pkl", path=path)
+            root = entry.split("/")[0]
+
+            def record(key: str) -> bytes:
+                if not key.isdigit():
+                    raise pickle.UnpicklingError(f"bad record name {key!r:.40}")
+                return _read(z, f"{root}/data/{key}", path)
+
+            tree = _DataUnpickler(_read(z, entry, path), record).load()
+    except (pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError,
+            zipfile.BadZipFile, RuntimeError) as e:
+        raise CxrlearnError(f"cannot read the weights as data ({e}); cxrlearn does not run "
+                            "a model file's code, export the model again", path=path) from None
+    return _flatten(tree)
+
+
+def _read_program_weights(z: zipfile.ZipFile, names: list[str],
+                          path: Path) -> dict[str, Tensor]:
+    """A `.pt2` program's weights: raw storage bytes, described by a JSON config."""
+    entry = _archive_entry(names, "data", "weights", "model_weights_config.json")
+    if entry is None:
+        raise CxrlearnError("damaged export: no weights config (a torch.export archive of "
+                            "another layout?)", path=path)
+    root = entry.split("/")[0]
+    weights: dict[str, Tensor] = {}
+    for name, spec in json.loads(_read(z, entry, path))["config"].items():
+        if spec.get("use_pickle", True):
+            raise CxrlearnError(f"the weight {name!r:.40} is pickled, and cxrlearn unpickles "
+                                "nothing from a model file; export the model again", path=path)
+        meta = spec["tensor_meta"]
+        dtype = _PT2_DTYPES.get(meta["dtype"])
+        record = str(spec["path_name"])
+        if dtype is None or "/" in record or ".." in record:
+            raise CxrlearnError(f"damaged export: weight {name!r:.40}", path=path)
+        flat = torch.frombuffer(bytearray(_read(z, f"{root}/data/weights/{record}", path)),
+                                dtype=dtype)
+        weights[name] = _rebuild_tensor(flat, meta["storage_offset"]["as_int"],
+                                        [d["as_int"] for d in meta["sizes"]],
+                                        [d["as_int"] for d in meta["strides"]])
+    return weights
+
+
+# --- a model to run -------------------------------------------------------------------------
 
 
 class ExportedModel:
-    """A loaded export: call it on raw grey images to get class probabilities.
+    """An export, rebuilt from its data: call it on raw grey images for class probabilities.
 
     Attributes:
-        path: The file it was loaded from.
+        path: The file it was read from.
         metadata: Its `cxrlearn.json` (classes, preprocessing, versions, hash).
-        module: The loaded graph (a ScriptModule, a lite module, or the `torch.export`
-            program's module).
+        module: cxrlearn's `EndToEndModel` with the file's weights and settings.
     """
 
-    def __init__(self, path: Path, metadata: ExportMetadata, module: Callable) -> None:
+    def __init__(self, path: Path, metadata: ExportMetadata, module: EndToEndModel) -> None:
         self.path = path
         self.metadata = metadata
         self.module = module
@@ -122,15 +386,10 @@ class ExportedModel:
     def __call__(self, image: np.ndarray | Tensor, fit_size: bool = False) -> Tensor:
         """Class probabilities for raw grey images (as `load_image` returns, or uint8).
 
-        A `torch.export` program takes a float32 batch of the size it was exported for;
-        for it, a 2-D image gets its batch and channel dimensions and uint8 is divided by
-        255 here (what the other formats do inside the graph).
-
-        Args:
-            image: One grey image or a batch.
-            fit_size: For a `torch.export` program, resize a 2-D image of another size to
-                the program's `input_size` (`resize_hw`) instead of refusing it. Other
-                formats take any size and ignore this.
+        A `torch.export` program was exported for one image size; the answers here are the
+        program's, so a 2-D image of another size is resized to it first when `fit_size` is
+        set (percentiles are then taken on the resized image, as the program's app does),
+        and refused otherwise.
 
         Raises:
             CxrlearnError: The image does not have the size a `torch.export` program needs.
@@ -139,18 +398,13 @@ class ExportedModel:
             image: (H, W) or (B, 1, H, W) -> (B, K)
         """
         x = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
-        if self.metadata.input_size is not None:
-            if x.dtype == torch.uint8:
-                x = x.to(torch.float32) / 255.0
-            x = x.to(torch.float32)  # the program was traced for float32 only
-            if x.dim() == 2:
-                if fit_size and tuple(x.shape) != self.metadata.input_size:
-                    x = torch.from_numpy(resize_hw(x, self.metadata.input_size))
-                x = x[None, None]  # (1, 1, H, W)
-            if x.dim() != 4 or x.shape[1] != 1 or tuple(x.shape[2:]) != self.metadata.input_size:
-                h, w = self.metadata.input_size
+        size = self.metadata.input_size
+        if size is not None:
+            if x.dim() == 2 and fit_size and tuple(x.shape) != size:
+                x = torch.from_numpy(resize_hw(x, size))
+            if tuple(x.shape[-2:]) != size:
                 raise CxrlearnError(
-                    f"this torch.export program takes (B, 1, {h}, {w}) images, got "
+                    f"this torch.export program takes {size[0]}x{size[1]} images, got "
                     f"{tuple(x.shape)}; resize the image first, or use the TorchScript file, "
                     "which takes any size", path=self.path)
         with torch.no_grad():
@@ -166,30 +420,65 @@ def load_exported(
 ) -> ExportedModel:
     """Open a file written by `export_torchscript`, `export_lite` or `export_program`.
 
+    The file is read as data (`read_metadata`, `read_weights`) and rebuilt as cxrlearn's
+    own `EndToEndModel`; none of its code runs.
+
     Args:
         path: The `.pt`, `.ptl` or `.pt2` file.
         expected_classes: If given, the classes the caller expects, in order.
 
-    Returns:
-        An `ExportedModel` with the metadata and a callable graph.
-
     Raises:
         CxrlearnError: Missing file, not a cxrlearn export (a checkpoint, another program's
-            model), other classes, a graph that does not load, or weights that no longer
-            match the hash written at export time. The message names the file.
+            model), other classes, weights that are not plain data or do not fit ResNet18,
+            or weights that no longer match the hash written at export time.
     """
     path = Path(path)
     metadata = read_metadata(path)
     if metadata is None:
         raise CxrlearnError(
             "not a cxrlearn export (it holds no cxrlearn.json); if it is a checkpoint such "
-            "as best.pt, export it with `cxrlearn export --run RUN`", path=path)
+            "as best.pt, export it with `cxrlearn export --model RUN`", path=path)
     if expected_classes is not None and list(metadata.class_names) != list(expected_classes):
         raise CxrlearnError(f"exported for classes {list(metadata.class_names)}, not "
                             f"{list(expected_classes)}", path=path)
-    module = load_module(path, metadata.file_format)
-    found = network_sha256(module, metadata.file_format)
-    if found is not None and found != metadata.weights_sha256:
+    weights = read_weights(path, metadata)
+    network = resnet18(num_classes=len(metadata.class_names),
+                       in_channels=metadata.preprocess.channels)
+    try:
+        network.load_state_dict({k[len("model."):]: v for k, v in weights.items()
+                                 if k.startswith("model.")})
+    except RuntimeError as e:
+        raise CxrlearnError(f"the weights do not fit resnet18 ({str(e).splitlines()[0]})",
+                            path=path) from None
+    if weights_sha256(network.state_dict()) != metadata.weights_sha256:
         raise CxrlearnError("the weights do not match the sha256 written at export time; "
                             "the file was changed after export, export it again", path=path)
-    return ExportedModel(path, metadata, module)
+    return ExportedModel(path, metadata,
+                         EndToEndModel(network, metadata.preprocess, metadata.temperature))
+
+
+def load_graph(path: str | Path, file_format: str) -> Callable[[Tensor], Tensor]:
+    """Load an exported graph the way an app does. This runs the file's own code.
+
+    For a file you just wrote yourself (the parity check of `cxrlearn.export.files`, lesson
+    06). Never call it on a file from elsewhere: use `load_exported`.
+
+    Raises:
+        CxrlearnError: The graph cannot be loaded (damaged, or made by another PyTorch).
+    """
+    try:
+        if file_format == "torchscript":
+            with upstream_deprecation("`torch.jit.load`"):
+                return torch.jit.load(str(path), map_location="cpu").eval()
+        if file_format == "lite":
+            from torch.jit.mobile import _load_for_lite_interpreter
+
+            return _load_for_lite_interpreter(str(path))
+        if file_format == "export":
+            return torch.export.load(str(path)).module()
+    except Exception as e:  # each loader fails in its own way (RuntimeError, KeyError, ...)
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        raise CxrlearnError(f"cannot load the {file_format} graph ({first}); the file may "
+                            "be damaged or made by another PyTorch version", path=path) from None
+    raise CxrlearnError(f"unknown export format {file_format!r}", path=path)

@@ -14,7 +14,8 @@ images). The report has the same structure and numbers as scikit-learn's
 `classification_report(..., output_dict=True)`, so results can be compared with papers and
 with the reference project (120 test images, 30 per class, 83.33% accuracy).
 
-A report is an estimate from a finite test set: `cxrlearn.uncertainty` puts intervals on it.
+A report is an estimate from a finite test set: `cxrlearn.evaluation.uncertainty` puts
+intervals on it.
 
 Lesson: lessons/04_evaluation_metrics.ipynb
 """

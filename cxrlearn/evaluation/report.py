@@ -1,12 +1,12 @@
-"""Showing a classification report: scikit-learn's text layout, or a rich table.
+"""Showing a classification report: scikit-learn's text layout, with intervals.
 
 The text is laid out like scikit-learn's `classification_report` (and the reference
 project's printout): a header `precision recall f1-score support`, one row per class, a
 blank line, then `accuracy` (in the f1-score column), `macro avg` and `weighted avg`, with
 2 decimals. Reading it honestly means reading the intervals too, so both renderers take the
-optional output of `cxrlearn.uncertainty.report_intervals` and print `0.83 [0.76, 0.89]`
-where an interval exists. These functions build strings and tables; printing them is the
-caller's job.
+optional output of `cxrlearn.evaluation.uncertainty.report_intervals` and print
+`0.83 [0.76, 0.89]` where an interval exists. These functions build strings and cells;
+printing them is the caller's job (the command line draws the same cells as a table).
 
 Lesson: lessons/04_evaluation_metrics.ipynb
 """
@@ -15,12 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from rich.table import Table
-from rich.text import Text
+from cxrlearn.evaluation.metrics import SUMMARY_ROWS, class_rows
 
-from cxrlearn.metrics import SUMMARY_ROWS, class_rows
-
-__all__ = ["report_text", "report_table"]
+__all__ = ["HEADERS", "report_cells", "report_caption", "report_text"]
 
 HEADERS = ("precision", "recall", "f1-score", "support")
 COLUMN_WIDTH = 9  # scikit-learn's column width
@@ -35,10 +32,14 @@ def _cell(value: float, interval: tuple[float, float] | None, digits: int) -> st
     return text
 
 
-def _rows(
-    report: Mapping, intervals: Mapping | None, digits: int
+def report_cells(
+    report: Mapping, intervals: Mapping | None = None, digits: int = 2
 ) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
-    """The report as text cells: (class rows, summary rows), each row (name, 4 cells)."""
+    """The report as text cells: (class rows, summary rows), each row (name, 4 cells).
+
+    The cells under `HEADERS`, e.g. `("COVID", ["0.93", "0.90 [0.78, 1.00]", "0.92", "30"])`;
+    `report_text` lays them out as text, the command line as a table.
+    """
     intervals = intervals or {}
 
     def metric_row(name: str) -> tuple[str, list[str]]:
@@ -57,7 +58,8 @@ def _rows(
     return classes, summary
 
 
-def _caption(intervals: Mapping | None) -> str | None:
+def report_caption(intervals: Mapping | None) -> str | None:
+    """What the brackets mean, or None without intervals."""
     if not intervals:
         return None
     level = intervals.get("confidence", 0.95)
@@ -68,8 +70,8 @@ def report_text(report: Mapping, intervals: Mapping | None = None, digits: int =
     """The report as plain text, in scikit-learn's layout (identical without intervals).
 
     Args:
-        report: The dict from `cxrlearn.metrics.classification_report`.
-        intervals: Optional dict from `cxrlearn.uncertainty.report_intervals`. Columns
+        report: The dict from `cxrlearn.evaluation.metrics.classification_report`.
+        intervals: Optional dict from `cxrlearn.evaluation.uncertainty.report_intervals`. Columns
             widen to fit the intervals, and a last line says what they are.
         digits: Decimals of every score.
 
@@ -77,7 +79,7 @@ def report_text(report: Mapping, intervals: Mapping | None = None, digits: int =
         Lines ending in a newline, like `print(classification_report(...))` in scikit-learn.
 
     Example:
-        >>> from cxrlearn.metrics import classification_report
+        >>> from cxrlearn.evaluation.metrics import classification_report
         >>> print(report_text(classification_report([0, 1, 1], [0, 1, 0], ["a", "b"])))
                       precision    recall  f1-score   support
         <BLANKLINE>
@@ -89,7 +91,7 @@ def report_text(report: Mapping, intervals: Mapping | None = None, digits: int =
         weighted avg       0.83      0.67      0.67         3
         <BLANKLINE>
     """
-    classes, summary = _rows(report, intervals, digits)
+    classes, summary = report_cells(report, intervals, digits)
     all_rows = classes + summary
     name_width = max(len(name) for name, _ in all_rows)
     widths = []
@@ -111,42 +113,7 @@ def report_text(report: Mapping, intervals: Mapping | None = None, digits: int =
     lines += [line(name, cells) for name, cells in classes]
     lines.append("")
     lines += [line(name, cells) for name, cells in summary]
-    caption = _caption(intervals)
+    caption = report_caption(intervals)
     if caption:
         lines += ["", caption]
     return "\n".join(lines) + "\n"
-
-
-def report_table(
-    report: Mapping,
-    intervals: Mapping | None = None,
-    digits: int = 2,
-    title: str | None = None,
-) -> Table:
-    """The report as a `rich.table.Table`, for a terminal or a notebook.
-
-    Same rows and cells as `report_text`; a rule separates the classes from the summary
-    rows. Show it with `rich.print(table)` or `rich.console.Console().print(table)`.
-
-    Args:
-        report: The dict from `cxrlearn.metrics.classification_report`.
-        intervals: Optional dict from `cxrlearn.uncertainty.report_intervals`; the table's
-            caption then says what the brackets are.
-        digits: Decimals of every score.
-        title: Optional title above the table.
-
-    Returns:
-        A table with 5 columns (name and the 4 headers) and K + 3 rows.
-    """
-    classes, summary = _rows(report, intervals, digits)
-    # Text() cells, not strings: rich would read "[0.76, 0.89]" or "[low, high]" as markup.
-    caption = _caption(intervals)
-    table = Table(title=title, caption=None if caption is None else Text(caption))
-    table.add_column("", justify="right", style="bold")
-    for header in HEADERS:
-        table.add_column(header, justify="right")
-    for i, (name, cells) in enumerate(classes):
-        table.add_row(*map(Text, [name, *cells]), end_section=i == len(classes) - 1)
-    for name, cells in summary:
-        table.add_row(*map(Text, [name, *cells]))
-    return table

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cxrlearn.metrics import UndefinedMetricWarning, as_labels
+from cxrlearn.evaluation.metrics import UndefinedMetricWarning, as_labels
 
 __all__ = ["roc_curve", "auc", "one_vs_rest_roc", "one_vs_rest_auc"]
 

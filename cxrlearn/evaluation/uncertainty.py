@@ -28,7 +28,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from cxrlearn.metrics import as_labels, confusion_matrix, per_class_scores
+from cxrlearn.evaluation.metrics import as_labels, confusion_matrix, per_class_scores
 
 __all__ = ["wilson_interval", "bootstrap_interval", "report_intervals"]
 
@@ -130,7 +130,7 @@ def report_intervals(
     Accuracy gets the Wilson interval; macro-F1 and each class's recall get percentile
     bootstrap intervals (macro-F1 with zero division as 0.0, like the report; a class's
     recall only from resamples that contain the class). Pass the result as `intervals`
-    to `cxrlearn.report.report_text` or `report_table`.
+    to `cxrlearn.evaluation.report.report_text`.
 
     Args:
         y_true: True class indices in [0, K).

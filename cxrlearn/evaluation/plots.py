@@ -1,10 +1,15 @@
-"""Evaluation figures: confusion matrix, ROC curves, reliability diagram, worst mistakes.
+"""Evaluation figures: learning curves, confusion matrix, ROC curves, reliability, mistakes.
 
 Each function takes arrays and returns a `matplotlib.figure.Figure` built directly (not
 through `pyplot`): no global figure state, no GUI backend, nothing shown. Save one with
 `fig.savefig("cm.png", dpi=100)`; in a notebook, a figure that ends a cell is displayed.
-The numbers come from `cxrlearn.metrics`, `cxrlearn.roc` and `cxrlearn.calibration`; the
-figures only draw them.
+The numbers come from the other modules of `cxrlearn.evaluation` (metrics, roc,
+calibration); the figures only draw them.
+
+Learning curves (`plot_history`, from `fit`'s history) are read for three things: both
+losses falling (learning), validation loss rising while training loss falls (overfitting:
+more augmentation or fewer epochs), and validation scores jumping about (a validation split
+too small to choose an epoch with confidence); lesson 03 reads them.
 
 Look at the mistakes, not only the scores: the most confident wrong predictions are where
 a model has learnt a shortcut (a burnt-in marker, a scanner's border) or a label is wrong.
@@ -20,16 +25,36 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from cxrlearn.calibration import expected_calibration_error, reliability_bins
-from cxrlearn.metrics import as_labels
-from cxrlearn.roc import auc, one_vs_rest_roc
+from cxrlearn.evaluation.calibration import expected_calibration_error, reliability_bins
+from cxrlearn.evaluation.metrics import as_labels
+from cxrlearn.evaluation.roc import auc, one_vs_rest_roc
 
 __all__ = [
+    "plot_history",
     "plot_confusion_matrix",
     "plot_roc_curves",
     "plot_reliability_diagram",
     "plot_confident_mistakes",
 ]
+
+
+def plot_history(history: Sequence[dict[str, float]]) -> Figure:
+    """Loss (left) and accuracy / macro-F1 (right) per epoch, from `fit`'s history."""
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(9, 3.2))
+    ax_loss, ax_score = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_score.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train accuracy")
+    ax_score.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="val accuracy")
+    ax_score.plot(epochs, [r["val_macro_f1"] for r in history], "s--", label="val macro-F1")
+    ax_score.set(xlabel="epoch", ylim=(0, 1.02), title="scores")
+    for ax in (ax_loss, ax_score):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str]) -> Figure:
@@ -39,7 +64,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str]) -> Figure:
     images go when they are missed. A class with no true samples gets a row of zeros.
 
     Args:
-        cm: A confusion matrix from `cxrlearn.metrics.confusion_matrix`, rows true.
+        cm: A confusion matrix from `cxrlearn.evaluation.metrics.confusion_matrix`, rows true.
         class_names: The K class names, used as tick labels.
 
     Returns:

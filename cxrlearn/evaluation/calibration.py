@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrlearn.metrics import as_labels
+from cxrlearn.evaluation.metrics import as_labels
 
 __all__ = [
     "reliability_bins",
