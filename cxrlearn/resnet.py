@@ -15,8 +15,8 @@ make the network worse; this is what lets 18, 34 or 152 layers train.
 ResNet18 = a stem (7x7/2 conv, BN, ReLU, 3x3/2 max-pool), four stages of two blocks each
 with 64, 128, 256 and 512 channels, global average pooling and one linear layer `fc`.
 Attribute names follow torchvision, so `resnet18().state_dict()` has torchvision's 122 keys
-and its ImageNet checkpoint loads with `strict=True` (`cxrlearn.transfer`). `summary` shows
-what each stage does to the shape of a batch and how many parameters it holds.
+and its ImageNet checkpoint loads with `strict=True` (`cxrlearn.transfer`). `summary` shows, as
+plain text, what each stage does to the shape of a batch and how many parameters it holds.
 
 Lesson: lessons/02_resnet18_blocks.ipynb
 """
@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from rich.table import Table
 from torch import Tensor, nn
 
 __all__ = [
@@ -282,33 +281,43 @@ def summary_rows(model: ResNet, input_size: Sequence[int]) -> list[StageRow]:
     return rows
 
 
-def summary(model: ResNet, input_size: Sequence[int]) -> Table:
-    """The rows of `summary_rows` as a rich `Table`, with a total row.
+def summary(model: ResNet, input_size: Sequence[int]) -> str:
+    """The rows of `summary_rows` as a plain-text table, with a total row.
 
-    Print it with `rich.print(table)` or `rich.console.Console(width=100).print(table)`.
+    Columns: stage, output shape, params and trainable; numbers are right-aligned with
+    thousands separators. Plain text, so that the library imports no display package (rich
+    belongs to the faces, `cli` and `app`); `print(summary(model, (1, 3, 224, 224)))`:
+
+        ResNet, input (1, 3, 224, 224)
+        stage   output shape          params   trainable
+        ------  ----------------  ----------  ----------
+        stem    (1, 64, 56, 56)        9,536       9,536
+        ...
+        fc      (1, 1000)            513,000     513,000
+        ------  ----------------  ----------  ----------
+        total                     11,689,512  11,689,512
 
     Args:
         model: A ResNet.
         input_size: (B, C, H, W) of the input to try.
 
     Returns:
-        A `rich.table.Table` with columns stage, output shape, params and trainable.
+        The title line and the table, lines joined by newlines (no trailing newline).
     """
     rows = summary_rows(model, input_size)
-    table = Table(title=f"{type(model).__name__}, input {tuple(input_size)}")
-    table.add_column("stage")
-    table.add_column("output shape")
-    table.add_column("params", justify="right")
-    table.add_column("trainable", justify="right")
-    for row in rows:
-        table.add_row(
-            row.name, str(row.output_shape), f"{row.num_params:,}", f"{row.trainable_params:,}"
-        )
-    table.add_section()
-    table.add_row(
-        "total",
-        "",
-        f"{sum(r.num_params for r in rows):,}",
-        f"{sum(r.trainable_params for r in rows):,}",
-    )
-    return table
+    header = ("stage", "output shape", "params", "trainable")
+    body = [(r.name, str(r.output_shape), f"{r.num_params:,}", f"{r.trainable_params:,}")
+            for r in rows]
+    total = ("total", "", f"{sum(r.num_params for r in rows):,}",
+             f"{sum(r.trainable_params for r in rows):,}")
+    widths = [max(len(cells[i]) for cells in (header, *body, total)) for i in range(4)]
+
+    def line(cells: Sequence[str]) -> str:
+        # Text columns left-aligned, number columns right-aligned, two spaces between.
+        return "  ".join([cells[0].ljust(widths[0]), cells[1].ljust(widths[1]),
+                          cells[2].rjust(widths[2]), cells[3].rjust(widths[3])]).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [f"{type(model).__name__}, input {tuple(input_size)}", line(header), rule,
+             *map(line, body), rule, line(total)]
+    return "\n".join(lines)

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rich.console import Console
 from torch import nn
 
 from cxrlearn.errors import CxrlearnError
@@ -719,14 +718,25 @@ def test_summary_rows_leave_model_untouched() -> None:
 def test_summary_table_text() -> None:
     model = resnet18(num_classes=4)
     freeze_backbone(model)
-    console = Console(width=100, no_color=True, file=io.StringIO(), record=True)
-    console.print(summary(model, (1, 3, 224, 224)))
-    text = console.export_text()
-    lines = {line.split()[1]: line for line in text.splitlines() if line.count("│") >= 4}
+    text = summary(model, (1, 3, 224, 224))
+    assert isinstance(text, str)
+    title, header, *rest = text.splitlines()
+    assert title == "ResNet, input (1, 3, 224, 224)"
+    assert header.split() == ["stage", "output", "shape", "params", "trainable"]
+    lines = {line.split()[0]: line for line in rest if not line.startswith("-")}
     assert "(1, 512, 7, 7)" in lines["layer4"] and "8,393,728" in lines["layer4"]
-    assert "11,178,564" in lines["total"] and "2,052" in lines["total"]
+    assert lines["total"].split() == ["total", "11,178,564", "2,052"]
     assert list(lines) == ["stem", "layer1", "layer2", "layer3", "layer4", "pool", "fc", "total"]
-    assert "output shape" in text and "trainable" in text
+    # Columns line up: every number ends where its header ends (right-aligned).
+    for name in ("params", "trainable"):
+        end = header.index(name) + len(name)
+        assert all(line[end - 1].isdigit() for line in lines.values())
+    assert "\x1b" not in text  # plain text: no colour codes
+
+
+def test_resnet_module_imports_no_display_package() -> None:
+    source = Path(summary.__code__.co_filename).read_text(encoding="utf-8")
+    assert "import rich" not in source and "from rich" not in source
 
 
 def test_unreadable_cached_download_names_the_cache(http_root, tmp_path: Path) -> None:
