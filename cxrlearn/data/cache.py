@@ -5,7 +5,8 @@ step's share of it. Every prepared image (stage 1 in `cxrlearn.transforms`) is t
 every epoch, so we compute them once into one uint8 array `(N, S, S)` and keep it in a
 `.npz` file. The file name carries a hash of everything that decides its content: the
 files (path, size, modification time), the image size, the stretch percentiles and the
-cache format version. Change any of them and a new file is made; nothing stale is reused.
+cache format version. Change any of them and a new file is made; nothing stale is reused,
+and a damaged file (cut short by a full disk, say) is made again.
 
 Bad files: with `skip_bad=True`, an unreadable image is left out, reported in the result,
 and the run goes on; otherwise the first one stops everything with its name.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +81,28 @@ def cache_key(paths: Sequence[str | Path], image_size: int, low: float, high: fl
     return h.hexdigest()[:20]
 
 
+def _read_cache(cache_file: Path, paths: Sequence[str | Path],
+                image_size: int) -> PreparedImages | None:
+    """The cached images, or None when the file is damaged (it is then made again).
+
+    A cache file can be cut short by a full disk or a killed process on another machine
+    that shares the folder; it is only ever a copy, so a damaged one is rebuilt, not an error.
+    """
+    try:
+        with np.load(cache_file, allow_pickle=False) as z:
+            images, kept = z["images"], z["kept"].tolist()
+            bad = [(Path(paths[i]), str(m)) for i, m in zip(z["bad_index"], z["bad_msg"],
+                                                              strict=True)]
+        if images.shape != (len(kept), image_size, image_size) or images.dtype != np.uint8:
+            raise ValueError(f"images of shape {images.shape}")
+        if any(not 0 <= i < len(paths) for i in kept):
+            raise ValueError("an index out of range")
+        return PreparedImages(images, kept, bad, cache_file, from_cache=True)
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile):
+        cache_file.unlink(missing_ok=True)
+        return None
+
+
 def prepare_images(
     paths: Sequence[str | Path],
     image_size: int,
@@ -113,11 +137,9 @@ def prepare_images(
         key = cache_key(paths, image_size, low, high)
         cache_file = Path(cache_dir) / f"prepared-{image_size}px-{key}.npz"
         if cache_file.is_file():
-            with np.load(cache_file) as z:
-                kept = z["kept"].tolist()
-                bad = [(Path(paths[i]), str(m)) for i, m in zip(z["bad_index"], z["bad_msg"],
-                                                                  strict=True)]
-                return PreparedImages(z["images"], kept, bad, cache_file, from_cache=True)
+            cached = _read_cache(cache_file, paths, image_size)
+            if cached is not None:
+                return cached
 
     images = np.zeros((len(paths), image_size, image_size), dtype=np.uint8)
     kept: list[int] = []
@@ -137,15 +159,19 @@ def prepare_images(
     images = images[: len(kept)]
 
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
         # A name of its own per process: under torchrun every rank may build the same cache.
         tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp.npz")
-        np.savez(
-            tmp,
-            images=images,
-            kept=np.array(kept, dtype=np.int64),
-            bad_index=np.array(bad_index, dtype=np.int64),
-            bad_msg=np.array([m for _, m in bad], dtype=str),
-        )
-        tmp.replace(cache_file)  # atomic: a crash never leaves half a cache
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                tmp,
+                images=images,
+                kept=np.array(kept, dtype=np.int64),
+                bad_index=np.array(bad_index, dtype=np.int64),
+                bad_msg=np.array([m for _, m in bad], dtype=str),
+            )
+            tmp.replace(cache_file)  # atomic: a crash never leaves half a cache
+        except OSError:  # a full disk: the cache is only a copy, go on without it
+            tmp.unlink(missing_ok=True)
+            cache_file = None
     return PreparedImages(images, kept, bad, cache_file, from_cache=False)

@@ -209,9 +209,12 @@ def export_model(
     save, notes = _saver(wrapper, file_format, images, extra, path)
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
+    _check_free_space(path, wrapper)
     # A private folder on the same file system, so the final rename is atomic. The file in
     # it has the final name because the savers name the archive's root folder after it.
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                    dir=path.parent))
     tmp = tmp_dir / path.name
     try:
         try:
@@ -233,6 +236,36 @@ def export_model(
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return ExportResult(path, meta, worst, n, tuple(notes))
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete `.NAME.PID.*.tmp` folders left by exports whose process no longer runs."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if tmp.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_free_space(path: Path, wrapper: EndToEndModel) -> None:
+    """Refuse to start an export that cannot fit: a full disk in the middle of
+    `torch.jit.save` can abort the whole process, not only raise."""
+    needed = sum(t.numel() * t.element_size() for t in wrapper.state_dict().values())
+    needed = needed * 2 + (16 << 20)  # the file, a margin for its archive and code
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise CxrlearnError(f"not enough free disk space: the file needs about "
+                            f"{needed / 1e6:.0f} MB, {free / 1e6:.0f} MB are free; nothing was "
+                            "written", path=path)
 
 
 def _saver(wrapper: EndToEndModel, file_format: str, images: list[np.ndarray],
