@@ -62,7 +62,6 @@ from cxrlearn.data import (
 from cxrlearn.data.splits import SplitRow
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.evaluation.calibration import fit_temperature
-from cxrlearn.evaluation.plots import plot_history
 from cxrlearn.resnet import resnet18
 from cxrlearn.schedule import SizeSchedule
 from cxrlearn.seeding import seed_everything
@@ -410,6 +409,8 @@ def _network(settings: RunSettings, num_classes: int, device: torch.device, resu
 
 
 def _write_history(out: Path, history: list[dict[str, float]]) -> None:
+    from cxrlearn.evaluation.plots import plot_history  # matplotlib: imported when drawing
+
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(history[0]))
     writer.writeheader()

@@ -67,9 +67,10 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int) -> None:
                    help="random left-right flip; plus small rotation, zoom and shift; or "
                         f"nothing (default {run.augment})")
     t.add_argument("--progressive-resize", type=positive_float, metavar="START",
-                   help=f"train the first {sizes.hold:.0%} of the epochs at this share of "
-                        f"the side, growing to full size by {sizes.full_from:.0%}; 1 turns "
-                        f"it off (default {sizes.start})")
+                   # "%%": argparse formats help strings with %
+                   help=f"train the first {sizes.hold * 100:.0f}%% of the epochs at this "
+                        f"share of the side, growing to full size by "
+                        f"{sizes.full_from * 100:.0f}%%; 1 turns it off (default {sizes.start})")
     t.add_argument("--class-weighted", action="store_true", default=None,
                    help="weight the loss by inverse class frequency, for imbalanced data")
     t.add_argument("--patience", type=positive_int, metavar="N",
