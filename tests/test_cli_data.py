@@ -108,3 +108,21 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
     assert proc.stderr.strip().splitlines() == [f"error: {missing}: folder not found"]
+
+
+def test_sample_brings_its_sources_and_terms(tmp_path, sample_root, capsys):
+    dest = tmp_path / "sample"
+    assert main(["data", "sample", str(dest)]) == 0
+    sources = (dest / "SOURCES.md").read_text()
+    assert sources == (sample_root.parent / "SOURCES.md").read_text()
+    assert "## Terms" in sources and "SOURCES.md" in capsys.readouterr().out
+
+
+def test_check_reports_broken_links_and_any_class_names(tmp_path, copy_sample, capsys):
+    root = copy_sample(tmp_path / "d", per_class=2, classes=("COVID", "Normal"))
+    (root / "Normal").rename(root / "Healthy")  # any folder name is a class
+    (root / "COVID" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "Healthy" in out and "COVID" in out
+    assert "gone.png: a link to" in out and "does not exist" in out
