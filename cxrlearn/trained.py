@@ -187,14 +187,15 @@ class TrainedModel:
         if self._cam is None:
             self._cam = (copy.deepcopy(self.network).eval(), threading.Lock())
         network, lock = self._cam
-        x = self.preprocess.network_input(image)[None]  # (1, C, S, S)
+        device = next(network.parameters()).device
+        x = self.preprocess.network_input(image)[None].to(device)  # (1, C, S, S)
         with lock, GradCAM(network) as cam:
             result = cam(x, target)
-        probs = torch.softmax(result.logits[0] / self.temperature, dim=0)  # (K,)
+        probs = torch.softmax(result.logits[0].float().cpu() / self.temperature, dim=0)  # (K,)
         return Explanation(probs=probs, predicted=int(probs.argmax()),
                            target=int(result.targets[0]),
                            seen=self.preprocess.prepare(image)[0].numpy(),
-                           cam=result.cams[0])
+                           cam=result.cams[0].cpu())
 
     def dataset(self, part: str, cache_dir: Path | None = None) -> XrayDataset:
         """The evaluation-mode dataset of one part of the run's split.
