@@ -41,7 +41,7 @@ from cxrlearn.transforms import Preprocess
 
 __all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "save_checkpoint", "load_checkpoint",
            "check_checkpoint", "check_architecture", "model_from_checkpoint", "training_state",
-           "model_state", "Resumed", "resume"]
+           "model_state", "Resumed", "resume", "pid_is_running"]
 
 CHECKPOINT_FORMAT = "cxrlearn-checkpoint-v1"
 MAX_CLASSES = 1000
@@ -79,11 +79,13 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Delete `.NAME.PID.tmp` files of processes that no longer run (killed mid-write)."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2:-len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_is_running(int(pid)):
             tmp.unlink(missing_ok=True)
 
 
-def _running(pid: int) -> bool:
+def pid_is_running(pid: int) -> bool:
+    """True while process `pid` runs on this machine: a temporary file or lock named after
+    it is then still in use (every atomic writer in cxrlearn cleans up after dead ones)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

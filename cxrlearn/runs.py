@@ -44,7 +44,7 @@ import torch
 
 import cxrlearn
 from cxrlearn import distributed
-from cxrlearn.checkpoint import load_checkpoint
+from cxrlearn.checkpoint import load_checkpoint, pid_is_running
 from cxrlearn.data import (
     FolderScan,
     default_cache_dir,
@@ -190,7 +190,7 @@ def run_lock(folder: Path) -> Iterator[None]:
             break
         except FileExistsError:
             owner = lock.read_text().strip() if lock.exists() else ""
-            if owner.isdigit() and _running(int(owner)):
+            if owner.isdigit() and pid_is_running(int(owner)):
                 raise CxrlearnError(f"another cxrlearn process (pid {owner}) is training into "
                                     "this run folder; wait for it, or choose another --out",
                                     path=folder) from None
@@ -203,16 +203,6 @@ def run_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:

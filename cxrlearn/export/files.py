@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 import cxrlearn
+from cxrlearn.checkpoint import pid_is_running
 from cxrlearn.data import load_image, sample_root
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export.load import (
@@ -242,18 +243,8 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Delete `.NAME.PID.*.tmp` folders left by exports whose process no longer runs."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 2:].split(".")[0]
-        if tmp.is_dir() and pid.isdigit() and not _running(int(pid)):
+        if tmp.is_dir() and pid.isdigit() and not pid_is_running(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_free_space(path: Path, wrapper: EndToEndModel) -> None:
