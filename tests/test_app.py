@@ -8,6 +8,7 @@ the app in-process (tests/test_app_browser.py runs a real server and a real brow
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import io
@@ -26,6 +27,8 @@ from PIL import Image
 import cxrlearn
 import cxrlearn.cli as cli
 from cxrlearn.app import DISCLAIMER, create_app
+from cxrlearn.app.card import quality_warning
+from cxrlearn.app.samples import SampleShelf
 from cxrlearn.checkpoint import save_checkpoint
 from cxrlearn.data import load_image, sample_root
 from cxrlearn.data.dicom import load_dicom
@@ -50,6 +53,10 @@ APP_STATIC = Path(cxrlearn.__file__).resolve().parent / "app" / "static"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _client(app) -> TestClient:
+    return TestClient(app)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +92,8 @@ def files(model, xrays, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def clients(files):
     """One test client per kind of model file, opened once for the module."""
-    with TestClient(create_app(files["checkpoint"])) as ckpt, \
-            TestClient(create_app(files["export"])) as export:
+    with _client(create_app(files["checkpoint"])) as ckpt, \
+            _client(create_app(files["export"])) as export:
         yield {"checkpoint": ckpt, "export": export}
 
 
@@ -152,7 +159,7 @@ def test_dicom_matches_eager_pipeline(clients, model, xrays, tmp_path, kind, wri
 
 def test_temperature_of_the_checkpoint_is_applied(model, xrays, tmp_path):
     best = _save(tmp_path / "calibrated.pt", model, temperature=2.5)
-    with TestClient(create_app(best)) as client:
+    with _client(create_app(best)) as client:
         answer = _post(client, xrays[0].name, xrays[0].read_bytes()).json()
         info = client.get("/api/model").json()
     image = load_image(xrays[0])
@@ -174,7 +181,7 @@ def test_gradcam_overlay_equals_the_library(model, xrays, tmp_path):
     biased = copy.deepcopy(model)
     with torch.no_grad():
         biased.fc.bias[2] += 5.0
-    with TestClient(create_app(_save(tmp_path / "biased.pt", biased))) as client:
+    with _client(create_app(_save(tmp_path / "biased.pt", biased))) as client:
         for path in xrays[:2]:
             answer = _post(client, path.name, path.read_bytes()).json()
             assert answer["predicted"] == "Normal"
@@ -235,6 +242,29 @@ def test_page_is_served_with_its_own_files_only(clients):
     assert script.status_code == 200 and script.text == (APP_STATIC / "app.js").read_text()
 
 
+def test_page_has_one_way_to_choose_a_file():
+    page = (APP_STATIC / "index.html").read_text()
+    assert page.count('type="file"') == 1  # the browser's own file button
+    assert "choose a file" not in page.lower()  # no second, look-alike link
+
+
+def test_docs_is_a_local_page_that_points_to_the_schema(clients):
+    """FastAPI's /docs loads Swagger UI from a CDN (blank offline); ours loads nothing."""
+    client = clients["checkpoint"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    assert 'href="/openapi.json"' in docs.text
+    references = re.findall(r'(?:src|href)="([^"]*)"', docs.text)
+    assert references and all(r.startswith("data:") or (r.startswith("/")
+                                                         and not r.startswith("//"))
+                              for r in references), references
+    assert "http://" not in docs.text and "https://" not in docs.text
+    for path in ("/api/predict", "/api/model", "/api/samples", "/api/health"):
+        assert path in docs.text
+    assert client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+
+
 def test_openapi_schema_documents_the_api(clients):
     schema = clients["checkpoint"].get("/openapi.json").json()
     assert {"/api/predict", "/api/health", "/api/model"} <= set(schema["paths"])
@@ -246,7 +276,11 @@ def test_openapi_schema_documents_the_api(clients):
         body = predict["responses"][status]["content"]["application/json"]["schema"]
         assert body == {"$ref": "#/components/schemas/ApiError"}
     fields = schema["components"]["schemas"]["Prediction"]["properties"]
-    assert {"predicted", "probabilities", "classes", "model", "gradcam_png"} <= set(fields)
+    assert {"predicted", "probabilities", "classes", "model", "gradcam_png", "image_png",
+            "warning"} <= set(fields)
+    info = schema["components"]["schemas"]["ModelInfo"]["properties"]
+    assert {"scores", "chance", "warning", "epoch", "limits"} <= set(info)
+    assert {"/api/samples", "/api/samples/{class_name}/{file_name}"} <= set(schema["paths"])
     assert "sha256" in schema["components"]["schemas"]["ModelRef"]["properties"]
 
 
@@ -277,7 +311,7 @@ def test_bad_upload_is_a_4xx_with_a_message(clients, xrays, kind, name, data, st
 
 def test_size_limit_in_bytes(files, xrays):
     limit = 3000
-    with TestClient(create_app(files["checkpoint"], max_bytes=limit)) as client:
+    with _client(create_app(files["checkpoint"], max_bytes=limit)) as client:
         # Exactly the limit is allowed through to the reader (which finds no image in it).
         at_limit = _post(client, "a.png", b"\x00" * limit)
         assert at_limit.status_code == 422
@@ -301,7 +335,7 @@ def _small_png(path: Path, size: int) -> bytes:
 
 
 def test_pixel_limit(files, xrays):
-    with TestClient(create_app(files["export"], max_pixels=100 * 100)) as client:
+    with _client(create_app(files["export"], max_pixels=100 * 100)) as client:
         big = _post(client, "big.png", xrays[0].read_bytes())  # 128 x 128 = 16,384 pixels
         assert big.status_code == 422
         assert big.json()["error"].startswith("big.png: image is 128x128 = 16,384 pixels")
@@ -356,7 +390,7 @@ def test_requests_really_run_at_the_same_time(files, xrays, monkeypatch):
         return probs(images)
 
     monkeypatch.setattr(service.model, "probs", waiting_probs)
-    with TestClient(app) as client, ThreadPoolExecutor(max_workers=4) as pool:
+    with _client(app) as client, ThreadPoolExecutor(max_workers=4) as pool:
         answers = list(pool.map(lambda p: _post(client, p.name, p.read_bytes()), xrays))
     assert [a.status_code for a in answers] == [200] * 4
 
@@ -402,9 +436,167 @@ def test_command_serves_on_localhost_by_default(command, files, capsys, monkeypa
     out = capsys.readouterr().out
     assert "http://localhost:8000/" in out and "Grad-CAM" in out  # the export's note
     assert "other machines" in out  # the warning for 0.0.0.0
+    assert "carries no scores" in out  # the model's warning, before the server starts
 
 
 def test_command_with_a_missing_model_is_one_red_line(command, tmp_path, capsys):
     assert cli.main(["app", "--model", str(tmp_path / "nope.pt")]) == 1
     err = capsys.readouterr().err
     assert "nope.pt" in err and "Traceback" not in err
+
+
+# --- the model card: scores, chance, and a warning when they are missing or poor ----------
+
+def test_model_card_shows_validation_and_test_scores(model, xrays, tmp_path):
+    scores = {"val_macro_f1": 0.82, "val_accuracy": 0.84, "val_loss": 0.5}
+    tested = {"test_macro_f1": 0.79, "test_accuracy": 0.81, "test_images": 60}
+    best = _save(tmp_path / "good.pt", model, epoch=3, scores=scores, test_scores=tested)
+    with _client(create_app(best)) as client:
+        info = client.get("/api/model").json()
+        answer = _post(client, "x.png", xrays[0].read_bytes()).json()
+    assert info["scores"] == {**scores, **tested}
+    assert info["epoch"] == 3 and info["chance"] == 0.25
+    assert info["warning"] is None and answer["warning"] is None
+
+
+@pytest.mark.parametrize(("scores", "part"), [
+    ({"val_macro_f1": 0.30, "val_accuracy": 0.33}, "validation"),
+    ({"val_macro_f1": 0.80, "test_macro_f1": 0.31}, "test"),  # the lower of the two counts
+])
+def test_near_chance_model_carries_a_warning(model, xrays, tmp_path, scores, part):
+    best = _save(tmp_path / "poor.pt", model, scores={k: v for k, v in scores.items()
+                                                      if k.startswith("val_")},
+                 test_scores={k: v for k, v in scores.items() if k.startswith("test_")})
+    with _client(create_app(best)) as client:
+        warning = client.get("/api/model").json()["warning"]
+        answer = _post(client, "x.png", xrays[0].read_bytes()).json()
+    assert warning.startswith("near chance: poor.pt scored a macro-F1 of 0.3")
+    assert f"on the {part} images" in warning and "0.25" in warning and "0.40" in warning
+    assert answer["warning"] == warning  # every answer says it, for clients that never ask
+
+
+def test_a_file_without_scores_says_its_quality_is_unknown(clients, tmp_path, model):
+    for kind, client in clients.items():
+        info = client.get("/api/model").json()
+        assert info["scores"] == {} and info["chance"] == 0.25
+        assert "carries no scores; its quality is unknown" in info["warning"]
+        # ... and what to do about it.
+        todo = "with its checkpoint (best.pt)" if kind == "export" else "cxrlearn train"
+        assert todo in info["warning"]
+    # A score that is not a finite number is left out (JSON has no NaN), not passed on.
+    best = _save(tmp_path / "nan.pt", model, scores={"val_macro_f1": 0.9,
+                                                     "val_loss": float("nan")})
+    info = _client(create_app(best)).get("/api/model").json()
+    assert info["scores"] == {"val_macro_f1": 0.9} and info["warning"] is None
+
+
+def test_quality_warning_rule():
+    """Warn below chance (1/K) + 0.15, on the lower of the validation and test macro-F1."""
+    assert quality_warning({"val_macro_f1": 0.41}, 4, "m.pt") is None
+    assert quality_warning({"val_macro_f1": 0.39}, 4, "m.pt").startswith("near chance")
+    assert quality_warning({"val_macro_f1": 0.49}, 3, "m.pt") is None  # 1/3 + 0.15 = 0.48
+    assert quality_warning({"val_macro_f1": 0.47}, 3, "m.pt") is not None
+    assert quality_warning({"val_macro_f1": 0.9, "test_macro_f1": 0.3}, 4, "m.pt") is not None
+    assert "quality is unknown" in quality_warning({"val_accuracy": 0.9}, 4, "m.pt")
+
+
+# --- sample X-rays: a fixed list, nothing else ---------------------------------------------
+
+def test_samples_are_listed_and_served(clients):
+    client = clients["checkpoint"]
+    listing = client.get("/api/samples").json()
+    assert [s["class_name"] for s in listing] == [c for c in CLASSES for _ in range(3)]
+    for c in CLASSES:
+        want = [p.name for p in sorted((sample_root() / c).glob("*.png"))[:3]]
+        assert [s["file"] for s in listing if s["class_name"] == c] == want
+    for sample in listing:
+        response = client.get(sample["url"])
+        assert response.status_code == 200, sample["url"]
+        assert response.headers["content-type"] == "image/png"
+        assert response.content == (sample_root() / sample["class_name"]
+                                    / sample["file"]).read_bytes()
+    assert "%20" in listing[-1]["url"]  # "Viral Pneumonia", quoted
+
+
+def _unlisted_sample() -> str:
+    return sorted((sample_root() / "COVID").glob("*.png"))[3].name  # real, but not offered
+
+
+@pytest.mark.parametrize("url", [
+    "/api/samples/COVID/%2E%2E",  # a literal ".." is resolved by the client: see below
+    "/api/samples/%2E%2E/%2E%2E",
+    "/api/samples/COVID/..%2F..%2F__init__.py",
+    "/api/samples/..%2F..%2Fapp/server.py",
+    "/api/samples/COVID/%2Fetc%2Fpasswd",
+    "/api/samples/%2Fetc/passwd",
+    "/api/samples/COVID/..%5C..%5C__init__.py",
+    f"/api/samples/COVID/{_unlisted_sample()}",
+])
+def test_only_listed_samples_are_served(clients, url):
+    response = clients["checkpoint"].get(url)
+    assert response.status_code == 404 and set(response.json()) == {"error"}
+
+
+@pytest.mark.parametrize(("class_name", "file_name"), [
+    ("..", ".."), ("COVID", "../Normal/" + "x.png"), ("/etc", "passwd"),
+    ("COVID", "/etc/passwd"), ("../../cxrlearn", "__init__.py")])
+def test_sample_names_never_become_paths(small_app, class_name, file_name):
+    """The names reach the app decoded (as below); none of them is in the list."""
+    assert SampleShelf().find(class_name, file_name) is None
+    status, _, _ = asyncio.run(_asgi(small_app, "GET",
+                                     f"/api/samples/{class_name}/{file_name}"))
+    assert status == 404
+
+
+@pytest.fixture(scope="module")
+def small_app(files):
+    """An app for the raw ASGI calls."""
+    return create_app(files["export"], max_bytes=100_000)
+
+
+async def _asgi(app, method: str, path: str, headers: list[tuple[bytes, bytes]] = (),
+                chunks=None) -> tuple[int, dict, bytes]:
+    """Call the ASGI app directly, as a server would: `path` arrives as it is (already
+    decoded), and the body is pulled chunk by chunk from `chunks`. Returns the status, the
+    response headers and the body."""
+    chunks = iter(chunks or [])
+    messages = []
+
+    async def receive():
+        chunk = next(chunks, None)
+        return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+    async def send(message):
+        messages.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 50000),
+             "server": ("127.0.0.1", 8000),
+             "headers": [(b"host", b"127.0.0.1:8000"), *headers]}
+    await app(scope, receive, send)
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+# --- what the server reads back: the preview -----------------------------------------------
+
+@pytest.mark.parametrize("kind", ["checkpoint", "export"])
+def test_dicom_upload_comes_back_as_a_png(clients, xrays, tmp_path, kind, write_dicom):
+    grey = np.asarray(Image.open(xrays[0]).convert("L"), dtype=np.uint16)
+    dcm = write_dicom(tmp_path / "scan.dcm", (255 - grey) * 16, "MONOCHROME1", 0.5, -100.0)
+    answer = _post(clients[kind], "scan.dcm", dcm.read_bytes()).json()
+    want = np.round(load_dicom(dcm, 64_000_000) * 255).astype(np.uint8)  # as read, 8 bits
+    np.testing.assert_array_equal(_png_array(answer["image_png"]), want)
+
+
+def test_preview_is_at_most_512_pixels_and_can_be_skipped(clients, xrays):
+    wide = io.BytesIO()
+    Image.open(xrays[1]).convert("L").resize((1024, 640)).save(wide, format="PNG")
+    answer = _post(clients["export"], "wide.png", wide.getvalue()).json()
+    assert answer["image_shape"] == [640, 1024]
+    assert _png_array(answer["image_png"]).shape == (320, 512)
+    skipped = _post(clients["export"], "wide.png", wide.getvalue(), "?preview=false").json()
+    assert skipped["image_png"] is None
+    assert skipped["probabilities"] == answer["probabilities"]

@@ -1,13 +1,15 @@
 """The app in a real browser: uvicorn on 127.0.0.1, headless Chromium driven by Playwright.
 
-What a student does, checked against the eager pipeline: open the page, choose an X-ray,
-read the predicted class, the bars and the Grad-CAM overlay; drop a second X-ray on the
-page; choose a text file and read the error. A screenshot of the answered page is saved to
+What a student does, checked against the eager pipeline: open the page, read what it says
+of the model (scores against chance, and the warning for a model of unknown quality),
+choose an X-ray, read the predicted class, the bars and the Grad-CAM overlay; drop a second
+X-ray on the page; pick a sample X-ray; choose a text file and read the error; choose a
+DICOM file and see the server's picture of it. A screenshot of the answered page is saved to
 the test's temporary folder; with CXRLEARN_APP_SCREENSHOT=docs/img/app.png it is also
 written there, for the docs (optionally of a trained checkpoint: CXRLEARN_APP_MODEL=PATH).
 
 Playwright drives Debian's Chromium (/usr/bin/chromium); it never downloads a browser. The
-test is skipped only when that browser is missing.
+tests are skipped only when that browser is missing (and the DICOM one without pydicom).
 """
 
 from __future__ import annotations
@@ -140,13 +142,13 @@ def _save_screenshot(png: bytes, path: Path) -> None:
     Image.open(io.BytesIO(png)).convert("RGB").save(path, optimize=True)
 
 
-def test_upload_through_the_page(checkpoint, tmp_path):
+@contextmanager
+def browsing(app: FastAPI) -> Iterator[tuple[object, str, list[str], list[str]]]:
+    """Serve `app`, open its page in headless Chromium once the page has described the
+    model; yield the page, the URL, and the lists of requests made and problems logged."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install "
                     "chromium) to run the browser test")
-    covid = sorted((sample_root() / "COVID").glob("*.png"))[0]
-    normal = sorted((sample_root() / "Normal").glob("*.png"))[0]
-    app = create_app(checkpoint)  # the default limits, as the screenshot shows them
     requests: list[str] = []
     problems: list[str] = []
     with serving(app) as url, sync_playwright() as playwright, \
@@ -161,53 +163,79 @@ def test_upload_through_the_page(checkpoint, tmp_path):
             page.on("pageerror", lambda e: problems.append(str(e)))
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.goto(url + "/")
-            assert "not a diagnostic device" in page.text_content("#disclaimer")
             page.wait_for_function(
-                "() => document.getElementById('model').textContent.startsWith('Model:')")
-
-            # 1. Choose a file.
-            page.set_input_files("#file", str(covid))
-            _answered(page, covid.name)
-            _check_shown(page, checkpoint, covid)
-            screenshot = page.screenshot(full_page=True)
-
-            # 2. Drop a file on the drop zone (a DataTransfer holding a File, as a drag does).
-            page.eval_on_selector(
-                "#drop", """(zone, [b64, name]) => {
-                    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-                    const data = new DataTransfer();
-                    data.items.add(new File([bytes], name, {type: "image/png"}));
-                    zone.dispatchEvent(new DragEvent("drop", {dataTransfer: data,
-                                                              bubbles: true, cancelable: true}));
-                }""", [base64.b64encode(normal.read_bytes()).decode(), normal.name])
-            _answered(page, normal.name)
-            _check_shown(page, checkpoint, normal)
-
-            # 3. A text file: the server's message is shown, the old answer is not.
-            page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain",
-                                                  "buffer": b"not an X-ray\n"}])
-            page.wait_for_selector("#error", state="visible")
-            error = page.text_content("#error")
-            assert error.startswith("notes.txt: ") and "not a PNG, JPEG or DICOM image" in error
-            assert not page.is_visible("#result")
-
-            # 4. Too large: refused by the page itself, before any upload.
-            sent = len([r for r in requests if r.endswith("/api/predict?gradcam=true")])
-            page.set_input_files("#file", files=[{"name": "huge.png", "mimeType": "image/png",
-                                                  "buffer": b"\0" * (DEFAULT_MAX_BYTES + 1)}])
-            page.wait_for_function(
-                "() => document.getElementById('error').textContent.startsWith('huge.png')")
-            assert "limit" in page.text_content("#error")
-            assert len([r for r in requests if r.endswith("/api/predict?gradcam=true")]) == sent
-
-            # 5. The text file again, then a good one: the server kept serving.
-            page.set_input_files("#file", str(covid))
-            _answered(page, covid.name)
-            _check_shown(page, checkpoint, covid)
+                "() => document.getElementById('model').textContent.startsWith('Model:')"
+                " && !document.getElementById('sample').disabled")
+            yield page, url, requests, problems
         finally:
             browser.close()
 
-    assert sent == 3  # covid, normal, notes.txt went to the server
+
+def test_upload_through_the_page(checkpoint, tmp_path):
+    covid = sorted((sample_root() / "COVID").glob("*.png"))[0]
+    normal = sorted((sample_root() / "Normal").glob("*.png"))[0]
+    app = create_app(checkpoint)  # the default limits, as the screenshot shows them
+    info = app.state.service.info
+    with browsing(app) as (page, url, requests, problems):
+        assert "not a diagnostic device" in page.text_content("#disclaimer")
+        # The model card: scores against chance; the warning when they are unknown
+        # or near chance (the untrained checkpoint carries none).
+        assert "Chance for 4 classes: 0.25." in page.text_content("#scores")
+        assert page.is_visible("#warning") is (info.warning is not None)
+        if info.warning:
+            assert info.warning in page.text_content("#warning")
+
+        # 1. Choose a file.
+        page.set_input_files("#file", str(covid))
+        _answered(page, covid.name)
+        _check_shown(page, checkpoint, covid)
+        screenshot = page.screenshot(full_page=True)
+
+        # 2. Drop a file on the drop zone (a DataTransfer holding a File, as a drag does).
+        page.eval_on_selector(
+            "#drop", """(zone, [b64, name]) => {
+                const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                const data = new DataTransfer();
+                data.items.add(new File([bytes], name, {type: "image/png"}));
+                zone.dispatchEvent(new DragEvent("drop", {dataTransfer: data,
+                                                          bubbles: true, cancelable: true}));
+            }""", [base64.b64encode(normal.read_bytes()).decode(), normal.name])
+        _answered(page, normal.name)
+        _check_shown(page, checkpoint, normal)
+        assert not page.is_visible("#truth")  # the user's own file: no label known
+        # An answer of a model of unknown quality says so next to the bars.
+        assert page.is_visible("#answer-warning") is (info.warning is not None)
+
+        # 2b. A sample X-ray, picked from the list: fetched from the app, then classified.
+        sample = sorted((sample_root() / "Lung_Opacity").glob("*.png"))[1]
+        page.select_option("#sample", label=sample.name)
+        _answered(page, sample.name)
+        _check_shown(page, checkpoint, sample)
+        assert page.text_content("#truth") == "The data set labels this X-ray Lung_Opacity."
+
+        # 3. A text file: the server's message is shown, the old answer is not.
+        page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                              "buffer": b"not an X-ray\n"}])
+        page.wait_for_selector("#error", state="visible")
+        error = page.text_content("#error")
+        assert error.startswith("notes.txt: ") and "not a PNG, JPEG or DICOM image" in error
+        assert not page.is_visible("#result")
+
+        # 4. Too large: refused by the page itself, before any upload.
+        sent = len([r for r in requests if r.endswith("/api/predict?gradcam=true")])
+        page.set_input_files("#file", files=[{"name": "huge.png", "mimeType": "image/png",
+                                              "buffer": b"\0" * (DEFAULT_MAX_BYTES + 1)}])
+        page.wait_for_function(
+            "() => document.getElementById('error').textContent.startsWith('huge.png')")
+        assert "limit" in page.text_content("#error")
+        assert len([r for r in requests if r.endswith("/api/predict?gradcam=true")]) == sent
+
+        # 5. The text file again, then a good one: the server kept serving.
+        page.set_input_files("#file", str(covid))
+        _answered(page, covid.name)
+        _check_shown(page, checkpoint, covid)
+
+    assert sent == 4  # covid, normal, the sample, notes.txt went to the server
     # Everything came from the app itself (no CDN); the previews are blob: URLs.
     outside = [r for r in requests if not r.startswith((url + "/", "blob:", "data:"))]
     assert outside == []
@@ -219,6 +247,27 @@ def test_upload_through_the_page(checkpoint, tmp_path):
     if target:
         _save_screenshot(screenshot, Path(target))
     assert Image.open(tmp_path / "app.png").size[0] == 980
+
+
+def test_dicom_shows_the_servers_picture(checkpoint, tmp_path, write_dicom):
+    """A browser cannot draw DICOM: the page shows the image as the server read it."""
+    grey = np.asarray(Image.open(sorted((sample_root() / "Normal").glob("*.png"))[0])
+                      .convert("L"), dtype=np.uint16)
+    dcm = write_dicom(tmp_path / "scan.dcm", grey * 16)
+    with browsing(create_app(checkpoint)) as (page, _, _, problems):
+        page.set_input_files("#file", files=[{"name": "scan.dcm", "mimeType":
+                                              "application/dicom", "buffer": dcm.read_bytes()}])
+        _answered(page, "scan.dcm")
+        page.wait_for_function(
+            "() => document.getElementById('preview').src.startsWith('data:image/png')"
+            " && document.getElementById('preview').complete")
+        assert page.is_visible("#preview")
+        shown = page.eval_on_selector("#preview", "img => [img.naturalWidth, img.naturalHeight]")
+        assert shown == [128, 128]
+        assert "as the server read it" in page.text_content("#preview-caption")
+        assert page.is_visible("#result") and not page.is_visible("#error")
+    # The browser's failed attempt to draw the DICOM file is not a console error.
+    assert problems == []
 
 
 def test_serving_stops_cleanly(checkpoint):

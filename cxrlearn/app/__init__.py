@@ -5,11 +5,13 @@ network's answer. cxrlearn's counterpart is a local web app started with one com
 
     cxrlearn app --model runs/NAME/best.pt        # or an exported model.pt
 
-which serves a page (choose or drop an X-ray, see the class probabilities and the Grad-CAM
-overlay) and the JSON API a mobile app would call: `POST /api/predict` with the image as
-the multipart field `file`. `create_app` builds it (`cxrlearn.app.server`; the answers'
-shapes are `cxrlearn.app.schemas`, the model side `cxrlearn.app.service`); FastAPI writes
-its OpenAPI description at `/openapi.json` and shows it at `/docs`.
+which serves a page (choose or drop an X-ray, or try a bundled one; see the class
+probabilities, the Grad-CAM overlay, and what the model file says of its own quality) and
+the JSON API a mobile app would call: `POST /api/predict` with the image as the multipart
+field `file`. `create_app` builds it (`cxrlearn.app.server`; the answers' shapes are
+`cxrlearn.app.schemas`, the model side `cxrlearn.app.service`, the quality warning
+`cxrlearn.app.card`, the sample X-rays `cxrlearn.app.samples`); FastAPI writes its OpenAPI
+description at `/openapi.json`, which `/docs` points to.
 
 It needs the optional extra: `pip install 'cxrlearn[app]'` (FastAPI, uvicorn,
 python-multipart). Importing this package without them raises ModuleNotFoundError;

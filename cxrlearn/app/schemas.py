@@ -1,14 +1,17 @@
 """What the app's HTTP API answers: the contract a mobile app is written against.
 
-FastAPI turns these pydantic models into the OpenAPI schema at `/openapi.json` (and the
-pages `/docs` and `/redoc`), so the shapes below are the documentation of the API:
+FastAPI turns these pydantic models into the OpenAPI schema at `/openapi.json` (which the
+small local page at `/docs` points to), so the shapes below are the documentation of the API:
 
-    GET  /api/health     -> Health
-    GET  /api/model      -> ModelInfo (which model, classes, preprocessing, Limits)
-    POST /api/predict    -> Prediction, or ApiError with status 400, 413 or 422
+    GET  /api/health                 -> Health
+    GET  /api/model                  -> ModelInfo (which model, how good, classes, Limits)
+    GET  /api/samples                -> [Sample] (bundled X-rays to try)
+    GET  /api/samples/{class}/{file} -> the PNG, or ApiError with status 404
+    POST /api/predict                -> Prediction, or ApiError with status 400, 413 or 422
 
-Every answer about a model carries its `ModelRef` (file, kind, weights' sha256) and the
-`DISCLAIMER`: this is a teaching tool, not a diagnostic device.
+Every answer about a model carries its `ModelRef` (file, kind, weights' sha256), the
+`DISCLAIMER` (a teaching tool, not a diagnostic device) and, when the model's quality is
+unknown or near chance, a `warning` that says so.
 
 Lesson: lessons/07_app.ipynb
 """
@@ -22,16 +25,21 @@ from pydantic import BaseModel, Field
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DISCLAIMER",
+    "PREVIEW_SIDE",
     "ApiError",
     "Health",
     "Limits",
     "ModelInfo",
     "ModelRef",
     "Prediction",
+    "Sample",
 ]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 """Largest upload accepted, in bytes (10 MiB): a 16-bit 3000 x 3000 PNG is about 8 MiB."""
+
+PREVIEW_SIDE = 512
+"""Longest side, in pixels, of `Prediction.image_png`, the server's picture of the upload."""
 
 DISCLAIMER = ("A teaching tool, not a diagnostic device: its answers are not a medical "
               "opinion and must not guide anyone's care.")
@@ -68,17 +76,35 @@ class Limits(BaseModel):
 
 
 class ModelInfo(ModelRef):
-    """What `GET /api/model` says about the loaded model."""
+    """What `GET /api/model` says about the loaded model: what it is, and how good it is."""
 
     classes: list[str] = Field(description="Class names, in the order of the probabilities.")
     preprocess: dict[str, Any] = Field(description="Image size, contrast-stretch percentiles, "
                                                    "channels, mean and std.")
     temperature: float = Field(description="T the logits are divided by (1 = uncalibrated).")
+    epoch: int | None = Field(None, description="The epoch the checkpoint holds (None for an "
+                                                "exported file).")
+    scores: dict[str, float | int] = Field(
+        default_factory=dict,
+        description="What the file says of the model's quality: val_macro_f1, val_accuracy, "
+                    "val_loss of the chosen epoch; test_macro_f1, test_accuracy, test_images "
+                    "once `cxrlearn evaluate` has run. Empty for an exported file.")
+    chance: float = Field(description="1/K: the accuracy of guessing among K classes.")
+    warning: str | None = Field(None, description="Why the answers should not be trusted: the "
+                                                  "quality is unknown, or near chance.")
     gradcam: bool = Field(description="Whether this model can draw Grad-CAM overlays.")
     gradcam_note: str | None = Field(None, description="Why there is no Grad-CAM, if not.")
     notes: list[str] = Field(default_factory=list)
     limits: Limits
     disclaimer: str = DISCLAIMER
+
+
+class Sample(BaseModel):
+    """One of the bundled X-rays the page offers to try."""
+
+    class_name: str = Field(description="The class the data set labels it with.")
+    file: str = Field(description="Its file name.")
+    url: str = Field(description="Where to GET its PNG bytes.")
 
 
 class Prediction(BaseModel):
@@ -90,8 +116,14 @@ class Prediction(BaseModel):
     classes: list[str] = Field(description="Class names, in the model's order.")
     model: ModelRef
     image_shape: list[int] = Field(description="(height, width) of the image as read.")
+    image_png: str | None = Field(
+        None, description="The image as the server read it (a DICOM file too), 8-bit grey, "
+                          f"at most {PREVIEW_SIDE} pixels on its long side, a base64 PNG; "
+                          "absent with ?preview=false.")
     gradcam_png: str | None = Field(
         None, description="Grad-CAM of the predicted class over the image the network saw, "
                           "a base64 PNG; present when a checkpoint is loaded and gradcam=true.")
     gradcam_note: str | None = Field(None, description="Why gradcam_png is missing, if it is.")
+    warning: str | None = Field(None, description="ModelInfo.warning: why these answers "
+                                                  "should not be trusted, if so.")
     disclaimer: str = DISCLAIMER

@@ -1,12 +1,16 @@
 """The web app: upload a chest X-ray, get class probabilities and a Grad-CAM overlay.
 
-A model file becomes a small HTTP service with one page for people and three JSON
+A model file becomes a small HTTP service with one page for people and a few JSON
 endpoints for programs (a mobile app, `curl`, lesson 07):
 
-    GET  /               the page: choose or drop an image, see the answer
-    GET  /api/health     is the server up?
-    GET  /api/model      which model, classes, preprocessing and limits
-    POST /api/predict    multipart field `file` -> predicted class, probabilities, overlay
+    GET  /                       the page: choose, drop or pick a sample X-ray, see the answer
+    GET  /api/health             is the server up?
+    GET  /api/model              which model, how good (scores, chance, warning), limits
+    GET  /api/samples            a few bundled X-rays to try, and where each one is
+    GET  /api/samples/{c}/{f}    one of them, as PNG
+    POST /api/predict            multipart field `file` -> predicted class, probabilities,
+                                 the image as read, the Grad-CAM overlay
+    GET  /docs                   where the OpenAPI description is (/openapi.json)
 
 One upload takes this path:
 
@@ -19,7 +23,8 @@ Only a checkpoint can draw Grad-CAM, because Grad-CAM hooks a layer of the eager
 back-propagates to it; an exported graph runs forward only.
 
 The answers' shapes are `cxrlearn.app.schemas`; reading the upload, predicting and drawing
-Grad-CAM are `cxrlearn.app.service`. This module is the HTTP part: routes, limits, errors.
+Grad-CAM are `cxrlearn.app.service`; what the page says of the model's quality is
+`cxrlearn.app.card`. This module is the HTTP part: routes, limits, errors.
 
 Threads. FastAPI runs each plain `def` endpoint in a pool of worker threads, so several
 requests run at once; `XrayService` is written for that (predictions share the network,
@@ -30,9 +35,9 @@ script that starts the server gives each request one core. The library never set
 (house style, section 7).
 
 Errors. An expected fault in a request is a JSON answer `{"error": "..."}` with a message
-for a person, and the server keeps serving: an empty upload is 400, too many bytes 413, a
-file that is not a readable X-ray (text, a corrupt image, too many pixels, a DICOM it
-cannot decode) 422.
+for a person, and the server keeps serving: an empty upload is 400, an unknown sample 404,
+too many bytes 413, a file that is not a readable X-ray (text, a corrupt image, too many
+pixels, a DICOM it cannot decode) 422.
 
 A teaching tool, not a diagnostic device.
 
@@ -42,17 +47,19 @@ Lesson: lessons/07_app.ipynb
 from __future__ import annotations
 
 import base64
+import html
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrlearn import __version__
+from cxrlearn.app.samples import SampleShelf
 from cxrlearn.app.schemas import (
     DEFAULT_MAX_BYTES,
     DISCLAIMER,
@@ -60,8 +67,9 @@ from cxrlearn.app.schemas import (
     Health,
     ModelInfo,
     Prediction,
+    Sample,
 )
-from cxrlearn.app.service import XrayService, read_upload
+from cxrlearn.app.service import XrayService, preview_png, read_upload
 from cxrlearn.data.images import MAX_PIXELS
 from cxrlearn.errors import CxrlearnError
 
@@ -71,7 +79,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 # Room for the multipart envelope (boundary lines, part headers) around the file itself.
 MULTIPART_SLACK = 64 * 1024
-
 
 ERRORS = {400: {"model": ApiError, "description": "Empty upload."},
           413: {"model": ApiError, "description": "Upload larger than max_bytes."},
@@ -107,10 +114,15 @@ def create_app(
         'Normal'
     """
     service = XrayService(model_path, max_bytes, max_pixels)
+    samples = SampleShelf()
     app = FastAPI(
         title="cxrlearn",
         version=__version__,
         description="Chest X-ray classification for learning. " + DISCLAIMER,
+        # FastAPI's /docs and /redoc load their scripts from a CDN: blank offline, and
+        # another site's code on this origin. /docs below is a page of our own.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -143,26 +155,53 @@ def create_app(
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @app.get("/api/health", response_model=Health)
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(_docs_page(app.openapi()))
+
+    @app.get("/api/health", response_model=Health, summary="Is the server up?")
     def health() -> Health:
         """Is the server up?"""
         return Health(version=__version__)
 
-    @app.get("/api/model", response_model=ModelInfo)
+    @app.get("/api/model", response_model=ModelInfo,
+             summary="The loaded model, and how good it is")
     def model_info() -> ModelInfo:
-        """The loaded model: file, kind, classes, preprocessing, Grad-CAM, limits."""
+        """The loaded model: file, kind, classes, preprocessing, scores against chance and a
+        warning when they are unknown or near chance, Grad-CAM, limits."""
         return service.info
+
+    @app.get("/api/samples", response_model=list[Sample],
+             summary="Bundled X-rays to try")
+    def sample_list() -> list[Sample]:
+        """Bundled X-rays to try: the class the data set gives each, and its URL."""
+        return samples.listing()
+
+    @app.get("/api/samples/{class_name}/{file_name}", response_class=FileResponse,
+             summary="One bundled X-ray, as PNG",
+             responses={200: {"content": {"image/png": {}}},
+                        404: {"model": ApiError, "description": "Not a listed sample."}})
+    def sample_file(class_name: str, file_name: str) -> FileResponse:
+        """One sample X-ray, as PNG; only the names `GET /api/samples` lists are served."""
+        path = samples.find(class_name, file_name)
+        if path is None:
+            raise HTTPException(404, "no such sample; GET /api/samples lists them")
+        return FileResponse(path, media_type="image/png")
 
     # A plain `def`: FastAPI runs it in a worker thread, so the model call does not block
     # the event loop and requests run side by side (see the module docstring on threads).
-    @app.post("/api/predict", response_model=Prediction, responses=ERRORS)
+    @app.post("/api/predict", response_model=Prediction, responses=ERRORS,
+              summary="Classify one X-ray")
     def predict(
         file: Annotated[UploadFile, File(description="A chest X-ray: PNG, JPEG or DICOM.")],
         gradcam: Annotated[bool, Query(description="Add the Grad-CAM overlay "
                                                    "(checkpoints only).")] = True,
+        preview: Annotated[bool, Query(description="Add the image as read (image_png).")]
+        = True,
     ) -> Prediction:
-        """Classify one X-ray: the predicted class, every class's probability, and the
-        Grad-CAM overlay of the predicted class when the model is a checkpoint."""
+        """Classify one X-ray: the predicted class, every class's probability, the image as
+        the server read it, and the Grad-CAM overlay of the predicted class when the model
+        is a checkpoint."""
         name = file.filename or "upload"
         data = file.file.read(max_bytes + 1)  # one byte more than allowed tells "too big"
         if len(data) > max_bytes:
@@ -178,7 +217,10 @@ def create_app(
         classes = list(service.model.class_names)
         answer = Prediction(predicted=classes[best],
                             probabilities=dict(zip(classes, probs, strict=True)),
-                            classes=classes, model=service.ref, image_shape=list(image.shape))
+                            classes=classes, model=service.ref, image_shape=list(image.shape),
+                            warning=service.info.warning)
+        if preview:
+            answer.image_png = base64.b64encode(preview_png(image)).decode()
         if gradcam and service.info.gradcam:
             answer.gradcam_png = base64.b64encode(service.gradcam_png(image, best)).decode()
         elif gradcam:
@@ -186,6 +228,25 @@ def create_app(
         return answer
 
     return app
+
+
+def _docs_page(schema: dict[str, Any]) -> str:
+    """/docs: the endpoints, from the OpenAPI schema, and where the schema is. Local and
+    static: no script, nothing from another host."""
+    rows = "".join(
+        f"<tr><td><code>{html.escape(method.upper())} {html.escape(path)}</code></td>"
+        f"<td>{html.escape(op.get('summary', ''))}</td></tr>"
+        for path, ops in schema["paths"].items() for method, op in ops.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cxrlearn API</title>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css"></head>
+<body><h1>cxrlearn API <span class="subtitle">version {html.escape(schema["info"]["version"])}
+</span></h1>
+<p>The full description, in OpenAPI 3 (JSON): <a href="/openapi.json">/openapi.json</a>.
+Open it in any OpenAPI viewer, or generate a client from it.</p>
+<table><tr><th>endpoint</th><th>what it does</th></tr>{rows}</table>
+<p class="muted">{html.escape(DISCLAIMER)} <a href="/">Back to the app</a>.</p>
+</body></html>"""
 
 
 def _size(num_bytes: int) -> str:

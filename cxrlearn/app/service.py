@@ -19,6 +19,7 @@ Lesson: lessons/07_app.ipynb
 from __future__ import annotations
 
 import io
+import math
 import tempfile
 from pathlib import Path
 
@@ -26,14 +27,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cxrlearn.app.schemas import DEFAULT_MAX_BYTES, Limits, ModelInfo, ModelRef
+from cxrlearn.app.card import quality_warning
+from cxrlearn.app.schemas import DEFAULT_MAX_BYTES, PREVIEW_SIDE, Limits, ModelInfo, ModelRef
 from cxrlearn.data.dicom import DICOM_EXTENSIONS
 from cxrlearn.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, load_image
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.heatmap import overlay
 from cxrlearn.trained import TrainedModel, open_model
 
-__all__ = ["XrayService", "read_upload"]
+__all__ = ["XrayService", "preview_png", "read_upload"]
 
 
 def read_upload(data: bytes, filename: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -67,6 +69,23 @@ def read_upload(data: bytes, filename: str, max_pixels: int = MAX_PIXELS) -> np.
         except CxrlearnError as e:
             # The library names the temporary file; the user knows the file by its name.
             raise CxrlearnError(e.message, path=filename) from None
+
+
+def preview_png(image: np.ndarray, max_side: int = PREVIEW_SIDE) -> bytes:
+    """The image as read, 8-bit grey, shrunk to at most `max_side` on its long side: a PNG
+    the browser can show when it cannot draw the upload itself (a DICOM file).
+
+    Shape:
+        image: (H, W) in [0, 1] -> PNG of (h, w), max(h, w) <= max_side
+    """
+    grey = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
+    scale = max_side / max(grey.size)
+    if scale < 1:  # BOX: the mean of the pixels each new pixel covers
+        grey = grey.resize((max(1, round(grey.width * scale)),
+                            max(1, round(grey.height * scale))), Image.Resampling.BOX)
+    buffer = io.BytesIO()
+    grey.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class XrayService:
@@ -119,14 +138,22 @@ class XrayService:
 
 
 def _describe(model: TrainedModel, limits: Limits) -> ModelInfo:
-    """`GET /api/model`: what the app tells about its model."""
+    """`GET /api/model`: what the app tells about its model, its quality included."""
     note = None
     if model.network is None:
         note = (f"{model.path.name} is an exported {model.kind} file: it gives "
                 "probabilities only. Grad-CAM hooks a layer of the eager network and "
                 "back-propagates to it, which an exported graph does not allow; start the app "
                 "with the checkpoint (best.pt) to see overlays.")
+    # Plain finite numbers only: JSON has no NaN (a class never predicted can leave one).
+    scores = {k: v for k, v in model.scores.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    num_classes = len(model.class_names)
     return ModelInfo(file=model.path.name, kind=model.kind, sha256=model.sha256,
                      classes=list(model.class_names), preprocess=model.preprocess.to_dict(),
-                     temperature=model.temperature, gradcam=note is None, gradcam_note=note,
-                     notes=list(model.notes), limits=limits)
+                     temperature=model.temperature, epoch=model.epoch, scores=scores,
+                     chance=1.0 / num_classes,
+                     warning=quality_warning(scores, num_classes, model.path.name,
+                                             exported=model.network is None),
+                     gradcam=note is None, gradcam_note=note, notes=list(model.notes),
+                     limits=limits)

@@ -1,7 +1,8 @@
 """`cxrlearn app --model PATH`: the web page and HTTP API on this machine (FastAPI + uvicorn).
 
 The model is loaded before the server starts, so a wrong file is one red line, not a
-server that answers every request with an error. Without `--model` nothing is trained:
+server that answers every request with an error; its warning, when its quality is unknown
+or near chance, is printed before the server starts. Without `--model` nothing is trained:
 the command says how to get a model and exits with status 2. Without the `app` extra it
 says what to install. See `cxrlearn.app` and lessons/07_app.ipynb.
 """
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     info = app.state.service.info
     console.print(f"cxrlearn app: [bold]{escape(info.file)}[/] ({info.kind}, "
                   f"{len(info.classes)} classes)", highlight=False)
+    if info.warning:
+        console.print(f"[yellow]warning:[/] {escape(info.warning)}", highlight=False,
+                      soft_wrap=True)
     if info.gradcam_note:
         console.print(f"[yellow]note:[/] {escape(info.gradcam_note)}", highlight=False,
                       soft_wrap=True)

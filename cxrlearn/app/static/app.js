@@ -1,8 +1,12 @@
 // cxrlearn app: the page's behaviour, in plain JavaScript (no framework, no download).
 //
-// 1. Ask the server which model it runs (GET /api/model) and what it accepts.
-// 2. When an image is chosen or dropped: show it, send it (POST /api/predict, multipart
-//    field "file"), then draw the answer: the class, one bar per class, the Grad-CAM overlay.
+// 1. Ask the server which model it runs and how good it is (GET /api/model): show its
+//    scores against chance, and its warning when the quality is unknown or near chance.
+//    Ask which sample X-rays it offers (GET /api/samples).
+// 2. When an image is chosen, dropped or picked from the samples: show it, send it
+//    (POST /api/predict, multipart field "file"), then draw the answer: the class, one bar
+//    per class, the Grad-CAM overlay. A browser cannot draw DICOM: then the page shows the
+//    image as the server read it (image_png).
 // 3. When the server says no (4xx, {"error": "..."}), show its message.
 //
 // Text from the server or the user's file name goes in with textContent, never innerHTML,
@@ -12,7 +16,30 @@
 const $ = (id) => document.getElementById(id);
 let maxBytes = null;      // from /api/model; checked here too, so a huge file is not sent
 let imageSize = null;     // S, the side of the image the network sees
+let warning = null;       // the model's warning, repeated next to every answer
 let latest = 0;           // number of the latest request: older answers are ignored
+let browserPreview = "";  // "ok", "failed" or "" (not decided yet) for the current image
+let serverPreview = null; // the current answer's image_png
+let previewName = "";     // the current image's file name
+
+const SCORE_NAMES = { macro_f1: "macro-F1", accuracy: "accuracy" };
+
+function scoreLine(info) {
+  // "Validation (epoch 3): macro-F1 0.82, accuracy 0.84. Test (60 images): ... Chance: 0.25."
+  const parts = [];
+  for (const [prefix, title] of [["val", "Validation"], ["test", "Test"]]) {
+    const values = Object.entries(SCORE_NAMES)
+      .filter(([key]) => `${prefix}_${key}` in info.scores)
+      .map(([key, name]) => `${name} ${info.scores[`${prefix}_${key}`].toFixed(2)}`);
+    if (values.length === 0) continue;
+    const where = prefix === "val"
+      ? (info.epoch ? ` (epoch ${info.epoch})` : "")
+      : (info.scores.test_images ? ` (${info.scores.test_images} images)` : "");
+    parts.push(`${title}${where}: ${values.join(", ")}.`);
+  }
+  parts.push(`Chance for ${info.classes.length} classes: ${info.chance.toFixed(2)}.`);
+  return parts.join(" ");
+}
 
 async function describeModel() {
   try {
@@ -20,16 +47,59 @@ async function describeModel() {
     const info = await response.json();
     maxBytes = info.limits.max_bytes;
     imageSize = info.preprocess.image_size;
+    warning = info.warning;
     $("limit").textContent = `, up to ${size(maxBytes)}`;
     $("model").textContent =
       `Model: ${info.file} (${info.kind}, ${info.classes.length} classes: ` +
       `${info.classes.join(", ")}; sha256 ${info.sha256.slice(0, 12)}…)`;
+    $("scores").textContent = scoreLine(info);
+    $("warning").hidden = !warning;
+    if (warning) $("warning").textContent = `Do not trust this model: ${warning}.`;
     if (!info.gradcam) {
       $("gradcam-note").textContent = info.gradcam_note;
     }
   } catch (err) {
     $("model").textContent = "The server did not describe its model: is it still running?";
   }
+}
+
+async function listSamples() {
+  const select = $("sample");
+  try {
+    const samples = await (await fetch("/api/samples")).json();
+    const groups = new Map();
+    for (const sample of samples) {
+      if (!groups.has(sample.class_name)) {
+        const group = document.createElement("optgroup");
+        group.label = sample.class_name;
+        groups.set(sample.class_name, group);
+        select.append(group);
+      }
+      const option = document.createElement("option");
+      option.value = sample.url;
+      option.textContent = sample.file;
+      option.dataset.class = sample.class_name;
+      option.dataset.file = sample.file;
+      groups.get(sample.class_name).append(option);
+    }
+    select.disabled = samples.length === 0;
+  } catch (err) {
+    select.disabled = true;
+  }
+}
+
+async function trySample() {
+  const option = $("sample").selectedOptions[0];
+  if (!option || !option.value) return;
+  let blob;
+  try {
+    blob = await (await fetch(option.value)).blob();
+  } catch (err) {
+    showError("No answer from the server: is `cxrlearn app` running?");
+    return;
+  }
+  const file = new File([blob], option.dataset.file, { type: "image/png" });
+  classify(file, option.dataset.class);
 }
 
 function size(bytes) {
@@ -46,15 +116,33 @@ function showError(message) {
   $("error").hidden = false;
 }
 
-function showPreview(file) {
+function useServerPreview() {
+  // The browser could not draw the file (DICOM); the server read it: show its picture.
+  if (browserPreview !== "failed" || !serverPreview) return;
   const img = $("preview");
-  if (img.src) URL.revokeObjectURL(img.src);
-  $("preview-caption").textContent = file.name;
+  img.onload = img.onerror = null;
+  img.src = `data:image/png;base64,${serverPreview}`;
+  serverPreview = null;  // shown once
   img.hidden = false;
+  $("preview-caption").textContent =
+    `${previewName}, as the server read it (the browser cannot draw this file)`;
+}
+
+function showPreview(file, label) {
+  const img = $("preview");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  browserPreview = "";
+  serverPreview = null;
+  previewName = file.name;
+  $("preview-caption").textContent = label ? `${file.name} (sample labelled ${label})` : file.name;
+  img.hidden = false;
+  img.onload = () => { browserPreview = "ok"; };
   img.onerror = () => {
-    // Browsers cannot draw DICOM; the server can still read it.
+    // Browsers cannot draw DICOM; the server can still read it, and sends a picture back.
+    browserPreview = "failed";
     img.hidden = true;
     $("preview-caption").textContent = `${file.name} (no preview in the browser)`;
+    useServerPreview();
   };
   img.src = URL.createObjectURL(file);
   $("preview-box").hidden = false;
@@ -76,7 +164,6 @@ function drawBars(answer) {
     track.className = "track";
     const fill = document.createElement("span");
     fill.className = "fill";
-    fill.style.display = "block";
     fill.style.width = `${(100 * p).toFixed(1)}%`;
     track.append(fill);
     const value = document.createElement("span");
@@ -87,9 +174,18 @@ function drawBars(answer) {
   }
 }
 
-function showAnswer(answer) {
+function showAnswer(answer, label) {
   $("predicted").textContent = answer.predicted;
+  $("truth").hidden = !label;
+  if (label) $("truth").textContent = `The data set labels this X-ray ${label}.`;
   drawBars(answer);
+  // A model of unknown or near-chance quality: grey bars and the warning again.
+  $("result").classList.toggle("untrusted", Boolean(answer.warning));
+  $("answer-warning").hidden = !answer.warning;
+  if (answer.warning) {
+    $("answer-warning").textContent =
+      "These percentages are not evidence: see the warning at the top of the page.";
+  }
   if (answer.gradcam_png) {
     $("overlay").src = `data:image/png;base64,${answer.gradcam_png}`;
     $("overlay-caption").textContent =
@@ -103,15 +199,17 @@ function showAnswer(answer) {
     $("gradcam-note").hidden = !answer.gradcam_note;
     if (answer.gradcam_note) $("gradcam-note").textContent = answer.gradcam_note;
   }
+  serverPreview = answer.image_png;
+  useServerPreview();
   $("status").hidden = true;
   $("error").hidden = true;
   $("result").hidden = false;
 }
 
-async function classify(file) {
+async function classify(file, label = null) {
   const request = ++latest;
   $("error").hidden = true;
-  showPreview(file);
+  showPreview(file, label);
   if (maxBytes !== null && file.size > maxBytes) {
     showError(`${file.name}: the file is ${size(file.size)}; the limit is ${size(maxBytes)}. ` +
               "Choose a smaller image.");
@@ -134,14 +232,16 @@ async function classify(file) {
     showError(answer.error || `The server answered ${response.status}.`);
     return;
   }
-  showAnswer(answer);
+  showAnswer(answer, label);
 }
 
 function setUp() {
   const input = $("file");
   input.addEventListener("change", () => {
+    $("sample").value = "";
     if (input.files.length > 0) classify(input.files[0]);
   });
+  $("sample").addEventListener("change", trySample);
   const drop = $("drop");
   drop.addEventListener("dragover", (event) => {
     event.preventDefault();  // without this the browser opens the dropped file itself
@@ -151,10 +251,12 @@ function setUp() {
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
     drop.classList.remove("over");
+    $("sample").value = "";
     const files = event.dataTransfer.files;
     if (files.length > 0) classify(files[0]);
   });
   describeModel();
+  listSamples();
 }
 
 document.addEventListener("DOMContentLoaded", setUp);

@@ -1,0 +1,53 @@
+"""Sample X-rays to try: a few of the bundled images, served by name from a fixed list.
+
+The package ships 400 X-rays (`cxrlearn.data.sample_root()`, 100 per class). The page
+offers the first `SAMPLES_PER_CLASS` of each class, so that the app can be tried without
+an X-ray at hand, and shows the class the data set gives each one next to the answer.
+
+A request names a sample as `/api/samples/{class_name}/{file_name}`. The two names are
+looked up in the list made when the app starts, never joined into a path: `..`, an
+absolute path or an encoded slash is simply not in the list, so no request can reach
+another file.
+
+Lesson: lessons/07_app.ipynb
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+from cxrlearn.app.schemas import Sample
+from cxrlearn.data import sample_root
+
+__all__ = ["SAMPLES_PER_CLASS", "SampleShelf"]
+
+SAMPLES_PER_CLASS = 3
+"""How many X-rays of each class the page offers."""
+
+
+class SampleShelf:
+    """The sample X-rays the app serves: a fixed list, made once.
+
+    Args:
+        root: Folder of `<Class>/<file>.png` (default: the bundled sample).
+        per_class: How many files of each class, the first by name.
+    """
+
+    def __init__(self, root: Path | None = None, per_class: int = SAMPLES_PER_CLASS) -> None:
+        root = sample_root() if root is None else root
+        self._files: dict[tuple[str, str], Path] = {}
+        classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        for folder in classes:
+            for path in sorted(folder.glob("*.png"))[:per_class]:
+                self._files[(folder.name, path.name)] = path
+
+    def listing(self) -> list[Sample]:
+        """The samples, class by class; `url` is where each one's PNG is served."""
+        return [Sample(class_name=c, file=f,
+                       url=f"/api/samples/{quote(c, safe='')}/{quote(f, safe='')}")
+                for c, f in self._files]
+
+    def find(self, class_name: str, file_name: str) -> Path | None:
+        """The file of a listed sample, or None for any other pair of names."""
+        return self._files.get((class_name, file_name))
