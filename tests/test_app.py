@@ -4,6 +4,10 @@ The oracle for every probability is the eager Python pipeline, `eager_probs`, on
 as `load_image` or `load_dicom` reads the same file; for every overlay it is `GradCAM` and
 `overlay` called directly on the network. Nothing here opens a port: the test client calls
 the app in-process (tests/test_app_browser.py runs a real server and a real browser).
+
+The app answers only to the names of this machine (its host check), and FastAPI's test
+client says "Host: testserver" unless told otherwise: every client here is `_client(app)`,
+which speaks to http://127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ import base64
 import copy
 import io
 import re
+import struct
 import sys
 import threading
+import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,8 +33,9 @@ from PIL import Image
 
 import cxrlearn
 import cxrlearn.cli as cli
-from cxrlearn.app import DISCLAIMER, create_app
+from cxrlearn.app import APP_MAX_PIXELS, DISCLAIMER, create_app
 from cxrlearn.app.card import quality_warning
+from cxrlearn.app.guard import SECURITY_HEADERS
 from cxrlearn.app.samples import SampleShelf
 from cxrlearn.checkpoint import save_checkpoint
 from cxrlearn.data import load_image, sample_root
@@ -56,7 +64,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _client(app) -> TestClient:
-    return TestClient(app)
+    """A test client that names an allowed host (the default "testserver" is refused)."""
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +236,8 @@ def test_model_description(clients, files, model):
         assert info["kind"] == KIND[kind]
         assert info["gradcam"] is (kind == "checkpoint")
         assert info["temperature"] == 1.0
-        assert info["limits"] == {"max_bytes": 10 * 2**20, "max_pixels": 64_000_000}
+        assert info["limits"] == {"max_bytes": 10 * 2**20, "max_pixels": 4096 * 4096,
+                                  "max_concurrent": 2}
 
 
 def test_page_is_served_with_its_own_files_only(clients):
@@ -246,6 +256,14 @@ def test_page_has_one_way_to_choose_a_file():
     page = (APP_STATIC / "index.html").read_text()
     assert page.count('type="file"') == 1  # the browser's own file button
     assert "choose a file" not in page.lower()  # no second, look-alike link
+
+
+def test_page_runs_under_its_content_security_policy():
+    """The CSP allows no inline script or style: the page must have none."""
+    page = (APP_STATIC / "index.html").read_text()
+    assert re.findall(r"<script(?![^>]*\bsrc=)", page) == []
+    assert re.findall(r"\son\w+=|\sstyle=|<style", page) == []
+    assert "'unsafe-inline'" not in SECURITY_HEADERS["Content-Security-Policy"]
 
 
 def test_docs_is_a_local_page_that_points_to_the_schema(clients):
@@ -380,7 +398,7 @@ def test_twenty_concurrent_requests_each_get_the_single_request_answer(clients, 
 def test_requests_really_run_at_the_same_time(files, xrays, monkeypatch):
     """Four requests must all be inside the model call at once to pass the barrier; a
     server that answered one request at a time would break it (BrokenBarrierError)."""
-    app = create_app(files["checkpoint"])
+    app = create_app(files["checkpoint"], max_concurrent=4)
     service = app.state.service
     barrier = threading.Barrier(4, timeout=60)
     probs = service.model.probs
@@ -443,6 +461,36 @@ def test_command_with_a_missing_model_is_one_red_line(command, tmp_path, capsys)
     assert cli.main(["app", "--model", str(tmp_path / "nope.pt")]) == 1
     err = capsys.readouterr().err
     assert "nope.pt" in err and "Traceback" not in err
+
+
+def test_command_port_out_of_range_is_one_argparse_line(command, files, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["app", "--model", str(files["export"]), "--port", "99999"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].endswith(
+        "argument --port: must be a port between 1 and 65535, got 99999")
+    assert "Traceback" not in err
+
+
+def test_command_passes_allowed_hosts_and_pixel_limit(command, files, capsys, monkeypatch):
+    import uvicorn
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    assert cli.main(["app", "--model", str(files["export"]), "--host", "0.0.0.0",
+                     "--allowed-host", "xray.lan", "--allowed-host", "192.168.1.20",
+                     "--max-pixels", "1000"]) == 0
+    assert cli.main(["app", "--model", str(files["export"]), "--host", "0.0.0.0"]) == 0
+    assert apps[0].state.service.limits.max_pixels == 1000
+    for host in ("xray.lan:8000", "192.168.1.20:8000", "localhost:8000"):
+        assert TestClient(apps[0], base_url=f"http://{host}").get("/api/health").status_code \
+            == 200
+    assert TestClient(apps[0], base_url="http://evil.example").get("/api/health") \
+        .status_code == 400
+    assert TestClient(apps[1], base_url="http://xray.lan").get("/api/health").status_code == 400
+    out = capsys.readouterr().out
+    assert out.count("--allowed-host") == 1  # the note, for the second run only
 
 
 # --- the model card: scores, chance, and a warning when they are missing or poor ----------
@@ -550,7 +598,7 @@ def test_sample_names_never_become_paths(small_app, class_name, file_name):
 
 @pytest.fixture(scope="module")
 def small_app(files):
-    """An app for the raw ASGI calls."""
+    """An app with a 100 KB upload limit, for the raw ASGI calls."""
     return create_app(files["export"], max_bytes=100_000)
 
 
@@ -580,7 +628,7 @@ async def _asgi(app, method: str, path: str, headers: list[tuple[bytes, bytes]] 
     return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
 
 
-# --- what the server reads back: the preview -----------------------------------------------
+# --- what the server reads back: the preview, and only PNG, JPEG, DICOM --------------------
 
 @pytest.mark.parametrize("kind", ["checkpoint", "export"])
 def test_dicom_upload_comes_back_as_a_png(clients, xrays, tmp_path, kind, write_dicom):
@@ -600,3 +648,150 @@ def test_preview_is_at_most_512_pixels_and_can_be_skipped(clients, xrays):
     skipped = _post(clients["export"], "wide.png", wide.getvalue(), "?preview=false").json()
     assert skipped["image_png"] is None
     assert skipped["probabilities"] == answer["probabilities"]
+
+
+@pytest.mark.parametrize("image_format", ["BMP", "GIF", "TIFF", "WEBP"])
+def test_other_image_formats_are_refused_before_decoding(clients, image_format):
+    """PIL reads these; the app decodes PNG, JPEG and DICOM only, whatever the name says."""
+    data = io.BytesIO()
+    Image.new("L", (32, 32), 128).save(data, format=image_format)
+    for name in ("picture.img", "picture.png"):
+        response = _post(clients["export"], name, data.getvalue())
+        assert response.status_code == 422
+        assert response.json()["error"] == f"{name}: not a PNG, JPEG or DICOM image"
+
+
+# --- cost: pixels checked before decoding, and few decodes at a time -----------------------
+
+def _png_of_size(width: int, height: int) -> bytes:
+    """A valid black 1-bit PNG: millions of pixels in a few kilobytes (zeros compress)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    rows = zlib.compress(bytes(height * (1 + (width + 7) // 8)), 9)  # filter byte + bits
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grey
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
+            + chunk(b"IEND", b""))
+
+
+def test_image_with_too_many_pixels_is_refused_from_its_header(clients):
+    """7900 x 7900: under the library's 64 Mpx, and it once cost the app 27 s and 2.7 GB."""
+    bomb = _png_of_size(7900, 7900)
+    assert len(bomb) < 20_000 and Image.open(io.BytesIO(bomb)).size == (7900, 7900)
+    start = time.perf_counter()
+    response = _post(clients["checkpoint"], "bomb.png", bomb)
+    seconds = time.perf_counter() - start
+    assert response.status_code == 422
+    assert response.json()["error"] == (
+        "bomb.png: image is 7900x7900 = 62,410,000 pixels, more than the limit of "
+        f"{APP_MAX_PIXELS:,}; resize it first")
+    assert seconds < 5  # decoding and preparing it takes over 10 s; reading a header, ms
+    just_over = _post(clients["checkpoint"], "b.png", _png_of_size(4097, 4096))
+    assert just_over.status_code == 422 and "16,777,216" in just_over.json()["error"]
+
+
+def test_at_most_max_concurrent_uploads_are_decoded_at_once(files, xrays, monkeypatch):
+    app = create_app(files["export"], max_concurrent=2)
+    service = app.state.service
+    lock, inside, most = threading.Lock(), [0], [0]
+    barrier = threading.Barrier(2, timeout=60)  # two must be inside together ...
+    probs = service.model.probs
+
+    def counting_probs(images: list[np.ndarray]) -> torch.Tensor:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        barrier.wait()
+        time.sleep(0.2)  # ... and stay a moment, so that a third one let in would be seen
+        with lock:
+            inside[0] -= 1
+        return probs(images)
+
+    monkeypatch.setattr(service.model, "probs", counting_probs)
+    with _client(app) as client, ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda p: _post(client, p.name, p.read_bytes()), xrays[:3] * 2))
+    assert [a.status_code for a in answers] == [200] * 6
+    assert most[0] == 2
+
+
+# --- hostile requests: bodies without a length, foreign hosts and origins, headers --------
+
+def test_a_body_without_length_is_counted_and_cut_off(small_app):
+    """A chunked upload declares no length: the app must stop reading at the limit, not
+    store the whole body first. 1 GiB is offered; the app may pull a little over 100 KB."""
+    offered = 2**30
+    chunk = bytes(64 * 1024)
+    pulled = [0]
+    head = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+
+    def body():
+        yield head
+        for _ in range(offered // len(chunk)):
+            pulled[0] += len(chunk)
+            yield chunk
+
+    status, _, text = asyncio.run(_asgi(
+        small_app, "POST", "/api/predict",
+        [(b"content-type", b"multipart/form-data; boundary=B"),
+         (b"transfer-encoding", b"chunked")], body()))
+    assert status == 413
+    assert b"the upload is too large; the limit is 97.7 KiB" in text
+    assert pulled[0] <= 100_000 + 64 * 1024 + len(chunk)  # far less than 1 GiB
+
+
+@pytest.mark.parametrize("path", ["/", "/api/model", "/api/nothing", "/static/app.js",
+                                  "/docs"])
+def test_every_answer_carries_the_security_headers(clients, path):
+    response = clients["checkpoint"].get(path, headers={"Origin": "http://evil.example"})
+    for name, value in SECURITY_HEADERS.items():
+        assert response.headers[name] == value
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-frame-options"] == "DENY"
+    assert not any(h.startswith("access-control-") for h in response.headers)  # no CORS
+
+
+def test_refused_requests_carry_the_headers_too(clients):
+    response = clients["checkpoint"].get("/api/model", headers={"Host": "evil.example"})
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "testserver",
+                                  "127.0.0.1.evil.example", "localhost.evil.example:80"])
+def test_a_foreign_host_is_refused(clients, xrays, host):
+    """Against DNS rebinding: a page whose name points at 127.0.0.1 still sends its own
+    name in the Host header."""
+    client = clients["checkpoint"]
+    for response in (client.get("/api/model", headers={"Host": host}),
+                     client.post("/api/predict", headers={"Host": host},
+                                 files={"file": ("x.png", xrays[0].read_bytes())})):
+        assert response.status_code == 400
+        assert "--allowed-host" in response.json()["error"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:8000", "localhost:8123",
+                                  "LocalHost", "[::1]:8000"])
+def test_the_names_of_this_machine_are_answered(clients, host):
+    assert clients["checkpoint"].get("/api/health", headers={"Host": host}).status_code == 200
+
+
+def test_allowed_hosts_adds_names(files):
+    app = create_app(files["export"], allowed_hosts=["xray.lan", "fd00::1"])
+    for host in ("xray.lan:8000", "XRAY.lan", "[fd00::1]:8000", "localhost"):
+        assert TestClient(app, base_url=f"http://{host}").get("/api/health").status_code == 200
+    assert TestClient(app, base_url="http://evil.example").get("/").status_code == 400
+
+
+@pytest.mark.parametrize(("origin", "status"), [
+    ("http://evil.example", 403), ("null", 403), ("http://127.0.0.1:9999", 403),
+    ("http://127.0.0.1", 200), (None, 200)])
+def test_a_cross_origin_post_is_refused(clients, xrays, origin, status):
+    headers = {} if origin is None else {"Origin": origin}
+    response = clients["export"].post("/api/predict", headers=headers,
+                                      files={"file": ("x.png", xrays[0].read_bytes())})
+    assert response.status_code == status
+    if status == 403:
+        assert response.json() == {"error": "cross-origin request refused: only this app's "
+                                            "own page may send to it"}
+    assert "access-control-allow-origin" not in response.headers

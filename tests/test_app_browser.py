@@ -4,7 +4,9 @@ What a student does, checked against the eager pipeline: open the page, read wha
 of the model (scores against chance, and the warning for a model of unknown quality),
 choose an X-ray, read the predicted class, the bars and the Grad-CAM overlay; drop a second
 X-ray on the page; pick a sample X-ray; choose a text file and read the error; choose a
-DICOM file and see the server's picture of it. A screenshot of the answered page is saved to
+DICOM file and see the server's picture of it. The page runs under the app's
+Content-Security-Policy, which the browser enforces: a violation is a console error, and
+fails the test. A screenshot of the answered page is saved to
 the test's temporary folder; with CXRLEARN_APP_SCREENSHOT=docs/img/app.png it is also
 written there, for the docs (optionally of a trained checkpoint: CXRLEARN_APP_MODEL=PATH).
 
@@ -239,7 +241,8 @@ def test_upload_through_the_page(checkpoint, tmp_path):
     # Everything came from the app itself (no CDN); the previews are blob: URLs.
     outside = [r for r in requests if not r.startswith((url + "/", "blob:", "data:"))]
     assert outside == []
-    # A rejected upload is a 4xx, which Chromium logs as a failed resource: nothing else.
+    # A rejected upload is a 4xx, which Chromium logs as a failed resource: nothing else
+    # (no CSP violation either).
     assert all("status of 422" in p for p in problems), problems
 
     (tmp_path / "app.png").write_bytes(screenshot)

@@ -10,8 +10,9 @@ probabilities, the Grad-CAM overlay, and what the model file says of its own qua
 the JSON API a mobile app would call: `POST /api/predict` with the image as the multipart
 field `file`. `create_app` builds it (`cxrlearn.app.server`; the answers' shapes are
 `cxrlearn.app.schemas`, the model side `cxrlearn.app.service`, the quality warning
-`cxrlearn.app.card`, the sample X-rays `cxrlearn.app.samples`); FastAPI writes its OpenAPI
-description at `/openapi.json`, which `/docs` points to.
+`cxrlearn.app.card`, the sample X-rays `cxrlearn.app.samples`, what is refused before any
+endpoint runs `cxrlearn.app.guard`); FastAPI writes its OpenAPI description at
+`/openapi.json`, which `/docs` points to.
 
 It needs the optional extra: `pip install 'cxrlearn[app]'` (FastAPI, uvicorn,
 python-multipart). Importing this package without them raises ModuleNotFoundError;
@@ -24,9 +25,9 @@ Lesson: lessons/07_app.ipynb
 
 from __future__ import annotations
 
-from cxrlearn.app.schemas import DEFAULT_MAX_BYTES, DISCLAIMER, Prediction
+from cxrlearn.app.schemas import APP_MAX_PIXELS, DEFAULT_MAX_BYTES, DISCLAIMER, Prediction
 from cxrlearn.app.server import create_app
 from cxrlearn.app.service import XrayService, read_upload
 
-__all__ = ["DEFAULT_MAX_BYTES", "DISCLAIMER", "Prediction", "XrayService", "create_app",
-           "read_upload"]
+__all__ = ["APP_MAX_PIXELS", "DEFAULT_MAX_BYTES", "DISCLAIMER", "Prediction", "XrayService",
+           "create_app", "read_upload"]

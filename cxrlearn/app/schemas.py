@@ -23,7 +23,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 __all__ = [
+    "APP_MAX_PIXELS",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_CONCURRENT",
     "DISCLAIMER",
     "PREVIEW_SIDE",
     "ApiError",
@@ -37,6 +39,17 @@ __all__ = [
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 """Largest upload accepted, in bytes (10 MiB): a 16-bit 3000 x 3000 PNG is about 8 MiB."""
+
+APP_MAX_PIXELS = 4096 * 4096
+"""Largest image the app decodes, in pixels (16.8 million, 4096 x 4096): radiographs are
+about 3000 x 3000. Lower than the library's `MAX_PIXELS` (64 million) because the cost of a
+request grows with the pixels, not the bytes: a 7900 x 7900 PNG can be a few kilobytes,
+and reading and preparing it took 15 s and 2.7 GB on one core; at 4096 x 4096, 5 s and
+0.8 GB."""
+
+DEFAULT_MAX_CONCURRENT = 2
+"""How many uploads are read and predicted at the same time; later ones wait their turn.
+Two keep memory bounded (2 x 1 GB at the pixel limit) and both cores of a laptop busy."""
 
 PREVIEW_SIDE = 512
 """Longest side, in pixels, of `Prediction.image_png`, the server's picture of the upload."""
@@ -72,7 +85,10 @@ class Limits(BaseModel):
     """What the server accepts."""
 
     max_bytes: int = Field(description="Largest upload, in bytes.")
-    max_pixels: int = Field(description="Largest image, in pixels (width x height).")
+    max_pixels: int = Field(description="Largest image, in pixels (width x height), checked "
+                                        "from the file's header before it is decoded.")
+    max_concurrent: int = Field(description="Uploads read and predicted at the same time; "
+                                            "later ones wait.")
 
 
 class ModelInfo(ModelRef):

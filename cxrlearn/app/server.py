@@ -24,20 +24,24 @@ back-propagates to it; an exported graph runs forward only.
 
 The answers' shapes are `cxrlearn.app.schemas`; reading the upload, predicting and drawing
 Grad-CAM are `cxrlearn.app.service`; what the page says of the model's quality is
-`cxrlearn.app.card`. This module is the HTTP part: routes, limits, errors.
+`cxrlearn.app.card`; what is refused before any endpoint runs (foreign hosts, cross-site
+posts, oversized bodies) and the headers of every answer are `cxrlearn.app.guard`. This
+module is the HTTP part: routes, limits, errors.
 
 Threads. FastAPI runs each plain `def` endpoint in a pool of worker threads, so several
 requests run at once; `XrayService` is written for that (predictions share the network,
-Grad-CAM has its own copy behind a lock). Each forward pass also uses PyTorch's intra-op
-threads (`torch.get_num_threads()`, one per core by default); with many requests at once
-they compete for the cores, and on a small machine `torch.set_num_threads(1)` in the
-script that starts the server gives each request one core. The library never sets it
+Grad-CAM has its own copy behind a lock), and lets `max_concurrent` of them decode and
+predict at a time. The cheap endpoints are `async def`: they answer from the event loop,
+even while every worker thread waits its turn. Each forward pass also uses PyTorch's
+intra-op threads (`torch.get_num_threads()`, one per core by default); with many requests
+at once they compete for the cores, and on a small machine `torch.set_num_threads(1)` in
+the script that starts the server gives each request one core. The library never sets it
 (house style, section 7).
 
 Errors. An expected fault in a request is a JSON answer `{"error": "..."}` with a message
-for a person, and the server keeps serving: an empty upload is 400, an unknown sample 404,
-too many bytes 413, a file that is not a readable X-ray (text, a corrupt image, too many
-pixels, a DICOM it cannot decode) 422.
+for a person, and the server keeps serving: an empty upload is 400, a foreign Host header
+400, a cross-site POST 403, an unknown sample 404, too many bytes 413, a file that is not
+a readable X-ray (text, a corrupt image, too many pixels, a DICOM it cannot decode) 422.
 
 A teaching tool, not a diagnostic device.
 
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,9 +64,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrlearn import __version__
+from cxrlearn.app.guard import DEFAULT_HOSTS, BodyLimit, Guard, too_large
 from cxrlearn.app.samples import SampleShelf
 from cxrlearn.app.schemas import (
+    APP_MAX_PIXELS,
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CONCURRENT,
     DISCLAIMER,
     ApiError,
     Health,
@@ -70,26 +78,25 @@ from cxrlearn.app.schemas import (
     Sample,
 )
 from cxrlearn.app.service import XrayService, preview_png, read_upload
-from cxrlearn.data.images import MAX_PIXELS
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["create_app"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
-# Room for the multipart envelope (boundary lines, part headers) around the file itself.
-MULTIPART_SLACK = 64 * 1024
-
 ERRORS = {400: {"model": ApiError, "description": "Empty upload."},
           413: {"model": ApiError, "description": "Upload larger than max_bytes."},
-          422: {"model": ApiError, "description": "Not a readable X-ray (not an image, "
-                                                  "corrupt, too many pixels), or no `file`."}}
+          422: {"model": ApiError, "description": "Not a readable X-ray (not a PNG, JPEG or "
+                                                  "DICOM image, corrupt, too many pixels), "
+                                                  "or no `file`."}}
 
 
 def create_app(
     model_path: str | Path,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    max_pixels: int = MAX_PIXELS,
+    max_pixels: int = APP_MAX_PIXELS,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """Build the web app around one model; serve it with uvicorn (`cxrlearn app`).
 
@@ -98,7 +105,12 @@ def create_app(
     Args:
         model_path: An export (`cxrlearn export`), a checkpoint (`best.pt`), or a run folder.
         max_bytes: Largest upload, in bytes (default 10 MiB).
-        max_pixels: Largest image, in pixels (default `cxrlearn.data.MAX_PIXELS`).
+        max_pixels: Largest image, in pixels, checked before decoding (default 4096 x 4096,
+            `cxrlearn.app.schemas.APP_MAX_PIXELS`).
+        max_concurrent: Uploads decoded and predicted at the same time (default 2); later
+            ones wait.
+        allowed_hosts: Host names or addresses the server answers to besides `localhost`,
+            `127.0.0.1` and `[::1]` (the names other machines use to reach it).
 
     Returns:
         The FastAPI application; `app.state.service` is its `XrayService`.
@@ -108,12 +120,13 @@ def create_app(
 
     Example:
         >>> from fastapi.testclient import TestClient  # doctest: +SKIP
-        >>> client = TestClient(create_app("runs/demo/best.pt"))  # doctest: +SKIP
+        >>> app = create_app("runs/demo/best.pt")  # doctest: +SKIP
+        >>> client = TestClient(app, base_url="http://127.0.0.1")  # doctest: +SKIP
         >>> with open("xray.png", "rb") as f:  # doctest: +SKIP
         ...     client.post("/api/predict", files={"file": f}).json()["predicted"]
         'Normal'
     """
-    service = XrayService(model_path, max_bytes, max_pixels)
+    service = XrayService(model_path, max_bytes, max_pixels, max_concurrent)
     samples = SampleShelf()
     app = FastAPI(
         title="cxrlearn",
@@ -126,6 +139,9 @@ def create_app(
     )
     app.state.service = service
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # The last middleware added runs first: the guard, then the body limit, then the app.
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(Guard, allowed_hosts=[*DEFAULT_HOSTS, *allowed_hosts])
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -138,42 +154,29 @@ def create_app(
         return JSONResponse({"error": f"bad request ({problems}); send the X-ray as the "
                              "multipart form field `file`"}, status_code=422)
 
-    @app.middleware("http")
-    async def refuse_large_uploads(request: Request, call_next: Any) -> Any:
-        # The form is parsed (and a big file spooled to disk) before the endpoint runs, so
-        # the endpoint's own size check would come after the whole upload was stored.
-        # The declared length lets us refuse at once; the endpoint still checks the bytes,
-        # because a chunked upload declares no length.
-        declared = request.headers.get("content-length", "")
-        if (request.method == "POST" and declared.isdigit()
-                and int(declared) > max_bytes + MULTIPART_SLACK):
-            return JSONResponse({"error": _too_large(int(declared), max_bytes)},
-                                status_code=413)
-        return await call_next(request)
-
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
+    async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
+    async def docs() -> HTMLResponse:
         return HTMLResponse(_docs_page(app.openapi()))
 
     @app.get("/api/health", response_model=Health, summary="Is the server up?")
-    def health() -> Health:
+    async def health() -> Health:
         """Is the server up?"""
         return Health(version=__version__)
 
     @app.get("/api/model", response_model=ModelInfo,
              summary="The loaded model, and how good it is")
-    def model_info() -> ModelInfo:
+    async def model_info() -> ModelInfo:
         """The loaded model: file, kind, classes, preprocessing, scores against chance and a
         warning when they are unknown or near chance, Grad-CAM, limits."""
         return service.info
 
     @app.get("/api/samples", response_model=list[Sample],
              summary="Bundled X-rays to try")
-    def sample_list() -> list[Sample]:
+    async def sample_list() -> list[Sample]:
         """Bundled X-rays to try: the class the data set gives each, and its URL."""
         return samples.listing()
 
@@ -181,7 +184,7 @@ def create_app(
              summary="One bundled X-ray, as PNG",
              responses={200: {"content": {"image/png": {}}},
                         404: {"model": ApiError, "description": "Not a listed sample."}})
-    def sample_file(class_name: str, file_name: str) -> FileResponse:
+    async def sample_file(class_name: str, file_name: str) -> FileResponse:
         """One sample X-ray, as PNG; only the names `GET /api/samples` lists are served."""
         path = samples.find(class_name, file_name)
         if path is None:
@@ -205,26 +208,27 @@ def create_app(
         name = file.filename or "upload"
         data = file.file.read(max_bytes + 1)  # one byte more than allowed tells "too big"
         if len(data) > max_bytes:
-            raise HTTPException(413, f"{name}: {_too_large(None, max_bytes)}")
+            raise HTTPException(413, f"{name}: {too_large(None, max_bytes)}")
         if not data:
             raise HTTPException(400, f"{name}: the file is empty; choose an X-ray image")
-        try:
-            image = read_upload(data, name, max_pixels)
-        except CxrlearnError as e:
-            raise HTTPException(422, str(e)) from None
-        probs = service.probabilities(image).tolist()
-        best = int(np.argmax(probs))
-        classes = list(service.model.class_names)
-        answer = Prediction(predicted=classes[best],
-                            probabilities=dict(zip(classes, probs, strict=True)),
-                            classes=classes, model=service.ref, image_shape=list(image.shape),
-                            warning=service.info.warning)
-        if preview:
-            answer.image_png = base64.b64encode(preview_png(image)).decode()
-        if gradcam and service.info.gradcam:
-            answer.gradcam_png = base64.b64encode(service.gradcam_png(image, best)).decode()
-        elif gradcam:
-            answer.gradcam_note = service.info.gradcam_note
+        with service.slots:  # at most max_concurrent decode and predict at once
+            try:
+                image = read_upload(data, name, max_pixels)
+            except CxrlearnError as e:
+                raise HTTPException(422, str(e)) from None
+            probs = service.probabilities(image).tolist()
+            best = int(np.argmax(probs))
+            classes = list(service.model.class_names)
+            answer = Prediction(predicted=classes[best],
+                                probabilities=dict(zip(classes, probs, strict=True)),
+                                classes=classes, model=service.ref,
+                                image_shape=list(image.shape), warning=service.info.warning)
+            if preview:
+                answer.image_png = base64.b64encode(preview_png(image)).decode()
+            if gradcam and service.info.gradcam:
+                answer.gradcam_png = base64.b64encode(service.gradcam_png(image, best)).decode()
+            elif gradcam:
+                answer.gradcam_note = service.info.gradcam_note
         return answer
 
     return app
@@ -247,17 +251,3 @@ Open it in any OpenAPI viewer, or generate a client from it.</p>
 <table><tr><th>endpoint</th><th>what it does</th></tr>{rows}</table>
 <p class="muted">{html.escape(DISCLAIMER)} <a href="/">Back to the app</a>.</p>
 </body></html>"""
-
-
-def _size(num_bytes: int) -> str:
-    """1536 -> "1.5 KiB": sizes for people."""
-    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
-        if num_bytes >= scale:
-            return f"{num_bytes / scale:.1f} {unit}"
-    return f"{num_bytes} bytes"
-
-
-def _too_large(size: int | None, max_bytes: int) -> str:
-    got = "" if size is None else f" ({_size(size)})"
-    return (f"the upload is too large{got}; the limit is {_size(max_bytes)}. "
-            "Send a smaller image (an X-ray needs no more than about 2000 x 2000 pixels)")

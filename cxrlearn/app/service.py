@@ -13,6 +13,14 @@ through the hooked layer, its own or another thread's. So `TrainedModel.explain`
 its own copy of the network, behind a lock: one Grad-CAM at a time, and predictions never
 wait for it.
 
+Cost. What an upload costs grows with its pixels, not its bytes: a PNG of one colour
+compresses 1000 to 1, so a 60 KB file can hold 60 million pixels. Three bounds keep a
+request cheap: only PNG, JPEG and DICOM files are decoded (recognised by their first
+bytes, not by their name, so none of PIL's other decoders ever runs); their size is read
+from the header and checked against `max_pixels` before the pixels are decoded
+(`load_image` does that); and `XrayService.slots` lets `max_concurrent` requests decode
+and predict at a time, the others wait.
+
 Lesson: lessons/07_app.ipynb
 """
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 import io
 import math
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -28,23 +37,38 @@ import torch
 from PIL import Image
 
 from cxrlearn.app.card import quality_warning
-from cxrlearn.app.schemas import DEFAULT_MAX_BYTES, PREVIEW_SIDE, Limits, ModelInfo, ModelRef
+from cxrlearn.app.schemas import (
+    APP_MAX_PIXELS,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CONCURRENT,
+    PREVIEW_SIDE,
+    Limits,
+    ModelInfo,
+    ModelRef,
+)
 from cxrlearn.data.dicom import DICOM_EXTENSIONS
-from cxrlearn.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, load_image
+from cxrlearn.data.images import IMAGE_EXTENSIONS, load_image
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.heatmap import overlay
 from cxrlearn.trained import TrainedModel, open_model
 
 __all__ = ["XrayService", "preview_png", "read_upload"]
 
+# The first bytes of the files the app decodes (DICOM's "DICM" is at byte 128).
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+NOT_AN_IMAGE = "not a PNG, JPEG or DICOM image"  # load_image's words for the same fault
 
-def read_upload(data: bytes, filename: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+
+def read_upload(data: bytes, filename: str, max_pixels: int = APP_MAX_PIXELS) -> np.ndarray:
     """Read uploaded bytes as a grey image, the way `cxrlearn predict` reads a file.
 
-    The bytes go to a temporary file so that the reader the rest of cxrlearn uses,
-    `load_image`, decides what the file is from its contents (a DICOM file has the marker
-    "DICM" at byte 128). Of the name the browser sent only the suffix is kept, so that a
-    broken `.dcm` file gets the DICOM reader's message.
+    Only PNG, JPEG and DICOM are read, told apart by their first bytes (a DICOM file has the
+    marker "DICM" at byte 128; a `.dcm` name is enough for the DICOM reader, so that a broken
+    DICOM file gets its message). Anything else is refused before any decoder sees it: PIL
+    would open a dozen other formats, each a decoder an attacker could aim at. The bytes
+    then go to a temporary file and through the reader the rest of cxrlearn uses,
+    `load_image`, which checks the pixel count from the header before decoding.
 
     Args:
         data: The uploaded file.
@@ -53,7 +77,8 @@ def read_upload(data: bytes, filename: str, max_pixels: int = MAX_PIXELS) -> np.
         max_pixels: Refuse larger images.
 
     Raises:
-        CxrlearnError: Not an image, corrupt, or too large; the message names `filename`.
+        CxrlearnError: Not a PNG, JPEG or DICOM image, corrupt, or too large; the message
+            names `filename`.
 
     Shape:
         -> (H, W) float32 in [0, 1]
@@ -61,6 +86,9 @@ def read_upload(data: bytes, filename: str, max_pixels: int = MAX_PIXELS) -> np.
     suffix = Path(filename).suffix.lower()
     if suffix not in IMAGE_EXTENSIONS + DICOM_EXTENSIONS:
         suffix = ""  # never let a user-chosen name reach the file system
+    if not (data.startswith((PNG_SIGNATURE, JPEG_SIGNATURE)) or data[128:132] == b"DICM"
+            or suffix in DICOM_EXTENSIONS):
+        raise CxrlearnError(NOT_AN_IMAGE, path=filename)
     with tempfile.TemporaryDirectory(prefix="cxrlearn-upload-") as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
@@ -96,16 +124,26 @@ class XrayService:
             (`best.pt`) or an exported file (`model.pt`, `.ptl`, `.pt2`, read as data).
         max_bytes: Largest upload, in bytes.
         max_pixels: Largest image, in pixels.
+        max_concurrent: Requests that may read and predict at the same time (`slots`).
 
     Raises:
         CxrlearnError: The model file is missing or not a cxrlearn export or checkpoint.
+        ValueError: A limit is below 1.
     """
 
     def __init__(self, model_path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_pixels: int = MAX_PIXELS) -> None:
+                 max_pixels: int = APP_MAX_PIXELS,
+                 max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> None:
+        if min(max_bytes, max_pixels, max_concurrent) < 1:
+            raise ValueError(f"limits must be at least 1, got max_bytes={max_bytes}, "
+                             f"max_pixels={max_pixels}, max_concurrent={max_concurrent}")
         self.model: TrainedModel = open_model(model_path)  # `cxrlearn predict`'s loader
         self.path = self.model.path
-        self.limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels)
+        self.limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels,
+                             max_concurrent=max_concurrent)
+        # Held while an upload is decoded and predicted: beyond `max_concurrent` at once,
+        # requests wait here, so memory and CPU stay bounded however many arrive.
+        self.slots = threading.BoundedSemaphore(max_concurrent)
         self.info = _describe(self.model, self.limits)
         self.ref = ModelRef(file=self.info.file, kind=self.info.kind, sha256=self.info.sha256)
 

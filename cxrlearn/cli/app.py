@@ -2,9 +2,12 @@
 
 The model is loaded before the server starts, so a wrong file is one red line, not a
 server that answers every request with an error; its warning, when its quality is unknown
-or near chance, is printed before the server starts. Without `--model` nothing is trained:
-the command says how to get a model and exits with status 2. Without the `app` extra it
-says what to install. See `cxrlearn.app` and lessons/07_app.ipynb.
+or near chance, is printed before the server starts. The server answers only to the names
+of this machine's loopback address and to `--host`; a name other machines use to reach it
+must be allowed with `--allowed-host NAME` (the host check of `cxrlearn.app.guard`).
+Without `--model` nothing is trained: the command says how to get a model and exits with
+status 2. Without the `app` extra it says what to install. See `cxrlearn.app` and
+lessons/07_app.ipynb.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from cxrlearn.cli import port
+from cxrlearn.cli import port, positive_int
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["HELP", "add_parser", "missing_app_packages"]
@@ -53,6 +56,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port, default=8000, help="port (default 8000)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a host name or address clients use to reach the app, besides "
+                        "localhost, 127.0.0.1, [::1] and --host (repeatable); requests "
+                        "naming any other host are refused, against DNS rebinding")
+    p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                   help="largest image accepted, in pixels, checked before decoding "
+                        "(default 4096 x 4096 = 16777216)")
     p.set_defaults(func=run)
 
 
@@ -75,7 +85,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     from cxrlearn.app import create_app
 
-    app = create_app(args.model)  # a bad model file fails here, before the server starts
+    wildcard = args.host in ("0.0.0.0", "::", "")
+    hosts = [*([] if wildcard else [args.host]), *args.allowed_host]
+    limits = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
+    # A bad model file fails here, before the server starts.
+    app = create_app(args.model, allowed_hosts=hosts, **limits)
     info = app.state.service.info
     console.print(f"cxrlearn app: [bold]{escape(info.file)}[/] ({info.kind}, "
                   f"{len(info.classes)} classes)", highlight=False)
@@ -88,6 +102,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/] listening on {escape(args.host)}: other machines "
                       "can reach the app, and it has no login", highlight=False)
+    if wildcard and not args.allowed_host:
+        console.print("[yellow]note:[/] it answers only to localhost until you name the "
+                      "host others use: --allowed-host NAME (this machine's name or "
+                      "address)", highlight=False, soft_wrap=True)
     url = f"http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/"
     console.print(f"open [bold]{url}[/] in a browser (Ctrl-C stops the server). "
                   "A teaching tool, not a diagnostic device.", highlight=False, soft_wrap=True)

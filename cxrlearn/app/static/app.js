@@ -164,7 +164,7 @@ function drawBars(answer) {
     track.className = "track";
     const fill = document.createElement("span");
     fill.className = "fill";
-    fill.style.width = `${(100 * p).toFixed(1)}%`;
+    fill.style.width = `${(100 * p).toFixed(1)}%`;  // CSSOM: allowed by the page's CSP
     track.append(fill);
     const value = document.createElement("span");
     value.className = "value";
