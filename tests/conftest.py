@@ -123,3 +123,23 @@ def write_dicom() -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def ctrl_c_in_epoch(monkeypatch) -> Callable[[int], None]:
+    """`ctrl_c_in_epoch(n)`: make the n-th call of `train_one_epoch` raise KeyboardInterrupt,
+    as if the user pressed Ctrl-C while that epoch ran; the epochs before it train for real."""
+    import cxrlearn.training as training
+
+    def arm(epoch: int) -> None:
+        real, calls = training.train_one_epoch, {"n": 0}
+
+        def interrupted(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == epoch:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(training, "train_one_epoch", interrupted)
+
+    return arm

@@ -218,18 +218,8 @@ def test_any_class_folders_train_and_export(tmp_path, sample_root, capsys):
 
 
 def test_ctrl_c_in_training_exits_130_and_keeps_finished_epochs(tmp_path, data, capsys,
-                                                                monkeypatch):
-    import cxrlearn.training as training
-
-    real, calls = training.train_one_epoch, {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+                                                                ctrl_c_in_epoch):
+    ctrl_c_in_epoch(2)
     out = tmp_path / "run"
     assert _train(tmp_path, data, out, "--epochs", "3") == 130
     err = capsys.readouterr().err

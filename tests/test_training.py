@@ -164,19 +164,8 @@ def test_progressive_epochs_validate_small_and_never_become_best(tmp_path, monke
     assert [r["image_size"] for r in plain] == [64, 64]
 
 
-def test_ctrl_c_inside_an_epoch_keeps_finished_epochs(tmp_path, monkeypatch):
-    import cxrlearn.training as training
-
-    real = training.train_one_epoch
-    calls = {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+def test_ctrl_c_inside_an_epoch_keeps_finished_epochs(tmp_path, ctrl_c_in_epoch):
+    ctrl_c_in_epoch(2)
     with pytest.raises(TrainingInterrupted, match="epoch 2.*last.pt holds epoch 1"):
         _run(tmp_path, num_epochs=3)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
