@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -41,7 +43,8 @@ from cxrlearn.transforms import Preprocess
 
 __all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "save_checkpoint", "load_checkpoint",
            "check_checkpoint", "check_architecture", "model_from_checkpoint", "training_state",
-           "model_state", "Resumed", "resume", "pid_is_running"]
+           "model_state", "Resumed", "resume", "write_atomic", "remove_stale_temporaries",
+           "pid_is_running"]
 
 CHECKPOINT_FORMAT = "cxrlearn-checkpoint-v1"
 MAX_CLASSES = 1000
@@ -54,33 +57,59 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     Raises:
         CxrlearnError: The disk is full or not writable; the old file at `path` is intact.
     """
-    path = Path(path)
+    def write(f: BinaryIO) -> None:
+        try:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+        except RuntimeError as e:  # torch.save's writer reports a full disk this way
+            raise OSError(str(e).splitlines()[0]) from None
+
+    return write_atomic(Path(path), write, "the checkpoint")
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None], what: str = "the file") -> Path:
+    """Write a file through a temporary sibling, fsync and a rename: never half a file.
+
+    Every file a run or a command writes goes through here (checkpoints, `config.json`,
+    reports, figures). Temporaries of writers that were killed are removed first.
+
+    Args:
+        path: The file to write.
+        write: Writes the contents into the open binary file it is given.
+        what: The file, in the error message ("the checkpoint").
+
+    Raises:
+        CxrlearnError: The disk is full or the folder not writable; the old file at `path`
+            is intact and no temporary is left behind.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows
-    except (OSError, RuntimeError) as e:  # torch.save's writer reports a full disk as either
+    except OSError as e:
         kept = "; the previous file is intact" if path.exists() else ""
-        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
-        raise CxrlearnError(f"could not write the checkpoint ({reason}){kept}",
-                            path=path) from None
+        reason = e.strerror or str(e).splitlines()[0]
+        raise CxrlearnError(f"could not write {what} ({reason}){kept}", path=path) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete `.NAME.PID.tmp` files of processes that no longer run (killed mid-write)."""
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete what writers of `path` left when they were killed mid-write: `.NAME.PID.tmp`
+    files (`write_atomic`) and `.NAME.PID.*.tmp` folders (`cxrlearn.export`), for every PID
+    that no longer runs."""
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_is_running(int(pid)):
-            tmp.unlink(missing_ok=True)
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and not pid_is_running(int(pid)):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def pid_is_running(pid: int) -> bool:

@@ -44,7 +44,7 @@ import torch
 
 import cxrlearn
 from cxrlearn import distributed
-from cxrlearn.checkpoint import load_checkpoint, pid_is_running
+from cxrlearn.checkpoint import load_checkpoint, pid_is_running, write_atomic
 from cxrlearn.data import (
     FolderScan,
     default_cache_dir,
@@ -70,12 +70,7 @@ from cxrlearn.training import TrainConfig, fit
 from cxrlearn.transfer import freeze_backbone, load_imagenet_weights
 from cxrlearn.transforms import Preprocess, eval_transform, train_transform
 
-__all__ = ["RUN_FILES", "AUGMENTS", "RunSettings", "RunEvents", "train_run", "stored_settings",
-           "run_lock", "write_atomic"]
-
-RUN_FILES = ("manifest.csv", "config.json", "last.pt", "best.pt", "history.csv",
-             "learning_curves.png")
-"""What a run folder holds (evaluation, Grad-CAM and export add their own files)."""
+__all__ = ["AUGMENTS", "RunSettings", "RunEvents", "train_run", "stored_settings", "run_lock"]
 
 AUGMENTS = ("flip", "flip+affine", "none")
 """Training augmentations: random left-right flip; plus rotation, zoom and shift; nothing."""
@@ -203,23 +198,6 @@ def run_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write a file through a temporary sibling and a rename: never half a file.
-
-    Raises:
-        CxrlearnError: The disk is full or the folder not writable (nothing is left behind).
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CxrlearnError(f"could not write the file ({e.strerror or e})", path=path) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,

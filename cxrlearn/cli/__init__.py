@@ -22,6 +22,7 @@ import errno
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -38,7 +39,7 @@ from rich.progress import (
 from cxrlearn import __version__
 from cxrlearn.errors import CxrlearnError, TrainingInterrupted
 
-__all__ = ["COMMANDS", "main", "build_parser", "progress_bar", "positive_int",
+__all__ = ["COMMANDS", "main", "build_parser", "progress_bar", "check_outputs", "positive_int",
            "nonnegative_int", "positive_float", "fraction", "port"]
 
 # Sub-command modules, in the order `cxrlearn --help` lists them.
@@ -128,6 +129,21 @@ def progress_bar(console: Console, *extra_columns: TextColumn) -> Progress:
         console=console,
         transient=False,
     )
+
+
+def check_outputs(out: Path, names: list[str] | tuple[str, ...], overwrite: bool) -> None:
+    """Refuse to replace a user's files: the outputs that exist need `--overwrite`.
+
+    Raises:
+        CxrlearnError: `out` is a file, or holds one of `names` and `overwrite` is False.
+    """
+    if out.exists() and not out.is_dir():
+        raise CxrlearnError("exists and is not a folder", path=out)
+    taken = [n for n in names if (out / n).exists()]
+    if taken and not overwrite:
+        raise CxrlearnError(f"already holds {', '.join(taken[:3])}"
+                            f"{', ...' if len(taken) > 3 else ''}; choose another folder, or "
+                            "replace them with --overwrite", path=out)
 
 
 # Argument types: a bad value is argparse's one-line error (exit 2), before any work.

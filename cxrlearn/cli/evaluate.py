@@ -23,11 +23,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cxrlearn.cli import positive_int, progress_bar
+from cxrlearn.cli import check_outputs, positive_int, progress_bar
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["HELP", "OUTPUTS", "add_parser", "evaluate_model", "report_table",
-           "check_outputs"]
+__all__ = ["HELP", "OUTPUTS", "add_parser", "evaluate_model", "report_table"]
 
 HELP = "report on the held-out test split of a run"
 OUTPUTS = ("report.json", "predictions.csv", "confusion_matrix.png", "roc_curves.png",
@@ -98,21 +97,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def check_outputs(out: Path, names: list[str] | tuple[str, ...], overwrite: bool) -> None:
-    """Refuse to replace a user's files: the outputs that exist need `--overwrite`.
-
-    Raises:
-        CxrlearnError: `out` is a file, or holds one of `names` and `overwrite` is False.
-    """
-    if out.exists() and not out.is_dir():
-        raise CxrlearnError("exists and is not a folder", path=out)
-    taken = [n for n in names if (out / n).exists()]
-    if taken and not overwrite:
-        raise CxrlearnError(f"already holds {', '.join(taken[:3])}"
-                            f"{', ...' if len(taken) > 3 else ''}; choose another folder, or "
-                            "replace them with --overwrite", path=out)
-
-
 def evaluate_model(model: Any, split: str, out: Path, device: Any, console: Console,
                    batch_size: int = 64) -> dict:
     """Predict one part of a trained model's split, print the report, write its files.
@@ -123,6 +107,7 @@ def evaluate_model(model: Any, split: str, out: Path, device: Any, console: Cons
     import numpy as np
     import torch
 
+    from cxrlearn.checkpoint import write_atomic
     from cxrlearn.evaluation.calibration import apply_temperature, expected_calibration_error
     from cxrlearn.evaluation.metrics import (
         UndefinedMetricWarning,
@@ -138,7 +123,6 @@ def evaluate_model(model: Any, split: str, out: Path, device: Any, console: Cons
     )
     from cxrlearn.evaluation.roc import one_vs_rest_auc
     from cxrlearn.evaluation.uncertainty import report_intervals
-    from cxrlearn.runs import write_atomic
 
     data = model.dataset(split)
     with progress_bar(console) as progress:

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cxrlearn.cli import progress_bar
+from cxrlearn.cli import check_outputs, progress_bar
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["HELP", "add_parser", "write_overlays", "overlay_name"]
@@ -84,23 +84,16 @@ def write_overlays(
         CxrlearnError: `target` is not one of the model's classes, the model is an export,
             or an overlay exists and `overwrite` is False.
     """
+    from cxrlearn.checkpoint import write_atomic
     from cxrlearn.data import load_image
     from cxrlearn.heatmap import gradcam_figure
-    from cxrlearn.runs import write_atomic
 
     names = list(model.class_names)
-    if target is not None and target not in names:
-        raise CxrlearnError(f"unknown class {target!r} for --target; this model knows "
-                            + ", ".join(repr(name) for name in names))
-    target_index = None if target is None else names.index(target)
+    target_index = _target_index(model, target)
     out_dir = Path(out_dir)
     taken: set[str] = set()
     outputs = [out_dir / overlay_name(Path(p), taken) for p in paths]
-    if not overwrite:
-        existing = [o.name for o in outputs if o.exists()]
-        if existing:
-            raise CxrlearnError(f"already holds {', '.join(existing[:3])}; choose another "
-                                "folder, or replace them with --overwrite", path=out_dir)
+    check_outputs(out_dir, [o.name for o in outputs], overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     for path, output in zip(map(Path, paths), outputs, strict=True):
@@ -126,16 +119,27 @@ def write_overlays(
     return results
 
 
+def _target_index(model: Any, target: str | None) -> int | None:
+    """The index of the class `target` (None: explain the predicted class).
+
+    Raises:
+        CxrlearnError: The model is an exported file, or does not know `target`.
+    """
+    if model.network is None:
+        raise CxrlearnError("Grad-CAM needs a checkpoint (best.pt, or its run folder): an "
+                            "exported file has no layer to hook", path=model.path)
+    names = list(model.class_names)
+    if target is not None and target not in names:
+        raise CxrlearnError(f"unknown class {target!r} for --target; this model knows "
+                            + ", ".join(repr(name) for name in names))
+    return None if target is None else names.index(target)
+
+
 def run(args: argparse.Namespace, console: Console) -> int:
     from cxrlearn.trained import open_model
 
     model = open_model(args.model)
-    if model.network is None:
-        raise CxrlearnError("Grad-CAM needs a checkpoint (best.pt, or its run folder): an "
-                            "exported file has no layer to hook", path=model.path)
-    if args.target is not None and args.target not in model.class_names:  # before any work
-        raise CxrlearnError(f"unknown class {args.target!r} for --target; this model knows "
-                            + ", ".join(repr(name) for name in model.class_names))
+    _target_index(model, args.target)  # its errors before the progress bar starts
     out_dir = args.out if args.out is not None else model.folder / "gradcam"
     with progress_bar(console) as progress:
         task = progress.add_task("Grad-CAM", total=len(args.images))

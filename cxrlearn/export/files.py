@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 import cxrlearn
-from cxrlearn.checkpoint import pid_is_running
+from cxrlearn.checkpoint import remove_stale_temporaries
 from cxrlearn.data import load_image, sample_root
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export.load import (
@@ -210,7 +210,7 @@ def export_model(
     save, notes = _saver(wrapper, file_format, images, extra, path)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    remove_stale_temporaries(path)
     _check_free_space(path, wrapper)
     # A private folder on the same file system, so the final rename is atomic. The file in
     # it has the final name because the savers name the archive's root folder after it.
@@ -237,14 +237,6 @@ def export_model(
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return ExportResult(path, meta, worst, n, tuple(notes))
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Delete `.NAME.PID.*.tmp` folders left by exports whose process no longer runs."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".")[0]
-        if tmp.is_dir() and pid.isdigit() and not pid_is_running(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_free_space(path: Path, wrapper: EndToEndModel) -> None:
