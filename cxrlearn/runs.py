@@ -266,8 +266,9 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
             return open_model(out)
         _write_history(out, history)
         trained = open_model(out)
-        # The temperature is fitted on validation: the test split stays closed.
-        logits, y = trained.logits(trained.dataset("val"), device)
+        # The temperature is fitted on validation (already prepared, in val_data): the test
+        # split stays closed.
+        logits, y = trained.logits(val_data, device)
         trained.update_checkpoint(temperature=fit_temperature(logits, y))
         events.message(f"temperature fitted on the validation split: "
                        f"T = {trained.temperature:.2f}")

@@ -184,17 +184,18 @@ class TrainedModel:
                                 "probabilities only. Grad-CAM hooks a layer of the eager "
                                 "network, which an exported graph does not have; use the "
                                 "checkpoint (best.pt)")
-        if self._cam is None:
+        device = next(self.network.parameters()).device
+        if self._cam is None or next(self._cam[0].parameters()).device != device:
+            # (again when the network was moved to another device since the last call)
             self._cam = (copy.deepcopy(self.network).eval(), threading.Lock())
         network, lock = self._cam
-        device = next(network.parameters()).device
-        x = self.preprocess.network_input(image)[None].to(device)  # (1, C, S, S)
+        seen = self.preprocess.prepare(image)  # stretched once: the costly step on big images
+        x = self.preprocess.from_prepared(seen)[None].to(device)  # (1, C, S, S)
         with lock, GradCAM(network) as cam:
             result = cam(x, target)
         probs = torch.softmax(result.logits[0].float().cpu() / self.temperature, dim=0)  # (K,)
         return Explanation(probs=probs, predicted=int(probs.argmax()),
-                           target=int(result.targets[0]),
-                           seen=self.preprocess.prepare(image)[0].numpy(),
+                           target=int(result.targets[0]), seen=seen[0].numpy(),
                            cam=result.cams[0].cpu())
 
     def dataset(self, part: str, cache_dir: Path | None = None) -> XrayDataset:

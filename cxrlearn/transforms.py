@@ -41,6 +41,7 @@ from torch import Tensor
 from cxrlearn.contrast import HIGH, LOW, stretch_contrast_tensor
 
 __all__ = [
+    "as_float_image",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "GREY_MEAN",
@@ -334,7 +335,7 @@ class Preprocess:
 
     def prepare(self, image: np.ndarray | Tensor) -> Tensor:
         """Stage 1 (`prepare`): what the network sees, as 8 bits. Shape: (H, W) -> (1, S, S)."""
-        return prepare(_as_float_image(image), self.image_size, self.low, self.high)
+        return prepare(as_float_image(image), self.image_size, self.low, self.high)
 
     def network_input(self, image: np.ndarray | Tensor) -> Tensor:
         """The network's input for one raw grey image: stage 1, `/ 255`, stage 2.
@@ -346,10 +347,18 @@ class Preprocess:
         Shape:
             image: (H, W) -> (C, S, S)
         """
-        return self.eval_transform()(self.prepare(image).to(torch.float32) / 255.0)
+        return self.from_prepared(self.prepare(image))
+
+    def from_prepared(self, prepared: Tensor) -> Tensor:
+        """Stage 2 on what `prepare` returned: `/ 255`, channels, normalisation.
+
+        Shape:
+            prepared: uint8 (1, S, S) -> (C, S, S)
+        """
+        return self.eval_transform()(prepared.to(torch.float32) / 255.0)
 
 
-def _as_float_image(image: np.ndarray | Tensor) -> Tensor:
+def as_float_image(image: np.ndarray | Tensor) -> Tensor:
     """A grey image as a float tensor in the scale `load_image` gives: uint8 is divided by 255."""
     x = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
     if x.dtype == torch.uint8:

@@ -129,8 +129,7 @@ def run_all(out: Path) -> None:
         image = load_image(sorted((data / "COVID").glob("*.png"))[0])
         on_cpu = model.probs([image])
         explained_cpu = model.explain(image)
-        model.network.to(cuda)
-        model._cam = None  # a fresh Grad-CAM copy, on the GPU
+        model.network.to(cuda)  # explain's private copy follows the network to the GPU
         on_gpu = model.probs([image])
         explained_gpu = model.explain(image)
         torch.testing.assert_close(on_gpu, on_cpu, atol=1e-3, rtol=0)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cxrlearn.contrast import stretch_contrast_tensor
-from cxrlearn.transforms import Preprocess
+from cxrlearn.transforms import Preprocess, as_float_image
 from cxrlearn.transforms import resize as resize_image
 
 __all__ = ["EndToEndModel", "eager_probs", "resize_hw", "weights_sha256"]
@@ -173,9 +173,7 @@ def resize_hw(image: np.ndarray | Tensor, size: tuple[int, int]) -> np.ndarray:
     Shape:
         image: (H0, W0) -> (H, W) float32
     """
-    x = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
-    x = (x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32))
-    x = x[None, None]  # (1, 1, H0, W0)
+    x = as_float_image(image).to(torch.float32)[None, None]  # (1, 1, H0, W0)
     if tuple(x.shape[-2:]) == tuple(size):
         return x[0, 0].numpy().copy()
     out = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
