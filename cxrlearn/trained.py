@@ -37,6 +37,7 @@ from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_che
 from cxrlearn.data import XrayDataset, prepare_images, read_manifest, split_dataset
 from cxrlearn.data.splits import SplitRow, manifest_classes
 from cxrlearn.errors import CxrlearnError
+from cxrlearn.evaluation.calibration import plausible_temperature
 from cxrlearn.export.load import ExportedModel, load_exported, read_metadata
 from cxrlearn.export.pipeline import eager_probs, weights_sha256
 from cxrlearn.gradcam import GradCAM
@@ -279,8 +280,7 @@ def open_model(path: str | Path, data_root: str | Path | None = None) -> Trained
         notes = ("this checkpoint was trained with --tta flip (cxrlearn 0.1): predictions now "
                  "use the image as it is, without averaging its mirror image",)
     temperature = ckpt.get("temperature", 1.0)
-    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-            or not 0.005 <= temperature <= 200):  # calibration keeps T in [1/100, 100]
+    if not plausible_temperature(temperature):
         raise CxrlearnError(f"damaged checkpoint: temperature {temperature!r:.30} is not a "
                             "number between 0.01 and 100", path=path)
     manifest = path.parent / "manifest.csv"

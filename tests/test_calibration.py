@@ -139,3 +139,13 @@ def test_fit_temperature_rejects_bad_shapes():
         fit_temperature(torch.zeros(5), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError):
         fit_temperature(torch.zeros(2, 3), torch.tensor([0, 3]))
+
+
+def test_plausible_temperature_is_what_fit_temperature_can_return():
+    from cxrlearn.evaluation.calibration import LOG_T_LIMIT, plausible_temperature
+
+    # fit_temperature's clamp, both ends, is plausible; a file may round it.
+    for t in (np.exp(-LOG_T_LIMIT), np.exp(LOG_T_LIMIT), 1, 1.7, 0.005, 200):
+        assert plausible_temperature(t), t
+    for t in (0.0, -1.0, 0.0049, 201.0, float("nan"), float("inf"), True, "1.5", None):
+        assert not plausible_temperature(t), t

@@ -36,6 +36,7 @@ __all__ = [
     "reliability_bins",
     "expected_calibration_error",
     "fit_temperature",
+    "plausible_temperature",
     "apply_temperature",
 ]
 
@@ -147,6 +148,19 @@ def fit_temperature(
 
     optimizer.step(closure)
     return float(log_t.detach().clamp(-LOG_T_LIMIT, LOG_T_LIMIT).exp())
+
+
+def plausible_temperature(value: object) -> bool:
+    """True for a number `fit_temperature` could have returned, as a file stores it: T in
+    [1/100, 100] (`LOG_T_LIMIT`), with room to spare for rounding. Anything else (a string,
+    NaN, 0, 1e9) means the file that holds it is damaged.
+
+    Examples:
+        >>> plausible_temperature(1.7), plausible_temperature(0.0), plausible_temperature(True)
+        (True, False, False)
+    """
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0.5 * np.exp(-LOG_T_LIMIT) <= value <= 2 * np.exp(LOG_T_LIMIT))
 
 
 def apply_temperature(logits: ArrayOrTensor, temperature: float) -> ArrayOrTensor:

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from cxrlearn.errors import CxrlearnError
+from cxrlearn.evaluation.calibration import plausible_temperature
 from cxrlearn.export.pipeline import EndToEndModel, resize_hw, weights_sha256
 from cxrlearn.resnet import resnet18
 from cxrlearn.transforms import Preprocess
@@ -162,7 +163,7 @@ class ExportMetadata:
             if doc["file_format"] not in FILE_FORMATS:
                 raise ValueError(f"unknown file_format {doc['file_format']!r:.40}")
             temperature = float(doc["temperature"])
-            if not 0.005 <= temperature <= 200:  # calibration keeps T in [1/100, 100]
+            if not plausible_temperature(temperature):
                 raise ValueError(f"temperature {temperature} out of range")
             shape = doc["input"]["shape"]
             fixed = all(isinstance(v, int) for v in shape[2:])
