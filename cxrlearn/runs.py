@@ -224,7 +224,7 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
     lock = run_lock(out) if main else contextlib.nullcontext()
     with lock:
         scan = scan_folder(settings.data_root, settings.classes)
-        _check_scan(scan, settings, events)
+        _check_scan(scan, events)
         preprocess = settings.preprocess()
         meta = {"arch": {"name": "resnet18", "num_classes": len(scan.class_names),
                          "in_channels": settings.channels},
@@ -325,7 +325,7 @@ def stored_settings(out: Path) -> RunSettings:
                             path=out / "config.json") from None
 
 
-def _check_scan(scan: FolderScan, settings: RunSettings, events: RunEvents) -> None:
+def _check_scan(scan: FolderScan, events: RunEvents) -> None:
     if scan.problems:
         path, problem = scan.problems[0]
         more = f" (and {len(scan.problems) - 1} more: cxrlearn data check lists them)" \

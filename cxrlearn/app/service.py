@@ -138,7 +138,6 @@ class XrayService:
             raise ValueError(f"limits must be at least 1, got max_bytes={max_bytes}, "
                              f"max_pixels={max_pixels}, max_concurrent={max_concurrent}")
         self.model: TrainedModel = open_model(model_path)  # `cxrlearn predict`'s loader
-        self.path = self.model.path
         self.limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels,
                              max_concurrent=max_concurrent)
         # Held while an upload is decoded and predicted: beyond `max_concurrent` at once,
