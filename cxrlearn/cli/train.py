@@ -131,13 +131,12 @@ def settings_from_args(args: argparse.Namespace, data_root: Path, epochs: int) -
     run, train = RunSettings(data_root=data_root), TrainConfig()
     start = given("progressive_resize", SizeSchedule().start)
     try:
-        if start > 1:
-            raise ValueError(f"the starting share of the side must be in (0, 1], got {start}")
+        sizes = SizeSchedule(start=start)  # checks that start is in (0, 1]
         config = dataclasses.replace(
             train, num_epochs=given("epochs", epochs), lr=given("lr", train.lr),
             batch_size=given("batch_size", train.batch_size),
             class_weighted=given("class_weighted", False), patience=args.patience,
-            sizes=None if start >= 1 else SizeSchedule(start=start),
+            sizes=None if sizes.start == 1 else sizes,
             seed=given("seed", train.seed), num_workers=given("num_workers", train.num_workers))
         return RunSettings(
             data_root=data_root, classes=None if getattr(args, "classes", None) is None
