@@ -32,7 +32,13 @@ import numpy as np
 
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["DICOM_EXTENSIONS", "is_dicom_file", "load_dicom", "rescale_dicom_pixels"]
+__all__ = ["DICOM_EXTENSIONS", "MAX_PIXELS", "is_dicom_file", "load_dicom",
+           "rescale_dicom_pixels"]
+
+MAX_PIXELS = 64_000_000
+"""Largest image accepted, in pixels: 8000 x 8000, here and by `cxrlearn.data.load_image`.
+Real radiographs are at most about 4k x 4k; anything bigger is more likely a decompression
+bomb than an X-ray."""
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 """File extensions read as DICOM (compared case-insensitively)."""
@@ -79,13 +85,12 @@ def rescale_dicom_pixels(
     return x.astype(np.float32)
 
 
-def load_dicom(path: str | Path, max_pixels: int) -> np.ndarray:
+def load_dicom(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read a single-frame grey DICOM file as float32 in [0, 1].
 
     Args:
         path: A DICOM file (Part 10, with or without the 128-byte preamble).
-        max_pixels: Refuse images with more pixels than this (`load_image` passes
-            `cxrlearn.data.images.MAX_PIXELS`).
+        max_pixels: Refuse images with more pixels than this.
 
     Returns:
         The image after rescale slope/intercept, scaled to [0, 1], MONOCHROME1 inverted.

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cxrlearn.data.dicom import is_dicom_file, load_dicom
+from cxrlearn.data.dicom import MAX_PIXELS, is_dicom_file, load_dicom
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "load_image", "is_image_file"]
@@ -28,9 +28,6 @@ __all__ = ["IMAGE_EXTENSIONS", "MAX_PIXELS", "load_image", "is_image_file"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 """File extensions read as images (compared case-insensitively)."""
 
-MAX_PIXELS = 64_000_000
-"""Largest image accepted, in pixels: 8000 x 8000. Real radiographs are at most about 4k x 4k;
-anything bigger is more likely a decompression bomb than an X-ray."""
 
 
 def is_image_file(path: str | Path) -> bool:
