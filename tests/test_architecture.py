@@ -70,11 +70,10 @@ def test_every_module_has_a_layer():
     assert missing == [], f"add these modules to LAYERS (and to docs/architecture.md): {missing}"
 
 
-@pytest.mark.parametrize("module", sorted(_modules()), ids=str)
+# cxrlearn/__init__.py has no layer: it reaches its modules lazily, by name, on demand.
+@pytest.mark.parametrize("module", [m for m in sorted(_modules()) if _top(m)], ids=str)
 def test_imports_point_down(module):
     here = _top(module)
-    if not here:
-        return  # cxrlearn/__init__.py: reaches its modules lazily, by name, on demand
     wrong = []
     for name in _imports(_modules()[module]):
         if name.startswith("cxrlearn.") and LAYER.get(_top(name), -1) > LAYER[here]:

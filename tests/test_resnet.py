@@ -734,11 +734,6 @@ def test_summary_table_text() -> None:
     assert "\x1b" not in text  # plain text: no colour codes
 
 
-def test_resnet_module_imports_no_display_package() -> None:
-    source = Path(summary.__code__.co_filename).read_text(encoding="utf-8")
-    assert "import rich" not in source and "from rich" not in source
-
-
 def test_unreadable_cached_download_names_the_cache(http_root, tmp_path: Path) -> None:
     _, base = http_root
     cache = tmp_path / "cache"
