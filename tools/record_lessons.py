@@ -33,19 +33,12 @@ LESSONS = ROOT / "lessons"
 def record(path: Path, cache_dir: Path) -> float:
     """Execute `path` in place; returns the seconds it took."""
     nb = nbformat.read(path, as_version=4)
-    env_cache = os.environ.get("CXRLEARN_CACHE_DIR")
-    os.environ["CXRLEARN_CACHE_DIR"] = str(cache_dir)  # the kernel inherits it
-    try:
-        start = time.perf_counter()
-        # record_timing=False: no per-cell timestamps in the file, so diffs show outputs only.
-        NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
-                       resources={"metadata": {"path": str(LESSONS)}}).execute()
-        seconds = time.perf_counter() - start
-    finally:
-        if env_cache is None:
-            os.environ.pop("CXRLEARN_CACHE_DIR", None)
-        else:
-            os.environ["CXRLEARN_CACHE_DIR"] = env_cache
+    start = time.perf_counter()
+    # record_timing=False: no per-cell timestamps in the file, so diffs show outputs only.
+    NotebookClient(nb, timeout=900, kernel_name="python3", record_timing=False,
+                   resources={"metadata": {"path": str(LESSONS)}}).execute(
+        env={**os.environ, "CXRLEARN_CACHE_DIR": str(cache_dir)})  # the kernel's environment
+    seconds = time.perf_counter() - start
     nbformat.write(nb, path)
     return seconds
 
