@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -187,17 +187,26 @@ def make_scheduler(
     )
 
 
+def _no_scaling() -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(enabled=False)
+
+
 @dataclass(frozen=True)
 class Amp:
-    """Mixed precision: the dtype the forward pass runs in, and fp16's gradient scaler.
+    """Mixed precision: the dtype the forward pass runs in, and the gradient scaler.
 
-    `Amp.choose(device, wanted)` gives bf16 on CUDA cards that have it, fp16 with a
+    `Amp.choose(device, wanted)` gives bf16 on CUDA cards that have it, fp16 with a working
     `GradScaler` (so that small gradients do not round to zero) on older ones, and nothing
     elsewhere: on a CPU, autocast does not make ResNet18 faster.
+
+    Every other precision gets a disabled scaler, whose calls pass through (`scale(loss)` is
+    `loss`, `step(optimizer)` is `optimizer.step()`, `update()` does nothing), so that the
+    training step is written once for all of them (PyTorch's AMP recipe does the same with
+    `GradScaler(enabled=use_amp)`).
     """
 
     dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
+    scaler: torch.amp.GradScaler = field(default_factory=_no_scaling)
 
     @classmethod
     def choose(cls, device: torch.device, wanted: bool) -> Amp:
@@ -261,16 +270,13 @@ def train_one_epoch(
                                    "lower the learning rate")
         # 3. zero the gradients left over from the previous step
         optimizer.zero_grad(set_to_none=True)
-        # 4. backward: gradients of the loss for every trainable weight
-        if amp.scaler is not None:  # fp16 only: scale up so that small gradients survive
-            amp.scaler.scale(loss).backward()
-            # 5. step: update the weights (the scaler skips steps with inf gradients)
-            amp.scaler.step(optimizer)
-            amp.scaler.update()
-        else:
-            loss.backward()
-            # 5. step: update the weights
-            optimizer.step()
+        # 4. backward: gradients of the loss for every trainable weight (in fp16 the scaler
+        #    multiplies the loss first, so that small gradients survive; else it returns it)
+        amp.scaler.scale(loss).backward()
+        # 5. step: update the weights (an fp16 scaler divides the gradients back first and
+        #    skips a step whose gradients overflowed; else it calls optimizer.step())
+        amp.scaler.step(optimizer)
+        amp.scaler.update()
         if scheduler is not None:
             scheduler.step()  # the learning rate changes every step, not every epoch
 
@@ -386,6 +392,8 @@ def fit(
     amp = Amp.choose(device, config.amp)
     run = (resume(resume_from, model, optimizer, scheduler, names, meta) if resume_from
            else Resumed(epoch=0, best=None, since_best=0, history=[]))
+    best = _Best(config.select_by, config.patience, run.best, run.since_best)
+    checkpoints = _Checkpoints(out, model, optimizer, scheduler, names, meta, config)
     ddp_model = distributed.wrap(model, device)  # `model` itself when not distributed
     val_loader = DataLoader(val_data, batch_size=config.batch_size,
                             num_workers=config.num_workers)
@@ -403,32 +411,82 @@ def fit(
             distributed.broadcast_buffers(model)  # every rank validates rank 0's BN statistics
             # At the size just trained at: a network trained small scores badly when large.
             va = evaluate(model, val_loader, loss_fn, device, len(names), side)
-        loss_sum, correct, seen = distributed.all_reduce_sum(
-            [tr["loss"] * tr["images"], tr["accuracy"] * tr["images"], tr["images"]], device)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-               "val_loss": va["loss"], "val_accuracy": va["accuracy"],
-               "val_macro_f1": va["macro_f1"], "lr": lr, "image_size": tr["image_size"],
-               "images_per_s": seen / max(tr["seconds"], 1e-9), "seconds": tr["seconds"]}
+        row = _history_row(epoch, lr, tr, va, device)
         run.history.append(row)
-        # Only full-size epochs compete for best.pt and count for patience: the model is
-        # used at full size, and scores at different sizes do not compare.
-        score = va["macro_f1"] if config.select_by == "macro_f1" else -va["loss"]
-        if side in (None, full_side):
-            improved = math.isfinite(score) and (run.best is None or score > run.best)
-            run.best, run.since_best = (score, 0) if improved else (run.best, run.since_best + 1)
-            if improved and out is not None and distributed.is_main():
-                save_checkpoint(out / "best.pt", model_state(model, names, meta, epoch + 1,
-                                                             run.history, config))
-        if out is not None and distributed.is_main():
-            save_checkpoint(out / "last.pt", training_state(
-                model, optimizer, scheduler, names, meta, epoch + 1, run.best,
-                run.since_best, run.history, config))
+        improved = best.update(va, at_full_size=side in (None, full_side))
+        checkpoints.save(epoch + 1, run.history, best, improved)
         distributed.barrier()  # no rank runs ahead of the checkpoint
         if on_epoch is not None:
             on_epoch(row)
-        if config.patience is not None and run.since_best >= config.patience:
+        if best.should_stop():
             break
     return run.history
+
+
+def _history_row(epoch: int, lr: float, tr: dict[str, float], va: dict[str, float],
+                 device: torch.device) -> dict[str, float]:
+    """One epoch in the history: training numbers summed over all processes, validation's."""
+    loss_sum, correct, seen = distributed.all_reduce_sum(
+        [tr["loss"] * tr["images"], tr["accuracy"] * tr["images"], tr["images"]], device)
+    return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+            "val_loss": va["loss"], "val_accuracy": va["accuracy"],
+            "val_macro_f1": va["macro_f1"], "lr": lr, "image_size": tr["image_size"],
+            "images_per_s": seen / max(tr["seconds"], 1e-9), "seconds": tr["seconds"]}
+
+
+@dataclass
+class _Best:
+    """The best validation score so far, and how many epochs have passed without beating it.
+
+    The score is macro-F1, or minus the loss with `select_by="val_loss"`, so that higher is
+    better either way. Only full-size epochs compete and count for `patience`: the model is
+    used at full size, and scores at different sizes do not compare.
+    """
+
+    select_by: str
+    patience: int | None
+    score: float | None = None
+    since: int = 0
+
+    def update(self, va: dict[str, float], at_full_size: bool) -> bool:
+        """Take an epoch's validation numbers; True when they are a new best."""
+        if not at_full_size:
+            return False
+        score = va["macro_f1"] if self.select_by == "macro_f1" else -va["loss"]
+        improved = math.isfinite(score) and (self.score is None or score > self.score)
+        self.score, self.since = (score, 0) if improved else (self.score, self.since + 1)
+        return improved
+
+    def should_stop(self) -> bool:
+        """True after `patience` full-size epochs without a better score."""
+        return self.patience is not None and self.since >= self.patience
+
+
+@dataclass(frozen=True)
+class _Checkpoints:
+    """What `fit` writes into `out`: `last.pt` every epoch (`training_state`, to resume from)
+    and `best.pt` when validation improved (`model_state`); rank 0 writes, nobody when `out`
+    is None."""
+
+    out: Path | None
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    class_names: list[str]
+    meta: dict[str, Any]
+    config: TrainConfig
+
+    def save(self, epoch: int, history: list[dict[str, float]], best: _Best,
+             improved: bool) -> None:
+        """Write after `epoch` (1-based) epochs; `history[epoch - 1]` is its row."""
+        if self.out is None or not distributed.is_main():
+            return
+        if improved:
+            save_checkpoint(self.out / "best.pt", model_state(
+                self.model, self.class_names, self.meta, epoch, history, self.config))
+        save_checkpoint(self.out / "last.pt", training_state(
+            self.model, self.optimizer, self.scheduler, self.class_names, self.meta, epoch,
+            best.score, best.since, history, self.config))
 
 
 @contextmanager

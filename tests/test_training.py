@@ -12,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils.data import DataLoader
 
 from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from cxrlearn.data import XrayDataset
@@ -21,12 +22,16 @@ from cxrlearn.resnet import resnet18
 from cxrlearn.schedule import SizeSchedule, lr_factor, scaled_side, size_fraction
 from cxrlearn.seeding import rng_state, seed_everything, set_rng_state
 from cxrlearn.training import (
+    Amp,
     TrainConfig,
     TrainingDiverged,
     TrainingInterrupted,
     class_weights,
     evaluate,
     fit,
+    make_loss_fn,
+    make_optimizer,
+    train_one_epoch,
 )
 from cxrlearn.transforms import eval_transform, resize, train_transform
 
@@ -231,6 +236,31 @@ def test_resume_refuses_a_checkpoint_for_other_classes_or_architecture(tmp_path)
         fit(TinyNet(), _toy_data(2, 0, eval_transform()), _toy_data(2, 1, eval_transform()),
             TrainConfig(num_epochs=2), torch.device("cpu"), CLASSES,
             resume_from=tmp_path / "best.pt", meta=META)
+
+
+def _one_epoch(amp: Amp) -> nn.Module:
+    torch.manual_seed(0)
+    model, config, data = TinyNet(), TrainConfig(batch_size=8), _toy_data(6, 0, train_transform())
+    loader = DataLoader(data, batch_size=8, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    train_one_epoch(model, loader, make_loss_fn(config, data.labels, 4),
+                    make_optimizer(model, config), torch.device("cpu"), amp=amp)
+    return model
+
+
+def test_one_training_step_serves_a_working_gradient_scaler_too():
+    # fp16's GradScaler takes the same five steps as fp32. Scaling by a power of two and
+    # dividing back are exact, so the weights are fp32's bit for bit; with an infinite scale
+    # every gradient overflows and the scaler skips every step (only BN statistics move).
+    plain = _one_epoch(Amp())
+    scaled = _one_epoch(Amp(None, torch.amp.GradScaler("cpu", init_scale=2.0**10)))
+    for (k, a), b in zip(plain.state_dict().items(), scaled.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    torch.manual_seed(0)
+    start = TinyNet().state_dict()
+    overflowed = _one_epoch(Amp(None, torch.amp.GradScaler("cpu", init_scale=math.inf)))
+    for name, weight in overflowed.named_parameters():
+        assert torch.equal(weight.detach(), start[name]), name
 
 
 def test_fit_refuses_empty_splits():
