@@ -18,7 +18,7 @@ from cxrlearn.errors import CxrlearnError
 
 __version__ = "0.2.0"
 
-SUBMODULES = ("app", "checkpoint", "cli", "contrast", "data", "device", "distributed",
+SUBMODULES = ("app", "atomic", "checkpoint", "cli", "contrast", "data", "device", "distributed",
               "errors", "evaluation", "export", "gradcam", "heatmap", "resnet", "runs",
               "sample_run", "schedule", "seeding", "trained", "training", "transfer",
               "transforms")

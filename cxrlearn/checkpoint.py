@@ -11,9 +11,9 @@ a file: never unpickle a file you did not make. Two kinds, written by `fit`:
   the preprocessing, the history and the chosen epoch's scores. What inference needs, and a
   third of the size: the optimiser's two running averages per weight stay in `last.pt`.
 
-Writes are atomic: the checkpoint goes to a temporary file in the same folder, is flushed
-to disk, and is then renamed over the old one. A crash or a full disk mid-write leaves the
-previous checkpoint intact, never half a file.
+Writes are atomic (`cxrlearn.atomic.write_atomic`): the checkpoint goes to a temporary file
+in the same folder, is flushed to disk, and is then renamed over the old one. A crash or a
+full disk mid-write leaves the previous checkpoint intact, never half a file.
 
 Reads are checked before anything is built: a file that is not a cxrlearn checkpoint, or
 whose metadata is damaged (a missing key, a class list that does not match the network, a
@@ -25,10 +25,7 @@ Lesson: lessons/03_training_loop_and_devices.ipynb
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,6 +33,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from cxrlearn.atomic import write_atomic
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.resnet import resnet18
 from cxrlearn.seeding import rng_state, set_rng_state
@@ -43,8 +41,7 @@ from cxrlearn.transforms import Preprocess
 
 __all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "save_checkpoint", "load_checkpoint",
            "check_checkpoint", "check_architecture", "model_from_checkpoint", "training_state",
-           "model_state", "Resumed", "resume", "write_atomic", "remove_stale_temporaries",
-           "pid_is_running"]
+           "model_state", "Resumed", "resume"]
 
 CHECKPOINT_FORMAT = "cxrlearn-checkpoint-v1"
 MAX_CLASSES = 1000
@@ -64,64 +61,6 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             raise OSError(str(e).splitlines()[0]) from None
 
     return write_atomic(Path(path), write, "the checkpoint")
-
-
-def write_atomic(path: Path, write: Callable[[BinaryIO], None], what: str = "the file") -> Path:
-    """Write a file through a temporary sibling, fsync and a rename: never half a file.
-
-    Every file a run or a command writes goes through here (checkpoints, `config.json`,
-    reports, figures). Temporaries of writers that were killed are removed first.
-
-    Args:
-        path: The file to write.
-        write: Writes the contents into the open binary file it is given.
-        what: The file, in the error message ("the checkpoint").
-
-    Raises:
-        CxrlearnError: The disk is full or the folder not writable; the old file at `path`
-            is intact and no temporary is left behind.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows
-    except OSError as e:
-        kept = "; the previous file is intact" if path.exists() else ""
-        reason = e.strerror or str(e).splitlines()[0]
-        raise CxrlearnError(f"could not write {what} ({reason}){kept}", path=path) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete what writers of `path` left when they were killed mid-write: `.NAME.PID.tmp`
-    files (`write_atomic`) and `.NAME.PID.*.tmp` folders (`cxrlearn.export`), for every PID
-    that no longer runs."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".")[0]
-        if pid.isdigit() and not pid_is_running(int(pid)):
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                tmp.unlink(missing_ok=True)
-
-
-def pid_is_running(pid: int) -> bool:
-    """True while process `pid` runs on this machine: a temporary file or lock named after
-    it is then still in use (every atomic writer in cxrlearn cleans up after dead ones)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
 
 
 def load_checkpoint(

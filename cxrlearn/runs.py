@@ -44,7 +44,8 @@ import torch
 
 import cxrlearn
 from cxrlearn import distributed
-from cxrlearn.checkpoint import load_checkpoint, pid_is_running, write_atomic
+from cxrlearn.atomic import pid_is_running, write_atomic
+from cxrlearn.checkpoint import load_checkpoint
 from cxrlearn.data import (
     FolderScan,
     default_cache_dir,

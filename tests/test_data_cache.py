@@ -100,3 +100,15 @@ def test_bad_file_stops_everything_without_skip_bad(paths, tmp_path, cache):
     assert str(missing) in str(info.value)
     if cache:  # nothing was written, not even a temporary file
         assert not cache_dir.exists() or list(cache_dir.iterdir()) == []
+
+
+def test_a_full_disk_goes_on_without_the_cache(paths, tmp_path, monkeypatch):
+    def half_then_full(file, **arrays):
+        file.write(b"PK half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", half_then_full)
+    result = prepare_images(paths, 24, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(result.images, direct(paths, 24))
+    assert result.cache_file is None and not result.from_cache
+    assert list((tmp_path / "cache").iterdir()) == []  # no half cache, no temporary

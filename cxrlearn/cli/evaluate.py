@@ -107,7 +107,7 @@ def evaluate_model(model: Any, split: str, out: Path, device: Any, console: Cons
     import numpy as np
     import torch
 
-    from cxrlearn.checkpoint import write_atomic
+    from cxrlearn.atomic import write_atomic
     from cxrlearn.evaluation.calibration import apply_temperature, expected_calibration_error
     from cxrlearn.evaluation.metrics import (
         UndefinedMetricWarning,

@@ -84,7 +84,7 @@ def write_overlays(
         CxrlearnError: `target` is not one of the model's classes, the model is an export,
             or an overlay exists and `overwrite` is False.
     """
-    from cxrlearn.checkpoint import write_atomic
+    from cxrlearn.atomic import write_atomic
     from cxrlearn.data import load_image
     from cxrlearn.heatmap import gradcam_figure
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlearn.atomic import write_atomic
 from cxrlearn.contrast import HIGH, LOW
 from cxrlearn.data.images import load_image
 from cxrlearn.errors import CxrlearnError
@@ -159,19 +160,16 @@ def prepare_images(
     images = images[: len(kept)]
 
     if cache_file is not None:
-        # A name of its own per process: under torchrun every rank may build the same cache.
-        tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp.npz")
+        # Atomic: a crash never leaves half a cache. Its temporary carries the process id,
+        # so under torchrun every rank may build the same cache at once.
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(
-                tmp,
+            write_atomic(cache_file, lambda f: np.savez(
+                f,
                 images=images,
                 kept=np.array(kept, dtype=np.int64),
                 bad_index=np.array(bad_index, dtype=np.int64),
                 bad_msg=np.array([m for _, m in bad], dtype=str),
-            )
-            tmp.replace(cache_file)  # atomic: a crash never leaves half a cache
-        except OSError:  # a full disk: the cache is only a copy, go on without it
-            tmp.unlink(missing_ok=True)
+            ), "the cache")
+        except CxrlearnError:  # a full disk: the cache is only a copy, go on without it
             cache_file = None
     return PreparedImages(images, kept, bad, cache_file, from_cache=False)

@@ -20,12 +20,14 @@ Lesson: lessons/01_data_and_contrast.ipynb
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from cxrlearn.atomic import write_atomic
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["SPLITS", "SplitRow", "split_items", "write_manifest", "read_manifest",
@@ -117,26 +119,25 @@ def write_manifest(
 ) -> None:
     """Write the split as CSV (`path,class,split`), paths relative to `root`.
 
-    Written to a temporary file first and renamed, so a crash never leaves half a manifest.
+    Written atomically (`cxrlearn.atomic.write_atomic`), so a crash never leaves half a
+    manifest.
 
     Raises:
-        CxrlearnError: An image is not inside `root`.
+        CxrlearnError: An image is not inside `root`, a file name is not valid UTF-8, or
+            the manifest cannot be written.
     """
     path, root = Path(path), Path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["path", "class", "split"])
+    for r in rows:
+        w.writerow([_relative(r.path, root).as_posix(), class_names[r.label], r.split])
     try:
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "class", "split"])
-            for r in rows:
-                w.writerow([_relative(r.path, root).as_posix(), class_names[r.label], r.split])
-        tmp.replace(path)
+        data = text.getvalue().encode("utf-8")
     except UnicodeEncodeError as e:
         raise CxrlearnError(f"a file name is not valid UTF-8 ({e.object[e.start:e.end]!r}); "
                             "rename it", path=root) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda f: f.write(data), "the manifest")
 
 
 def _relative(path: Path, root: Path) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 import cxrlearn
-from cxrlearn.checkpoint import remove_stale_temporaries
+from cxrlearn.atomic import temporary_folder
 from cxrlearn.data import load_image, sample_root
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export.load import (
@@ -209,15 +208,11 @@ def export_model(
              CLASS_NAMES_NAME: "".join(f"{c}\n" for c in names)}
     save, notes = _saver(wrapper, file_format, images, extra, path)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    _check_free_space(path, wrapper)
-    # A private folder on the same file system, so the final rename is atomic. The file in
-    # it has the final name because the savers name the archive's root folder after it.
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
-                                    dir=path.parent))
-    tmp = tmp_dir / path.name
-    try:
+    # Saved, loaded back and checked in a private folder, then renamed into place. The file
+    # in it has the final name because the savers name the archive's root folder after it.
+    with temporary_folder(path) as tmp_dir:
+        _check_free_space(path, wrapper)
+        tmp = tmp_dir / path.name
         try:
             save(tmp)
         except OSError as e:
@@ -233,9 +228,7 @@ def export_model(
             raise CxrlearnError(
                 f"the exported file disagrees with the Python pipeline (max |diff| = "
                 f"{worst:.3g} > {atol:g} on {n} inputs); nothing was written", path=path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        os.replace(tmp, path)  # atomic: the folder is on the same file system
     return ExportResult(path, meta, worst, n, tuple(notes))
 
 
