@@ -18,14 +18,17 @@ Lesson: lessons/05_grad_cam_with_hooks.ipynb
 
 from __future__ import annotations
 
-import matplotlib
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from cxrlearn.errors import CxrlearnError
+
+if TYPE_CHECKING:  # matplotlib is imported by the functions that draw, when they draw
+    from matplotlib.figure import Figure
 
 __all__ = ["gradcam_figure", "overlay"]
 
@@ -64,6 +67,8 @@ def overlay(
     Shape:
         image: (H, W), cam: (h, w) -> (H, W, 3)
     """
+    import matplotlib  # here, not at the top: importing cxrlearn.heatmap draws nothing
+
     if not 0.0 <= alpha <= 1.0:
         raise CxrlearnError(f"alpha must be in [0, 1], got {alpha}")
     grey = _as_numpy_2d(image, "image")
@@ -118,6 +123,8 @@ def gradcam_figure(
     Shape:
         image: (H, W), cam: (h, w)
     """
+    from matplotlib.figure import Figure
+
     grey = _as_numpy_2d(image, "image")
     heat = _as_numpy_2d(cam, "cam")
     fig = Figure(figsize=(7.5, 2.8), dpi=80, layout="constrained")

@@ -133,3 +133,19 @@ def test_the_checker_catches_an_upward_import(tmp_path):
     bad.write_text("from cxrlearn.cli import main\nimport rich.table\n")
     assert "cxrlearn.cli" in _imports(bad) and "rich.table" in _imports(bad)
     assert LAYER[_top("cxrlearn.cli")] > LAYER[_top("cxrlearn.training")]
+
+
+def test_importing_the_library_imports_no_plotting_library():
+    """matplotlib (and seaborn, which imports it) load when a figure is drawn, not before:
+    the app, the command line and a training run that draws nothing never pay for them."""
+    import subprocess
+    import sys
+
+    modules = ("cxrlearn.gradcam, cxrlearn.evaluation, cxrlearn.heatmap, "
+               "cxrlearn.evaluation.plots, cxrlearn.trained, cxrlearn.runs")
+    code = (f"import sys\nimport {modules}\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('matplotlib', 'seaborn')))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=ROOT)
+    assert result.stdout.strip() == "[]"

@@ -20,14 +20,16 @@ Lesson: lessons/04_evaluation_metrics.ipynb
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import seaborn as sns
-from matplotlib.figure import Figure
 
 from cxrlearn.evaluation.calibration import expected_calibration_error, reliability_bins
 from cxrlearn.evaluation.metrics import as_labels
 from cxrlearn.evaluation.roc import auc, one_vs_rest_roc
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "plot_history",
@@ -38,10 +40,18 @@ __all__ = [
 ]
 
 
+def _figure(**options: Any) -> Figure:
+    """A new figure, built without pyplot. matplotlib is imported here, when the first
+    figure is drawn: importing the library imports no plotting library."""
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
 def plot_history(history: Sequence[dict[str, float]]) -> Figure:
     """Loss (left) and accuracy / macro-F1 (right) per epoch, from `fit`'s history."""
     epochs = [r["epoch"] for r in history]
-    fig = Figure(figsize=(9, 3.2))
+    fig = _figure(figsize=(9, 3.2))
     ax_loss, ax_score = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
@@ -74,10 +84,12 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str]) -> Figure:
     Shape:
         cm: (K, K)
     """
+    import seaborn as sns  # seaborn imports matplotlib: here, when a figure is drawn
+
     cm = np.asarray(cm)
     support = cm.sum(axis=1, keepdims=True)  # (K, 1)
     rates = np.divide(cm, support, out=np.zeros(cm.shape), where=support > 0)  # (K, K)
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    fig = _figure(figsize=(11, 4.5), layout="constrained")
     ax_counts, ax_rates = fig.subplots(1, 2)
     labels = list(class_names)
     for ax, data, fmt, title in (
@@ -115,7 +127,7 @@ def plot_roc_curves(
     Shape:
         y_true: (N,), probs: (N, K)
     """
-    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    fig = _figure(figsize=(5.5, 5), layout="constrained")
     ax = fig.subplots()
     for name, (fpr, tpr, _) in zip(class_names, one_vs_rest_roc(y_true, probs), strict=True):
         ax.plot(fpr, tpr, label=f"{name} (AUC = {auc(fpr, tpr):.3f})")
@@ -154,7 +166,7 @@ def plot_reliability_diagram(
     ece = expected_calibration_error(probs, y_true, num_bins)
     edges = bins["bin_edges"]
     left, width = edges[:-1], np.diff(edges)
-    fig = Figure(figsize=(5, 6), layout="constrained")
+    fig = _figure(figsize=(5, 6), layout="constrained")
     ax_acc, ax_count = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     filled = bins["count"] > 0  # empty bins have no accuracy to draw
     ax_acc.bar(
@@ -212,14 +224,14 @@ def plot_confident_mistakes(
     # Most confident first; stable sort keeps dataset order among equal confidences.
     shown = wrong[np.argsort(-confidence[wrong], kind="stable")][:max_images]
     if shown.size == 0:
-        fig = Figure(figsize=(4, 1.5), layout="constrained")
+        fig = _figure(figsize=(4, 1.5), layout="constrained")
         ax = fig.subplots()
         ax.text(0.5, 0.5, "No mistakes", ha="center", va="center")
         ax.set_axis_off()
         return fig
     ncols = min(ncols, shown.size)
     nrows = -(-shown.size // ncols)  # ceiling division
-    fig = Figure(figsize=(2.6 * ncols, 2.9 * nrows), layout="constrained")
+    fig = _figure(figsize=(2.6 * ncols, 2.9 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, i in zip(axes, shown, strict=False):
         ax.imshow(images[i], cmap="gray" if images[i].ndim == 2 else None)
