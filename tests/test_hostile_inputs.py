@@ -437,8 +437,8 @@ def _(tmp: Path, world: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--image-size", "0"], "must be at least 1"),
-    (["train", "--image-size", "-5"], "must be at least 1"),
+    (["train", "--image-size", "0"], "must be between 16 and 2048"),
+    (["train", "--image-size", "-5"], "must be between 16 and 2048"),
     (["train", "--lr", "nan"], "not a finite number"),
     (["train", "--val-fraction", "0"], "must be between 0 and 1"),
     (["train", "--val-fraction", "1.5"], "must be between 0 and 1"),
