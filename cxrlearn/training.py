@@ -84,7 +84,7 @@ class TrainConfig:
         check=at_least(1), flag="--batch-size", metavar="N", group="training")
     weight_decay: float = setting(0.05, help="Decoupled weight decay (AdamW) or L2 (SGD).",
                                   check=at_least(0))
-    optimizer: str = setting("adamw", help="adamw, or sgd with Nesterov momentum.",
+    optimizer: str = setting("adamw", help="The optimizer: adamw, or sgd with Nesterov momentum.",
                              check=one_of(("adamw", "sgd")))
     momentum: float = setting(0.9, help="The momentum of SGD.", check=at_least(0))
     schedule: str = setting("onecycle", help="The learning-rate schedule (cxrlearn.schedule).",
@@ -113,7 +113,8 @@ class TrainConfig:
         None, help="Stop after N epochs without a better validation score.",
         check=at_least(1), flag="--patience", metavar="N", group="training", shown="never")
     select_by: str = setting(
-        "macro_f1", help="macro_f1 (higher is better) or val_loss (lower is better).",
+        "macro_f1", help="The score that chooses the epoch: macro_f1 (higher is better) or "
+                         "val_loss (lower is better).",
         check=one_of(("macro_f1", "val_loss")))
     seed: int = setting(0, help="The seed of the split, the initial weights and the "
                                 "augmentation.", check=at_least(0), flag="--seed",

@@ -268,9 +268,12 @@ class Preprocess:
         if not self.low <= self.high:
             raise ValueError(f"need 0 <= low <= high <= 100, got {self.low}, {self.high}")
         default = _normalize_for(self.channels)
+        # The other channel count's default, in a copy made with other channels
+        # (`dataclasses.replace`, `cxrlearn train --channels 1`), was filled in, not chosen.
+        other = _normalize_for(4 - self.channels)  # channels is 1 or 3
         # A frozen dataclass: fill the defaults that depend on `channels` the only way it allows.
-        mean = default.mean if self.mean is None else tuple(float(v) for v in self.mean)
-        std = default.std if self.std is None else tuple(float(v) for v in self.std)
+        mean = default.mean if self.mean in (None, other.mean) else tuple(map(float, self.mean))
+        std = default.std if self.std in (None, other.std) else tuple(map(float, self.std))
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         if len(mean) != self.channels or len(std) != self.channels:

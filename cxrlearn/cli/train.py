@@ -1,7 +1,8 @@
 """`cxrlearn train`: a data folder in, a run folder out (`cxrlearn.runs.train_run`).
 
 The flags are grouped as a student meets them: the data, the run folder, the model, the
-training. Every default is shown in `--help`. A resumed run keeps the settings in its
+training. Each one is built from its setting's one definition (`cxrlearn.settings`): its
+help, its check and its default, shown in `--help`. A resumed run keeps the settings in its
 `config.json`: a flag that contradicts them is refused, and a finished run trains further
 only with an explicit, larger `--epochs`.
 """
@@ -33,8 +34,9 @@ def add_setting_flags(p: argparse.ArgumentParser, defaults: Any,
     """One flag per setting that names one (`cxrlearn.settings.flag_settings`), listed under
     its group in `--help` with its help text, its check and its default in `defaults`.
 
-    Every flag's default is None, so that a resume can tell a flag that was given from one
-    that was not; `--help` shows the value a new run takes.
+    A flag that is not given leaves no attribute (`argparse.SUPPRESS`), so that a resume can
+    tell it from one that was, even one given a value that means None; `--help` shows the
+    value a new run takes.
 
     Returns:
         The `--help` sections, by group name, for flags that are not settings.
@@ -51,9 +53,10 @@ def add_setting_flags(p: argparse.ArgumentParser, defaults: Any,
             help += f" It {check.says}."
         if not isinstance(value, bool):
             help += f" Default: {meta['shown'] or (meta['to_flag'] or (lambda v: v))(value)}."
-        kwargs: dict[str, Any] = {"dest": f.name, "help": help.replace("%", "%%")}
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help.replace("%", "%%"),
+                                  "default": argparse.SUPPRESS}
         if isinstance(value, bool):  # a switch: given means True
-            kwargs.update(action="store_true", default=None)
+            kwargs.update(action="store_true")
         else:
             kwargs.update(type=_flag_type(f), metavar=meta["metavar"],
                           choices=None if check is None else check.choices)
@@ -122,12 +125,12 @@ def settings_from_args(args: argparse.Namespace, defaults: Any) -> Any:
     a new run's settings, or (from the stored ones) a resumed run's.
 
     Raises:
-        CxrlearnError: The values do not go together, e.g. an unknown class folder later.
+        CxrlearnError: The values given do not go together with the others.
     """
     from cxrlearn.settings import flag_settings, replace_settings
 
     given = {f.name: getattr(args, f.name) for f, _ in flag_settings(defaults)
-             if getattr(args, f.name, None) is not None}
+             if hasattr(args, f.name)}
     try:
         return replace_settings(defaults, **given)
     except ValueError as e:
@@ -209,7 +212,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if args.resume:  # the run's own settings; train_run refuses a flag that changes them
         settings = settings_from_args(args, stored_settings(args.out))
     else:
-        if args.data_root is None:
+        if not hasattr(args, "data_root"):
             console.print("no --data given: training on the bundled sample (400 X-rays, 4 "
                           f"classes) in {sample_root()}", highlight=False, soft_wrap=True)
         settings = settings_from_args(args, RunSettings())
