@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from cxrlearn.evaluation.metrics import classification_report
 from cxrlearn.evaluation.uncertainty import report_intervals
 from cxrlearn.runs import RunEvents, RunSettings, train_run
 from cxrlearn.schedule import SizeSchedule
+from cxrlearn.settings import replace_settings
 from cxrlearn.trained import TrainedModel
 
 
@@ -89,25 +89,26 @@ def epochs_in_budget(probe: TrainedModel, probe_s: float, budget_s: float) -> tu
 
 
 def main() -> None:
+    defaults = RunSettings()  # cxrlearn train's, read from their one definition
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--minutes", type=float, default=20.0)
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=defaults.preprocess.image_size)
     ap.add_argument("--out", type=Path, default=None, help="run folder (default: a temp dir)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--progressive-resize", type=float, default=SizeSchedule().start,
+    ap.add_argument("--seed", type=int, default=defaults.train.seed)
+    ap.add_argument("--progressive-resize", type=float, default=defaults.train.sizes.start,
                     help="starting share of the side (1: off), as cxrlearn train")
-    ap.add_argument("--augment", default="flip", help="as cxrlearn train")
+    ap.add_argument("--augment", default=defaults.augment, help="as cxrlearn train")
     args = ap.parse_args()
     console = Console(width=120)
     out = args.out or Path(tempfile.mkdtemp(prefix="cxr-accuracy-"))
     device = select_device()
-    base = RunSettings(data_root=args.data, image_size=args.image_size, augment=args.augment)
     sizes = None if args.progressive_resize >= 1 else SizeSchedule(args.progressive_resize)
+    base = replace_settings(defaults, data_root=args.data, image_size=args.image_size,
+                            augment=args.augment, seed=args.seed, sizes=sizes)
 
     def settings(epochs: int) -> RunSettings:
-        return dataclasses.replace(base, train=dataclasses.replace(
-            base.train, num_epochs=epochs, seed=args.seed, sizes=sizes))
+        return replace_settings(base, num_epochs=epochs)
 
     # 1. time three short epochs (with progressive resizing: two at the smallest size, one at
     # full size), to know how many epochs fit in the budget

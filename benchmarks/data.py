@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cxrlearn.data import XrayDataset, load_image, prepare_images, sample_root, scan_folder
-from cxrlearn.transforms import prepare, train_transform
+from cxrlearn.transforms import Preprocess, prepare, train_transform
 
 
 def rate(n: int, seconds: float) -> str:
@@ -48,13 +48,13 @@ def main() -> None:
         uncached = time.perf_counter() - t
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            prepare_images(paths, size, cache_dir=tmp)
+            prepare_images(paths, Preprocess(size), cache_dir=tmp)
             build = time.perf_counter() - t
             t = time.perf_counter()
-            cached = prepare_images(paths, size, cache_dir=tmp)
+            cached = prepare_images(paths, Preprocess(size), cache_dir=tmp)
             read = time.perf_counter() - t
         assert cached.from_cache
-        ds = XrayDataset(paths, labels, size, train_transform(), images=cached.images)
+        ds = XrayDataset(paths, labels, Preprocess(size), train_transform(), images=cached.images)
         t = time.perf_counter()
         for i in range(len(ds)):
             ds[i]

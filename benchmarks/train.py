@@ -41,7 +41,7 @@ from cxrlearn.data import XrayDataset, prepare_images, sample_root, scan_folder
 from cxrlearn.device import describe_device, select_device
 from cxrlearn.resnet import resnet18
 from cxrlearn.training import Amp, TrainConfig, make_optimizer, train_one_epoch
-from cxrlearn.transforms import train_transform
+from cxrlearn.transforms import Preprocess, train_transform
 
 NUM_CLASSES = 4
 MODES = ("eager", "channels_last", "compile")
@@ -213,9 +213,10 @@ def main() -> None:
     for col in ("size", "cached: wait", "cached img/s", "PNG each item: wait", "PNG img/s"):
         table.add_column(col, justify="right")
     for size in args.sizes:
-        images = prepare_images(paths, size).images  # the cache, built before the epoch
-        cached = XrayDataset(paths, labels, size, train_transform(), images=images)
-        uncached = XrayDataset(paths, labels, size, train_transform())
+        preprocess = Preprocess(size)
+        images = prepare_images(paths, preprocess).images  # the cache, built before the epoch
+        cached = XrayDataset(paths, labels, preprocess, train_transform(), images=images)
+        uncached = XrayDataset(paths, labels, preprocess, train_transform())
         share_c, rate_c = data_wait(device, cached, args.data_batch_size, steps,
                                     args.num_workers)
         share_u, rate_u = data_wait(device, uncached, args.data_batch_size, steps,

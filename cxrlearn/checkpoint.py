@@ -84,13 +84,19 @@ def load_checkpoint(
     except Exception as e:  # a damaged or foreign file fails in many ways
         raise CxrlearnError(_not_a_checkpoint(path, e), path=path) from None
     check_checkpoint(ckpt, path)
-    if class_names is not None and list(ckpt["class_names"]) != list(class_names):
+    if class_names is not None:
+        _check_classes(ckpt, class_names, path)
+    return ckpt
+
+
+def _check_classes(ckpt: dict[str, Any], class_names: tuple[str, ...] | list[str],
+                   path: str | Path) -> None:
+    if list(ckpt["class_names"]) != list(class_names):
         raise CxrlearnError(
             f"checkpoint was trained for classes {list(ckpt['class_names'])}, "
             f"not {list(class_names)}",
             path=path,
         )
-    return ckpt
 
 
 def _not_a_checkpoint(path: Path, error: Exception) -> str:
@@ -239,16 +245,21 @@ class Resumed:
     history: list[dict[str, float]]
 
 
-def resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-           scheduler: torch.optim.lr_scheduler.LRScheduler, class_names: list[str],
-           meta: dict[str, Any]) -> Resumed:
+def resume(path: str | Path | dict[str, Any], model: nn.Module,
+           optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+           class_names: list[str], meta: dict[str, Any]) -> Resumed:
     """Put the model, optimiser, schedule and random states back as `last.pt` saved them.
+
+    `path` may also be the checkpoint itself, already read with `load_checkpoint` (a run
+    that checked it before training reads the file once).
 
     Raises:
         CxrlearnError: Unreadable, not a `last.pt` (no optimiser state), or made for another
             network or class list.
     """
-    ckpt = load_checkpoint(path, class_names)
+    ckpt = path if isinstance(path, dict) else load_checkpoint(path)
+    path = "last.pt" if isinstance(path, dict) else path
+    _check_classes(ckpt, class_names, path)
     if "optimizer" not in ckpt:
         raise CxrlearnError("holds no training state (a best.pt?); resume from last.pt",
                             path=path)

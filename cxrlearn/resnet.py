@@ -24,7 +24,7 @@ Lesson: lessons/02_resnet18_blocks.ipynb
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,7 @@ __all__ = [
     "BasicBlock",
     "ResNet",
     "StageRow",
+    "arch_meta",
     "conv1x1",
     "conv3x3",
     "resnet18",
@@ -219,6 +220,17 @@ def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
         torch.Size([2, 4])
     """
     return ResNet((2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels)
+
+
+def arch_meta(num_classes: int, in_channels: int) -> dict[str, Any]:
+    """The architecture as a checkpoint stores it (`meta["arch"]`): what `resnet18` needs to
+    build the same network again.
+
+    Example:
+        >>> arch_meta(4, 3)
+        {'name': 'resnet18', 'num_classes': 4, 'in_channels': 3}
+    """
+    return {"name": "resnet18", "num_classes": num_classes, "in_channels": in_channels}
 
 
 # ---------------------------------------------------------------------------------------

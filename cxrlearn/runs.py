@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from cxrlearn.data import (
     near_duplicate_pairs,
     prepare_images,
     read_manifest,
+    sample_root,
     scan_folder,
     split_dataset,
     split_items,
@@ -63,15 +63,26 @@ from cxrlearn.data import (
 from cxrlearn.data.splits import SplitRow
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.evaluation.calibration import fit_temperature
-from cxrlearn.resnet import resnet18
+from cxrlearn.resnet import arch_meta, resnet18
 from cxrlearn.schedule import SizeSchedule
 from cxrlearn.seeding import seed_everything
+from cxrlearn.settings import (
+    at_least,
+    between,
+    check_fields,
+    differences,
+    from_plain,
+    one_of,
+    setting,
+    to_plain,
+)
 from cxrlearn.trained import TrainedModel, open_model
 from cxrlearn.training import TrainConfig, fit
 from cxrlearn.transfer import freeze_backbone, load_imagenet_weights
-from cxrlearn.transforms import Preprocess, eval_transform, train_transform
+from cxrlearn.transforms import Preprocess
 
-__all__ = ["AUGMENTS", "RunSettings", "RunEvents", "train_run", "stored_settings", "run_lock"]
+__all__ = ["AUGMENTS", "RunSettings", "RunEvents", "train_run", "stored_settings",
+           "run_lock"]
 
 AUGMENTS = ("flip", "flip+affine", "none")
 """Training augmentations: random left-right flip; plus rotation, zoom and shift; nothing."""
@@ -81,69 +92,71 @@ AUGMENTS = ("flip", "flip+affine", "none")
 class RunSettings:
     """Everything that decides a run, stored in its `config.json`.
 
-    Attributes:
-        data_root: The data folder: one sub-folder of images per class.
-        classes: Use only these class folders (None: every one with images).
-        image_size: S, the side of the square images.
-        channels: 3 (grey repeated, the ImageNet layout) or 1.
-        test_per_class: Images per class held out for the test split.
-        val_fraction: Share of the rest used for validation (every choice is made there).
-        augment: One of `AUGMENTS`.
-        pretrained: `"none"` (from scratch), `"imagenet"` (torchvision's weights, downloaded
-            once) or the path of a `.pth` file in torchvision's format.
-        freeze_backbone: Train the `fc` head only.
-        sync_bn: Under `torchrun` on GPUs: BatchNorm statistics over the global batch.
-        train: The training loop's settings; `cxrlearn train` turns progressive resizing on.
+    Each field is a setting (`cxrlearn.settings`), defined once with its default, its check
+    and its help text; `cxrlearn train` builds its flags from them, and a resume compares
+    them. The run's preprocessing and training loop are settings of their own, held whole:
+    `preprocess` (`cxrlearn.transforms.Preprocess`, stored in every checkpoint) and `train`
+    (`cxrlearn.training.TrainConfig`; a run turns progressive resizing on).
     """
 
-    data_root: Path
-    classes: tuple[str, ...] | None = None
-    image_size: int = 128
-    channels: int = 3
-    test_per_class: int = 30
-    val_fraction: float = 0.15
-    augment: str = "flip"
-    pretrained: str = "none"
-    freeze_backbone: bool = False
-    sync_bn: bool = False
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(sizes=SizeSchedule()))
+    data_root: Path | None = setting(
+        None, help="The data folder: one sub-folder of images per class, any names.",
+        flag="--data", metavar="DIR", group="data", shown="the bundled sample of 400 X-rays")
+    classes: tuple[str, ...] | None = setting(
+        None, help="Use only these class folders.", flag="--classes", metavar="CLASS",
+        group="data", shown="every folder with images")
+    test_per_class: int = setting(30, help="Images per class held out for the test split.",
+                                  check=at_least(1), flag="--test-per-class", metavar="N",
+                                  group="data")
+    val_fraction: float = setting(
+        0.15, help="The share of the rest used for validation, where every choice is made.",
+        check=between(0, 1, open_ends=True), flag="--val-fraction", metavar="F", group="data")
+    preprocess: Preprocess = setting(
+        default_factory=Preprocess, help="How an X-ray becomes the network's input.")
+    augment: str = setting(
+        "flip", help="Training augmentation: flip, a random left-right flip; flip+affine, "
+                     "plus a small rotation, zoom and shift; none, nothing.",
+        check=one_of(AUGMENTS), flag="--augment", group="training")
+    pretrained: str = setting(
+        "none", help="Start from random weights (none), torchvision's ImageNet weights "
+                     "(imagenet, downloaded once) or a .pth file in torchvision's format.",
+        flag="--pretrained", metavar="none|imagenet|FILE", group="model")
+    freeze_backbone: bool = setting(False, help="Train only the fc head.",
+                                    flag="--freeze-backbone", group="model")
+    sync_bn: bool = setting(
+        False, help="Under torchrun on GPUs, BatchNorm statistics over the global batch.",
+        flag="--sync-bn", group="distributed")
+    train: TrainConfig = setting(
+        default_factory=lambda: TrainConfig(sizes=SizeSchedule()),
+        help="The training loop's settings.")
 
     def __post_init__(self) -> None:
-        # One spelling of the folder, so that a resume compares like with like.
-        object.__setattr__(self, "data_root", Path(self.data_root).resolve())
-        if self.augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
-        if self.test_per_class < 1:
-            raise ValueError(f"test_per_class must be at least 1, got {self.test_per_class}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
-        Preprocess(self.image_size, channels=self.channels)  # checks the size and channels
+        check_fields(self)
+        # One spelling of the folder and the classes, so that a resume compares like with like.
+        if self.data_root is not None:
+            object.__setattr__(self, "data_root", Path(self.data_root).resolve())
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
 
-    def preprocess(self) -> Preprocess:
-        """The preprocessing these settings train with (stored in every checkpoint)."""
-        return Preprocess(self.image_size, channels=self.channels)
+    def data_folder(self) -> Path:
+        """The data folder: `data_root`, or the bundled sample when it is None."""
+        return sample_root() if self.data_root is None else self.data_root
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for `config.json`."""
-        d = dataclasses.asdict(self)
-        d["data_root"] = str(self.data_root)
-        d["classes"] = None if self.classes is None else list(self.classes)
-        return d
+        """Plain data for `config.json` (`cxrlearn.settings.to_plain`)."""
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSettings:
-        """Read `to_dict()` back, or the `config.json` of a cxrlearn 0.1 run."""
-        if "settings" in d:
-            s = dict(d["settings"])
-            return cls(**{**s, "data_root": Path(s["data_root"]),
-                          "classes": None if s["classes"] is None else tuple(s["classes"]),
-                          "train": TrainConfig.from_dict(s["train"])})
-        pre = d["preprocess"]  # cxrlearn 0.1: {"train": ..., "arch", "preprocess", ...}
-        return cls(data_root=Path(d["data_root"]), image_size=int(pre["image_size"]),
-                   channels=int(pre.get("channels", 3)), augment=d.get("augment", "flip"),
-                   pretrained=d.get("pretrained", "none"),
-                   freeze_backbone=bool(d.get("freeze_backbone", False)),
-                   train=TrainConfig.from_dict(d["train"]))
+        """Read `to_dict()` back (`cxrlearn.settings.from_plain`), also as cxrlearn 0.2.0
+        wrote it (the side and the channels beside the other settings).
+
+        Raises:
+            ValueError: A missing or wrong value, named.
+        """
+        if "preprocess" not in d and "image_size" in d:  # cxrlearn 0.2.0
+            d = {**d, "preprocess": {k: d[k] for k in ("image_size", "channels") if k in d}}
+        return from_plain(cls, d)
 
 
 class RunEvents:
@@ -221,14 +234,13 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
     """
     out, events = Path(out), events or RunEvents()
     main = distributed.is_main()
-    _check_out(out, settings, resume)
+    last = _check_out(out, settings, resume)  # last.pt, read once, when resuming
     lock = run_lock(out) if main else contextlib.nullcontext()
     with lock:
-        scan = scan_folder(settings.data_root, settings.classes)
+        scan = scan_folder(settings.data_folder(), settings.classes)
         _check_scan(scan, events)
-        preprocess = settings.preprocess()
-        meta = {"arch": {"name": "resnet18", "num_classes": len(scan.class_names),
-                         "in_channels": settings.channels},
+        preprocess = settings.preprocess
+        meta = {"arch": arch_meta(len(scan.class_names), preprocess.channels),
                 "preprocess": preprocess.to_dict(), "data_root": str(scan.root.resolve())}
         if main:
             rows = (read_manifest(out / "manifest.csv", scan.root, scan.class_names) if resume
@@ -243,23 +255,23 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
             rows = read_manifest(out / "manifest.csv", scan.root, scan.class_names)
 
         with events.progress("preparing images", len(rows)) as advance:
-            prepared = prepare_images([r.path for r in rows], settings.image_size,
+            prepared = prepare_images([r.path for r in rows], preprocess,
                                       cache_dir=cache_dir or default_cache_dir(),
                                       progress=advance)
         if prepared.from_cache:
             events.message(f"prepared images read from the cache {prepared.cache_file}")
-        train_data = split_dataset(rows, "train", settings.image_size, train_transform(
-            settings.channels, flip=settings.augment != "none",
-            affine=settings.augment == "flip+affine"), prepared.images, seed=settings.train.seed)
-        val_data = split_dataset(rows, "val", settings.image_size,
-                                 eval_transform(settings.channels), prepared.images)
+        train_data = split_dataset(rows, "train", preprocess, preprocess.train_transform(
+            flip=settings.augment != "none", affine=settings.augment == "flip+affine"),
+            prepared.images, seed=settings.train.seed)
+        val_data = split_dataset(rows, "val", preprocess, preprocess.eval_transform(),
+                                 prepared.images)
         events.message(f"split: {len(train_data)} train, {len(val_data)} val, "
                        f"{sum(r.split == 'test' for r in rows)} test (kept closed until "
                        "evaluation)")
 
         model = _network(settings, len(scan.class_names), device, resume, events)
         history = fit(model, train_data, val_data, settings.train, device, scan.class_names,
-                      out_dir=out, resume_from=out / "last.pt" if resume else None, meta=meta,
+                      out_dir=out, resume_from=last, meta=meta,
                       on_batch=events.batch if main else None,
                       on_epoch=events.epoch if main else None)
         distributed.barrier()
@@ -276,8 +288,12 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
         return trained
 
 
-def _check_out(out: Path, settings: RunSettings, resume: bool) -> None:
-    """Refuse, before anything is written, a run folder that a run could damage."""
+def _check_out(out: Path, settings: RunSettings, resume: bool) -> dict[str, Any] | None:
+    """Refuse, before anything is written, a run folder that a run could damage.
+
+    Returns:
+        When resuming, the run's `last.pt`, read here once and handed on to `fit`.
+    """
     if out.exists() and not out.is_dir():
         raise CxrlearnError("exists and is not a folder; choose another --out", path=out)
     if not resume:
@@ -290,37 +306,52 @@ def _check_out(out: Path, settings: RunSettings, resume: bool) -> None:
             raise CxrlearnError(f"is not empty (it holds {', '.join(held[:4])}"
                                 f"{', ...' if len(held) > 4 else ''}); a new run needs a new "
                                 "or empty folder, choose another --out", path=out)
-        return
-    if not (out / "last.pt").is_file():
-        raise CxrlearnError("nothing to resume: no last.pt in the run folder", path=out)
+        return None
     stored = stored_settings(out)
-    done = _epochs_done(out)
-    wanted = settings.train.num_epochs
-    if done >= wanted:
+    last = load_checkpoint(out / "last.pt")
+    done = int(last["epoch"])
+    if done >= settings.train.num_epochs:
         raise CxrlearnError(f"the run is finished ({done} of {stored.train.num_epochs} epochs); "
                             f"to train it further, ask for more epochs: --epochs N with N > "
                             f"{done}", path=out)
-    if dataclasses.replace(stored, train=dataclasses.replace(
-            stored.train, num_epochs=settings.train.num_epochs)) != settings:
-        different = [f.name for f in dataclasses.fields(settings)
-                     if getattr(settings, f.name) != getattr(stored, f.name)]
-        raise CxrlearnError(f"resuming must keep the run's own settings; these differ: "
-                            f"{', '.join(different)} (see config.json)", path=out)
+    _check_resumable(out, stored, settings)
+    return last
 
 
-def _epochs_done(out: Path) -> int:
-    """Epochs finished in a run folder: the epoch its `last.pt` holds."""
-    return int(load_checkpoint(out / "last.pt")["epoch"])
+def _check_resumable(out: Path, stored: RunSettings, settings: RunSettings) -> None:
+    """Refuse `settings` for resuming the run in `out` unless they are its own `stored` ones
+    (the number of epochs may grow).
+
+    Raises:
+        CxrlearnError: The first setting that differs, by its name and its flag.
+    """
+    def shown(value: Any) -> str:  # as the flag was written: --classes COVID Normal
+        return " ".join(value) if isinstance(value, tuple) else str(value)
+
+    for d in differences(settings, stored):
+        if d.name != "num_epochs":
+            name = d.name if d.flag is None else f"{d.name} ({d.flag})"
+            raise CxrlearnError(f"resuming keeps the run's own settings, but {name} is "
+                                f"{shown(d.ours)} here and {shown(d.theirs)} in its "
+                                "config.json; drop the change, or train a new run", path=out)
 
 
 def stored_settings(out: Path) -> RunSettings:
     """The settings in a run folder's `config.json`.
 
     Raises:
-        CxrlearnError: It is missing or unreadable.
+        CxrlearnError: No `last.pt` beside it (nothing to resume), or `config.json` is
+            missing, unreadable or from cxrlearn 0.1.
     """
+    if not (out / "last.pt").is_file():
+        raise CxrlearnError("nothing to resume: no last.pt in the run folder", path=out)
     try:
-        return RunSettings.from_dict(json.loads((out / "config.json").read_text()))
+        doc = json.loads((out / "config.json").read_text())
+        if isinstance(doc, dict) and "settings" not in doc:
+            raise CxrlearnError("written by cxrlearn 0.1, whose runs this version cannot "
+                                "resume; train a new run (its best.pt still opens)",
+                                path=out / "config.json")
+        return RunSettings.from_dict(doc["settings"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CxrlearnError(f"cannot read the run's settings ({type(e).__name__}: {e})",
                             path=out / "config.json") from None
@@ -367,7 +398,7 @@ def _split(scan: FolderScan, settings: RunSettings, out: Path, events: RunEvents
 def _network(settings: RunSettings, num_classes: int, device: torch.device, resume: bool,
              events: RunEvents) -> torch.nn.Module:
     seed_everything(settings.train.seed)  # the initial weights depend on the seed alone
-    model = resnet18(num_classes=num_classes, in_channels=settings.channels)
+    model = resnet18(num_classes=num_classes, in_channels=settings.preprocess.channels)
     if settings.pretrained != "none" and not resume:
         source = None if settings.pretrained == "imagenet" else settings.pretrained
         events.message(str(load_imagenet_weights(model, source, progress=True)))

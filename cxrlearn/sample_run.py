@@ -5,12 +5,15 @@ its answers (05). Training one costs about a minute of a laptop's CPU, too long 
 every lesson. `sample_run()` trains ResNet18 on the 400 X-rays of the bundled sample the way
 `cxrlearn train` does (a seeded, stratified split that keeps near-duplicates on one side,
 contrast stretching, random flips), writes an ordinary run folder (`manifest.csv`,
-`best.pt`) into the cache, and opens it as a `cxrlearn.runs.Run`. The folder's name is a
-hash of every setting and of the cxrlearn version: change either and a new network is
-trained; call it again with the same settings, from any lesson, and it loads in seconds.
+`best.pt`) into the cache, and opens it with `cxrlearn.trained.open_model`. Its settings
+are `cxrlearn train`'s own (`RunSettings`), a few of them changed (`SAMPLE_SETTINGS`). The
+folder's name is a hash of every setting and of the cxrlearn version: change either and a
+new network is trained; call it again with the same settings, from any lesson, and it loads
+in seconds.
 
-    run = sample_run()                   # trains on the first call, loads afterwards
-    run.model, run.dataset("test")       # the network and its held-out test images
+    run = sample_run()                       # trains on the first call, loads afterwards
+    run.network, run.dataset("test")         # the network and its held-out test images
+    sample_run(sample_settings(seed=1))      # another split and other initial weights
 
 On one machine the network is the same every time (seeded, on the CPU). On another CPU, or
 with another number of threads, the floating-point sums of training come out a little
@@ -25,78 +28,57 @@ Lesson: lessons/04_evaluation_metrics.ipynb
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import cxrlearn
-from cxrlearn.data import default_cache_dir, sample_root
+from cxrlearn.data import default_cache_dir
 from cxrlearn.runs import RunEvents, RunSettings, train_run
+from cxrlearn.settings import replace_settings, to_plain
 from cxrlearn.trained import TrainedModel, open_model
 from cxrlearn.training import TrainConfig
+from cxrlearn.transforms import Preprocess
 
-__all__ = ["SampleRunSettings", "sample_run", "sample_run_folder"]
+__all__ = ["SAMPLE_SETTINGS", "sample_settings", "sample_run", "sample_run_folder",
+           "sample_run_key"]
 
-_FORMAT_VERSION = 2  # bump when the folder's layout or the recipe below changes
+_FORMAT_VERSION = 3  # bump when the folder's layout or the recipe below changes
+
+SAMPLE_SETTINGS = RunSettings(preprocess=Preprocess(image_size=64),
+                              train=TrainConfig(num_epochs=10, warmup_epochs=1.0))
+"""The sample network's settings: `cxrlearn train`'s (`RunSettings`) on the bundled sample,
+at 64 px, for 10 epochs with a one-epoch warm-up, at full size throughout."""
 
 
-@dataclass(frozen=True)
-class SampleRunSettings:
-    """What decides the sample network; every field is part of its cache key.
+def sample_settings(**changes: Any) -> RunSettings:
+    """`SAMPLE_SETTINGS` with some settings changed, named by field: `sample_settings(seed=1)`.
 
-    Attributes:
-        image_size: Side S of the square images.
-        num_epochs: Training epochs.
-        channels: 3 (grey repeated, the ImageNet layout) or 1.
-        test_per_class: Images per class held out for the test split.
-        val_fraction: Share of the rest used for validation.
-        seed: Seed of the split, the initial weights and the augmentations.
-        lr: Peak learning rate (AdamW, one-cycle schedule, label smoothing 0.1).
-        batch_size: Images per step.
-        warmup_epochs: Length of the warm-up.
+    Raises:
+        ValueError: No setting of that name, or a bad value.
     """
-
-    image_size: int = 64
-    num_epochs: int = 10
-    channels: int = 3
-    test_per_class: int = 30
-    val_fraction: float = 0.15
-    seed: int = 0
-    lr: float = 2e-3
-    batch_size: int = 32
-    warmup_epochs: float = 1.0
-
-    def train_config(self) -> TrainConfig:
-        """The `TrainConfig` these settings train with (full size throughout)."""
-        return TrainConfig(num_epochs=self.num_epochs, lr=self.lr, batch_size=self.batch_size,
-                           warmup_epochs=self.warmup_epochs, seed=self.seed)
-
-    def run_settings(self) -> RunSettings:
-        """The `cxrlearn train` settings of the run: the bundled sample, flips only."""
-        return RunSettings(data_root=sample_root(), image_size=self.image_size,
-                           channels=self.channels, test_per_class=self.test_per_class,
-                           val_fraction=self.val_fraction, augment="flip",
-                           train=self.train_config())
-
-    def key(self) -> str:
-        """Hex digest of the settings, the cxrlearn version and the recipe's version."""
-        doc = {"settings": dataclasses.asdict(self), "cxrlearn": cxrlearn.__version__,
-               "format": _FORMAT_VERSION}
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    return replace_settings(SAMPLE_SETTINGS, **changes)
 
 
-def sample_run_folder(settings: SampleRunSettings = SampleRunSettings(),
+def sample_run_key(settings: RunSettings) -> str:
+    """Hex digest of every setting, the cxrlearn version and the recipe's version."""
+    doc = {"settings": to_plain(settings), "cxrlearn": cxrlearn.__version__,
+           "format": _FORMAT_VERSION}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sample_run_folder(settings: RunSettings = SAMPLE_SETTINGS,
                       cache_dir: str | Path | None = None) -> Path:
     """Where the run of these settings lives (whether or not it was trained yet)."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / "sample-runs" / f"resnet18-{settings.image_size}px-{settings.key()}"
+    side = settings.preprocess.image_size
+    return root / "sample-runs" / f"resnet18-{side}px-{sample_run_key(settings)}"
 
 
 class _EpochEvents(RunEvents):
@@ -109,7 +91,7 @@ class _EpochEvents(RunEvents):
 
 
 def sample_run(
-    settings: SampleRunSettings = SampleRunSettings(),
+    settings: RunSettings = SAMPLE_SETTINGS,
     cache_dir: str | Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainedModel:
@@ -118,7 +100,8 @@ def sample_run(
     Training runs on the CPU, so that the network is the same on every call on one machine.
 
     Args:
-        settings: What to train; see `SampleRunSettings`.
+        settings: What to train: `SAMPLE_SETTINGS`, or a change of them made with
+            `sample_settings`.
         cache_dir: Cache folder; default `cxrlearn.data.default_cache_dir()`.
         on_epoch: Called with each epoch's history row, when training (not when loading).
 
@@ -130,10 +113,10 @@ def sample_run(
     if not (folder / "best.pt").is_file():
         _train_into(folder, settings, on_epoch)
     # The sample is inside the installed package: point at it wherever that is now.
-    return open_model(folder, data_root=sample_root())
+    return open_model(folder, data_root=settings.data_folder())
 
 
-def _train_into(folder: Path, settings: SampleRunSettings,
+def _train_into(folder: Path, settings: RunSettings,
                 on_epoch: Callable[[dict[str, float]], None] | None) -> None:
     """Train into a private folder beside `folder`, then rename it into place.
 
@@ -144,7 +127,7 @@ def _train_into(folder: Path, settings: SampleRunSettings,
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        train_run(settings.run_settings(), tmp, torch.device("cpu"),
+        train_run(settings, tmp, torch.device("cpu"),
                   cache_dir=folder.parent.parent, events=_EpochEvents(on_epoch))
         # Keep what using the network needs; last.pt (for resuming) is two thirds optimiser.
         (tmp / "last.pt").unlink()

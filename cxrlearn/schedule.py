@@ -31,6 +31,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from cxrlearn.settings import Check, between, check_fields, setting
+
 __all__ = ["SCHEDULES", "lr_factor", "SizeSchedule", "size_fraction", "scaled_side"]
 
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -68,22 +70,22 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str = "onecy
 class SizeSchedule:
     """Progressive resizing: train on smaller images first, at full size at the end.
 
-    Attributes:
-        start: Share of the full side to begin with, in (0, 1].
-        hold: Share of the epochs spent at `start`.
-        full_from: Share of the epochs after which every epoch is at full size; between
-            `hold` and `full_from` the side grows linearly.
+    Between `hold` and `full_from` the side grows linearly. Each field is a setting
+    (`cxrlearn.settings`), with its help text and its check.
     """
 
-    start: float = 0.75
-    hold: float = 0.7
-    full_from: float = 0.8
+    start: float = setting(
+        0.75, help="The share of the full side the run begins with.",
+        check=Check(lambda v: 0 < v <= 1, "must be in (0, 1]"))
+    hold: float = setting(0.7, help="The share of the epochs spent at the starting side.",
+                          check=between(0, 1))
+    full_from: float = setting(
+        0.8, help="The share of the epochs after which every epoch is at full size.",
+        check=between(0, 1))
 
     def __post_init__(self) -> None:
-        if not 0 < self.start <= 1:
-            raise ValueError(f"the starting share of the side must be in (0, 1], "
-                             f"got {self.start}")
-        if not 0 <= self.hold <= self.full_from <= 1:
+        check_fields(self)
+        if not self.hold <= self.full_from:
             raise ValueError("need 0 <= hold <= full_from <= 1, got "
                              f"{self.hold}, {self.full_from}")
 

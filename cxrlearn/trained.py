@@ -210,10 +210,8 @@ class TrainedModel:
         if not rows:
             raise CxrlearnError(f"the manifest has no {part!r} images", path=self.folder)
         p = self.preprocess
-        prepared = prepare_images([r.path for r in rows], p.image_size, p.low, p.high,
-                                  cache_dir=cache_dir)
-        return split_dataset(rows, part, p.image_size, p.eval_transform(),
-                             images=prepared.images, low=p.low, high=p.high)
+        prepared = prepare_images([r.path for r in rows], p, cache_dir=cache_dir)
+        return split_dataset(rows, part, p, p.eval_transform(), images=prepared.images)
 
     def logits(self, data: XrayDataset, device: torch.device, batch_size: int = 64,
                on_batch: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:

@@ -29,9 +29,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from cxrlearn.errors import CxrlearnError, TrainingDiverged, TrainingInterrupted
 from cxrlearn.evaluation.metrics import confusion_matrix, per_class_scores
 from cxrlearn.schedule import SCHEDULES, SizeSchedule, lr_factor
 from cxrlearn.seeding import seed_everything
+from cxrlearn.settings import Check, above, at_least, check_fields, one_of, setting
 from cxrlearn.transforms import resize
 
 __all__ = [
@@ -68,80 +69,62 @@ __all__ = [
 class TrainConfig:
     """Settings of a training run. Defaults give a good model on the bundled sample on a CPU.
 
-    Attributes:
-        num_epochs: Passes over the training split.
-        lr: Peak learning rate.
-        batch_size: Images per optimizer step (over all processes, when distributed).
-        weight_decay: Decoupled weight decay (AdamW) or L2 (SGD).
-        optimizer: `"adamw"` or `"sgd"` (with Nesterov momentum).
-        momentum: SGD momentum.
-        schedule: `"onecycle"`, `"cosine"` or `"constant"` (see `cxrlearn.schedule`).
-        warmup_epochs: Length of the warm-up, in epochs (may be fractional).
-        label_smoothing: Share of the target moved to the other classes (Szegedy et al. 2016).
-        class_weighted: Weight the loss by inverse class frequency (for imbalanced data).
-        amp: Mixed precision on CUDA (bf16 where supported, else fp16); ignored on CPU/MPS.
-        channels_last: Keep the weights (hence the activations) in NHWC, faster on recent GPUs.
-        sizes: Progressive resizing (`cxrlearn.schedule.SizeSchedule`); None trains at full
-            size throughout. Validation runs at the size just trained at; only full-size
-            epochs compete for `best.pt` and count towards `patience`.
-        patience: Stop after this many epochs without a better validation score (None: never).
-        select_by: `"macro_f1"` (higher is better) or `"val_loss"` (lower is better).
-        seed: Seed of the initial randomness: shuffling and augmentation.
-        num_workers: DataLoader worker processes.
+    Each field is a setting (`cxrlearn.settings`): its help text, its check and, for those
+    `cxrlearn train` offers, its flag are written beside it, once. `sizes` (progressive
+    resizing) is None here, full size throughout; validation runs at the size just trained
+    at, and only full-size epochs compete for `best.pt` and count towards `patience`.
     """
 
-    num_epochs: int = 12
-    lr: float = 2e-3
-    batch_size: int = 32
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    schedule: str = "onecycle"
-    warmup_epochs: float = 2.0
-    label_smoothing: float = 0.1
-    class_weighted: bool = False
-    amp: bool = True
-    channels_last: bool = False
-    sizes: SizeSchedule | None = None
-    patience: int | None = None
-    select_by: str = "macro_f1"
-    seed: int = 0
-    num_workers: int = 0
+    num_epochs: int = setting(12, help="The number of passes over the training split.",
+                              check=at_least(1), flag="--epochs", metavar="N", group="training")
+    lr: float = setting(2e-3, help="The peak learning rate.", check=above(0), flag="--lr",
+                        group="training")
+    batch_size: int = setting(
+        32, help="Images per optimizer step; under torchrun, over all processes together.",
+        check=at_least(1), flag="--batch-size", metavar="N", group="training")
+    weight_decay: float = setting(0.05, help="Decoupled weight decay (AdamW) or L2 (SGD).",
+                                  check=at_least(0))
+    optimizer: str = setting("adamw", help="The optimizer: adamw, or sgd with Nesterov momentum.",
+                             check=one_of(("adamw", "sgd")))
+    momentum: float = setting(0.9, help="The momentum of SGD.", check=at_least(0))
+    schedule: str = setting("onecycle", help="The learning-rate schedule (cxrlearn.schedule).",
+                            check=one_of(SCHEDULES))
+    warmup_epochs: float = setting(
+        2.0, help="The length of the warm-up, in epochs (it may be fractional).",
+        check=at_least(0))
+    label_smoothing: float = setting(
+        0.1, help="The share of the target moved to the other classes (Szegedy et al. 2016).",
+        check=Check(lambda v: 0 <= v < 1, "must be at least 0 and below 1"))
+    class_weighted: bool = setting(
+        False, help="Weight the loss by inverse class frequency, for imbalanced data.",
+        flag="--class-weighted", group="training")
+    amp: bool = setting(True, help="Mixed precision on CUDA (bf16 where supported, else "
+                                   "fp16); ignored on the CPU and MPS.")
+    channels_last: bool = setting(
+        False, help="Keep the weights, hence the activations, in NHWC: faster on recent GPUs.")
+    sizes: SizeSchedule | None = setting(
+        None, help=f"Progressive resizing: train the first {SizeSchedule.hold:.0%} of the "
+                   "epochs at START, a share of the full side, growing to full size by "
+                   f"{SizeSchedule.full_from:.0%}. 1 turns it off.",
+        flag="--progressive-resize", metavar="START", group="training",
+        from_flag=lambda start: None if start == 1 else SizeSchedule(start),
+        to_flag=lambda sizes: 1.0 if sizes is None else sizes.start)
+    patience: int | None = setting(
+        None, help="Stop after N epochs without a better validation score.",
+        check=at_least(1), flag="--patience", metavar="N", group="training", shown="never")
+    select_by: str = setting(
+        "macro_f1", help="The score that chooses the epoch: macro_f1 (higher is better) or "
+                         "val_loss (lower is better).",
+        check=one_of(("macro_f1", "val_loss")))
+    seed: int = setting(0, help="The seed of the split, the initial weights and the "
+                                "augmentation.", check=at_least(0), flag="--seed",
+                        group="training")
+    num_workers: int = setting(0, help="The number of data-loading processes.",
+                               check=at_least(0), flag="--num-workers", metavar="N",
+                               group="hardware")
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.select_by not in ("macro_f1", "val_loss"):
-            raise ValueError(f"select_by must be macro_f1 or val_loss, got {self.select_by!r}")
-        if self.num_epochs < 1 or self.batch_size < 1:
-            raise ValueError("num_epochs and batch_size must be at least 1, got "
-                             f"{self.num_epochs}, {self.batch_size}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-        for name in ("weight_decay", "warmup_epochs", "label_smoothing", "momentum"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {value}")
-        if self.label_smoothing >= 1:
-            raise ValueError(f"label_smoothing must be below 1, got {self.label_smoothing}")
-        if self.num_workers < 0 or (self.patience is not None and self.patience < 1):
-            raise ValueError("num_workers must be >= 0 and patience >= 1")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Read a stored `dataclasses.asdict(config)`, including those of cxrlearn 0.1
-        (progressive resizing as three numbers, 1 meaning off)."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in d.items() if k in known and k != "sizes"}
-        sizes = d.get("sizes")
-        if isinstance(sizes, Mapping):
-            values["sizes"] = SizeSchedule(**sizes)
-        elif d.get("progressive_resize", 1.0) < 1.0:
-            values["sizes"] = SizeSchedule(d["progressive_resize"], d.get("resize_hold", 0.5),
-                                           d.get("resize_full_from", 0.75))
-        return cls(**values)
+        check_fields(self)
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> Tensor:
@@ -344,7 +327,7 @@ def fit(
     device: torch.device,
     class_names: Sequence[str],
     out_dir: str | Path | None = None,
-    resume_from: str | Path | None = None,
+    resume_from: str | Path | dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     on_batch: Callable[[int, dict[str, float]], None] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
@@ -359,7 +342,8 @@ def fit(
         device: Where to train (see `cxrlearn.device.select_device`).
         class_names: Names of the classes, stored in checkpoints.
         out_dir: Folder for `last.pt` (every epoch) and `best.pt` (best validation score).
-        resume_from: A `last.pt` to continue from; the run then ends as if uninterrupted.
+        resume_from: A `last.pt` to continue from, or its content already read (see
+            `cxrlearn.checkpoint.resume`); the run then ends as if uninterrupted.
         meta: Extra plain data stored in checkpoints (architecture, preprocessing).
         on_batch: Called as `on_batch(epoch, stats)` after every training batch.
         on_epoch: Called with each epoch's history row.
@@ -397,7 +381,7 @@ def fit(
     ddp_model = distributed.wrap(model, device)  # `model` itself when not distributed
     val_loader = DataLoader(val_data, batch_size=config.batch_size,
                             num_workers=config.num_workers)
-    full_side = val_data[0][0].shape[-1]
+    full_side = val_data.preprocess.image_size  # the side the images were prepared at
     for epoch in range(run.epoch, config.num_epochs):
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cxrlearn.contrast import HIGH, LOW, stretch_contrast_tensor
+from cxrlearn.settings import between, check_fields, from_plain, one_of, setting, to_plain
 
 __all__ = [
     "as_float_image",
@@ -183,7 +184,7 @@ class ToChannels:
         (1, H, W) -> (num_channels, H, W)
     """
 
-    def __init__(self, num_channels: int = 3) -> None:
+    def __init__(self, num_channels: int) -> None:
         self.num_channels = num_channels
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -231,61 +232,48 @@ def _normalize_for(channels: int) -> Normalize:
     raise ValueError(f"channels must be 1 or 3, got {channels}")
 
 
-def train_transform(channels: int = 3, flip: bool = True, affine: bool = True) -> Compose:
-    """Stage 2 for training: random flip and affine jitter, channels, normalisation.
-
-    Input is a prepared image as float in [0, 1], `(1, S, S)`.
-    """
-    steps: list = []
-    if flip:
-        steps.append(RandomHorizontalFlip(0.5))
-    if affine:
-        steps.append(RandomAffine())
-    return Compose([*steps, ToChannels(channels), _normalize_for(channels)])
-
-
-def eval_transform(channels: int = 3) -> Compose:
-    """Stage 2 for evaluation and prediction: channels and normalisation, nothing random."""
-    return Compose([ToChannels(channels), _normalize_for(channels)])
-
-
 @dataclass(frozen=True)
 class Preprocess:
     """How a raw grey X-ray becomes the network's input: the settings and their defaults.
 
     `network_input(image)` is `prepare` (stretch, resize to S, 8 bits), `/ 255`, then
     `eval_transform` with this object's mean and std. A checkpoint stores `to_dict()` as
-    `meta["preprocess"]`; `from_dict` reads it back, checking every value.
+    `meta["preprocess"]`; `from_dict` reads it back, checking every value. Each field is a
+    setting (`cxrlearn.settings`): `cxrlearn train`'s `--image-size` and `--channels` are
+    built from it.
 
-    Attributes:
-        image_size: S, the side of the square the network sees (16 to `MAX_IMAGE_SIZE`).
-        low: Lower contrast-stretch percentile.
-        high: Upper contrast-stretch percentile.
-        channels: 3 (grey repeated, the ImageNet layout) or 1.
-        mean: Per-channel mean subtracted after scaling to [0, 1]; default: ImageNet's
-            for 3 channels, their average for 1.
-        std: Per-channel standard deviation divided by; default as for `mean`.
+    The defaults of `mean` and `std` depend on `channels`: ImageNet's for 3 channels,
+    their average for 1.
     """
 
-    image_size: int
-    low: float = LOW
-    high: float = HIGH
-    channels: int = 3
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    image_size: int = setting(
+        128, help="The side S of the square image the network sees, in pixels.",
+        check=between(16, MAX_IMAGE_SIZE), flag="--image-size", metavar="S", group="model")
+    low: float = setting(LOW, help="The lower contrast-stretch percentile.",
+                         check=between(0, 100))
+    high: float = setting(HIGH, help="The upper contrast-stretch percentile.",
+                          check=between(0, 100))
+    channels: int = setting(
+        3, help="3 repeats the grey image three times (the ImageNet layout); 1 keeps one "
+                "channel, with conv1 summed over RGB.",
+        check=one_of((1, 3)), flag="--channels", group="model")
+    mean: tuple[float, ...] | None = setting(
+        None, help="The per-channel mean subtracted after scaling to [0, 1]. None means "
+                   "ImageNet's for 3 channels and their average for 1.")
+    std: tuple[float, ...] | None = setting(
+        None, help="The per-channel standard deviation divided by. None means as for mean.")
 
     def __post_init__(self) -> None:
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if not 16 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise ValueError(f"image_size must be between 16 and {MAX_IMAGE_SIZE}, "
-                             f"got {self.image_size}")
-        if not 0.0 <= self.low <= self.high <= 100.0:
+        check_fields(self)
+        if not self.low <= self.high:
             raise ValueError(f"need 0 <= low <= high <= 100, got {self.low}, {self.high}")
         default = _normalize_for(self.channels)
+        # The other channel count's default, in a copy made with other channels
+        # (`dataclasses.replace`, `cxrlearn train --channels 1`), was filled in, not chosen.
+        other = _normalize_for(4 - self.channels)  # channels is 1 or 3
         # A frozen dataclass: fill the defaults that depend on `channels` the only way it allows.
-        mean = default.mean if self.mean is None else tuple(float(v) for v in self.mean)
-        std = default.std if self.std is None else tuple(float(v) for v in self.std)
+        mean = default.mean if self.mean in (None, other.mean) else tuple(map(float, self.mean))
+        std = default.std if self.std in (None, other.std) else tuple(map(float, self.std))
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         if len(mean) != self.channels or len(std) != self.channels:
@@ -295,43 +283,33 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocess:
-        """Read a stored `to_dict()`: missing fields take their defaults, others are ignored.
+        """Read a stored `to_dict()` (`cxrlearn.settings.from_plain`): missing fields take
+        their defaults, others are ignored; the side alone is never guessed.
 
         Raises:
-            ValueError: A value of the wrong type or out of range (the message says which).
+            ValueError: No image_size, or a value of the wrong type or out of range (the
+                message says which).
         """
-        def number(key: str, kind: type) -> Any:
-            value = d[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{key} must be a number, got {value!r}")
-            if kind is int and value != int(value):
-                raise ValueError(f"{key} must be a whole number, got {value!r}")
-            return kind(value)
-
-        def floats(key: str) -> tuple[float, ...] | None:
-            value = d.get(key)
-            if value is None:
-                return None
-            if not isinstance(value, (list, tuple)) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                raise ValueError(f"{key} must be a list of numbers, got {value!r}")
-            return tuple(float(v) for v in value)
-
         if not isinstance(d, Mapping) or "image_size" not in d:
             raise ValueError("no image_size")
-        return cls(image_size=number("image_size", int),
-                   low=number("low", float) if "low" in d else LOW,
-                   high=number("high", float) if "high" in d else HIGH,
-                   channels=number("channels", int) if "channels" in d else 3,
-                   mean=floats("mean"), std=floats("std"))
+        return from_plain(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for a checkpoint or JSON: tuples become lists."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return to_plain(self)
+
+    def train_transform(self, flip: bool = True, affine: bool = True) -> Compose:
+        """Stage 2 for training with this object's channels, mean and std."""
+        steps: list = []
+        if flip:
+            steps.append(RandomHorizontalFlip(0.5))
+        if affine:
+            steps.append(RandomAffine())
+        return Compose([*steps, ToChannels(self.channels), Normalize(self.mean, self.std)])
 
     def eval_transform(self) -> Compose:
         """Stage 2 for evaluation with this object's channels, mean and std."""
-        return Compose([ToChannels(self.channels), Normalize(self.mean, self.std)])
+        return self.train_transform(flip=False, affine=False)
 
     def prepare(self, image: np.ndarray | Tensor) -> Tensor:
         """Stage 1 (`prepare`): what the network sees, as 8 bits. Shape: (H, W) -> (1, S, S)."""
@@ -356,6 +334,22 @@ class Preprocess:
             prepared: uint8 (1, S, S) -> (C, S, S)
         """
         return self.eval_transform()(prepared.to(torch.float32) / 255.0)
+
+
+
+def train_transform(channels: int = Preprocess.channels, flip: bool = True,
+                    affine: bool = True) -> Compose:
+    """Stage 2 for training: random flip and affine jitter, channels, normalisation.
+
+    Input is a prepared image as float in [0, 1], `(1, S, S)`. The same as
+    `Preprocess(channels=channels).train_transform(flip, affine)`.
+    """
+    return Preprocess(channels=channels).train_transform(flip, affine)
+
+
+def eval_transform(channels: int = Preprocess.channels) -> Compose:
+    """Stage 2 for evaluation and prediction: channels and normalisation, nothing random."""
+    return Preprocess(channels=channels).eval_transform()
 
 
 def as_float_image(image: np.ndarray | Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 from cxrlearn.data import XrayDataset
 from cxrlearn.distributed import detect, init_process_group
 from cxrlearn.training import TrainConfig, fit
-from cxrlearn.transforms import eval_transform, train_transform
+from cxrlearn.transforms import Preprocess, eval_transform, train_transform
 
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 CONFIG = TrainConfig(num_epochs=3, batch_size=8, lr=1e-2, warmup_epochs=1, seed=3)
@@ -45,7 +45,7 @@ def toy(n_per_class: int, seed: int, transform) -> XrayDataset:
             img[k * 4 : k * 4 + 4, :] += 150
             images.append(img)
             labels.append(k)
-    return XrayDataset([f"toy-{i}" for i in range(len(labels))], labels, 16, transform,
+    return XrayDataset([f"toy-{i}" for i in range(len(labels))], labels, Preprocess(16), transform,
                        images=np.stack(images), seed=seed)
 
 

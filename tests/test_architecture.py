@@ -18,7 +18,7 @@ PACKAGE = ROOT / "cxrlearn"
 
 # Lowest first. A module may import modules of its own layer or of lower ones.
 LAYERS = [
-    ["errors", "atomic"],
+    ["errors", "atomic", "settings"],
     ["contrast"],
     ["transforms"],
     ["data"],

@@ -82,8 +82,12 @@ def test_train_options_for_size_and_augmentation(tmp_path, data, capsys):
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--image-size", "0", "must be at least 1"),
-    ("--image-size", "-5", "must be at least 1"),
+    # each flag checked as its setting is (cxrlearn.settings), before any work
+    ("--image-size", "0", "image_size must be between 16 and 2048"),
+    ("--image-size", "8", "image_size must be between 16 and 2048"),
+    ("--progressive-resize", "1.5", "start must be in (0, 1]"),
+    ("--channels", "2", "channels must be one of 1, 3"),
+    ("--augment", "mirror", "augment must be one of flip, flip+affine, none"),
     ("--lr", "nan", "not a finite number"),
     ("--lr", "0", "must be above 0"),
     ("--val-fraction", "0", "must be between 0 and 1"),
@@ -103,8 +107,6 @@ def test_bad_numbers_are_argparse_errors_before_any_work(tmp_path, data, capsys,
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--image-size", "8"], "image_size must be between 16 and 2048"),
-    (["--progressive-resize", "1.5"], "starting share of the side must be in (0, 1]"),
     (["--classes", "COVID"], "only one class (COVID): a classifier needs at least two"),
     (["--classes", "COVID", "Cats"], "no folder for class 'Cats'"),
     (["--test-per-class", "30"], "too few"),
@@ -134,7 +136,7 @@ def test_train_refuses_to_overwrite_and_resumes(tmp_path, data, capsys):
     assert (out / "manifest.csv").read_text() == before
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
     settings = json.loads((out / "config.json").read_text())["settings"]
-    assert settings["train"]["num_epochs"] == 2 and settings["image_size"] == 32
+    assert settings["train"]["num_epochs"] == 2 and settings["preprocess"]["image_size"] == 32
 
 
 def test_resume_keeps_the_runs_own_settings(tmp_path, data, capsys):
@@ -147,7 +149,7 @@ def test_resume_keeps_the_runs_own_settings(tmp_path, data, capsys):
         assert main(["train", "--out", str(out), "--resume", "--epochs", "3",
                      flag, value]) == 1
         err = capsys.readouterr().err
-        assert f"{flag} " in err and "differs from the run's own" in err, flag
+        assert f"({flag}) is {value}" in err and "resuming keeps the run's own" in err, flag
         assert (out / "config.json").read_text() == config  # nothing was rewritten
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
@@ -189,7 +191,7 @@ def test_a_locked_run_folder_is_refused(tmp_path, data, capsys):
 
 def test_without_data_the_first_line_says_the_bundled_sample(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["train", "--image-size", "8"])  # refused at once, but after saying what it uses
+    main(["train", "--classes", "Cats", "Dogs"])  # refused, but after saying what it uses
     first = capsys.readouterr().out.strip().splitlines()[0]
     assert first.startswith("no --data given: training on the bundled sample")
 

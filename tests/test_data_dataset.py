@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxrlearn.data import XrayDataset, item_generator, load_image, prepare_images, scan_folder
-from cxrlearn.transforms import eval_transform, prepare, train_transform
+from cxrlearn.transforms import Preprocess, eval_transform, prepare, train_transform
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def scan(tiny_dataset):
 def make(scan, transform, **kwargs) -> XrayDataset:
     paths = [p for p, _ in scan.items]
     labels = [y for _, y in scan.items]
-    return XrayDataset(paths, labels, 32, transform, **kwargs)
+    return XrayDataset(paths, labels, Preprocess(32), transform, **kwargs)
 
 
 def test_items_are_float_images_and_int_labels(scan):
@@ -61,7 +61,7 @@ def test_another_epoch_or_seed_changes_augmentations(scan):
 
 def test_prepared_images_give_the_same_items(scan, monkeypatch):
     paths = [p for p, _ in scan.items]
-    images = prepare_images(paths, 32).images
+    images = prepare_images(paths, Preprocess(32)).images
     slow = make(scan, train_transform(), seed=1)
     fast = make(scan, train_transform(), seed=1, images=images)
     for i in range(len(slow)):
@@ -81,7 +81,7 @@ def test_prepared_images_give_the_same_items(scan, monkeypatch):
 
 def test_workers_do_not_change_the_batches(scan):
     paths = [p for p, _ in scan.items]
-    images = prepare_images(paths, 32).images
+    images = prepare_images(paths, Preprocess(32)).images
 
     def batches(num_workers):
         ds = make(scan, train_transform(1), seed=5, images=images)
@@ -96,9 +96,9 @@ def test_workers_do_not_change_the_batches(scan):
 def test_bad_arguments(scan):
     paths = [p for p, _ in scan.items]
     with pytest.raises(ValueError, match="length"):
-        XrayDataset(paths, [0], 32, eval_transform())
+        XrayDataset(paths, [0], Preprocess(32), eval_transform())
     with pytest.raises(ValueError, match="shape"):
-        XrayDataset(paths, [0] * 20, 32, eval_transform(),
+        XrayDataset(paths, [0] * 20, Preprocess(32), eval_transform(),
                     images=np.zeros((20, 16, 16), dtype=np.uint8))
 
 
@@ -118,11 +118,11 @@ def test_split_dataset_takes_one_part_with_its_images(scan):
     from cxrlearn.data import split_dataset, split_items
 
     rows = split_items(scan.items, test_per_class=2, val_fraction=0.25, seed=0)
-    images = prepare_images([r.path for r in rows], 32).images  # (N, S, S), one per row
+    images = prepare_images([r.path for r in rows], Preprocess(32)).images  # (N, S, S), one per row
     for part in ("train", "val", "test"):
         picked = [i for i, r in enumerate(rows) if r.split == part]
-        fast = split_dataset(rows, part, 32, eval_transform(1), images=images)
-        slow = split_dataset(rows, part, 32, eval_transform(1))  # reads the files
+        fast = split_dataset(rows, part, Preprocess(32), eval_transform(1), images=images)
+        slow = split_dataset(rows, part, Preprocess(32), eval_transform(1))  # reads the files
         assert fast.paths == [rows[i].path for i in picked]
         assert fast.labels == [rows[i].label for i in picked]
         for j in range(len(fast)):
@@ -136,4 +136,4 @@ def test_split_dataset_refuses_an_empty_part(scan):
 
     rows = split_items(scan.items, test_per_class=2, val_fraction=0.0, seed=0)
     with pytest.raises(CxrlearnError, match="no 'val' images"):
-        split_dataset(rows, "val", 32, eval_transform(1))
+        split_dataset(rows, "val", Preprocess(32), eval_transform(1))

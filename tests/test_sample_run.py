@@ -8,7 +8,6 @@ makes with duplicate groups.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,32 @@ from cxrlearn.data import (
     scan_folder,
     split_items,
 )
-from cxrlearn.sample_run import SampleRunSettings, sample_run, sample_run_folder
-from cxrlearn.training import evaluate, make_loss_fn
+from cxrlearn.runs import RunSettings
+from cxrlearn.sample_run import (
+    SAMPLE_SETTINGS,
+    sample_run,
+    sample_run_folder,
+    sample_run_key,
+    sample_settings,
+)
+from cxrlearn.schedule import SizeSchedule
+from cxrlearn.training import TrainConfig, evaluate, make_loss_fn
+from cxrlearn.transforms import Preprocess
 
-TINY = SampleRunSettings(image_size=32, num_epochs=2, batch_size=64)
+TINY = sample_settings(image_size=32, num_epochs=2, batch_size=64)
+
+
+def test_the_sample_settings_are_train_s_with_a_few_changes() -> None:
+    """The recipe the lessons' numbers come from: cxrlearn train's settings at 64 px, ten
+    epochs, a one-epoch warm-up, full size throughout (each value written out: the oracle)."""
+    assert SAMPLE_SETTINGS == RunSettings(
+        data_root=None, classes=None, test_per_class=30, val_fraction=0.15,
+        preprocess=Preprocess(image_size=64, channels=3), augment="flip", pretrained="none",
+        freeze_backbone=False, sync_bn=False,
+        train=TrainConfig(num_epochs=10, lr=2e-3, batch_size=32, warmup_epochs=1.0, seed=0,
+                          sizes=None))
+    assert RunSettings().train.sizes == SizeSchedule()  # what the sample run turns off
+    assert TINY.preprocess.image_size == 32 and TINY.train.batch_size == 64
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +72,7 @@ def test_first_call_trains_a_lean_run_folder(tiny_cache: Path) -> None:
     ckpt = load_checkpoint(folder / "best.pt")
     assert not {"optimizer", "scheduler", "rng"} & set(ckpt)  # only what inference needs
     assert ckpt["meta"]["preprocess"]["image_size"] == 32
-    assert len(ckpt["history"]) == ckpt["epoch"] <= TINY.num_epochs
+    assert len(ckpt["history"]) == ckpt["epoch"] <= TINY.train.num_epochs
     assert 0.01 < ckpt["temperature"] < 100  # calibrated on validation, as train does
     # Nothing is left beside it: no temporary folder of the training.
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
@@ -84,7 +105,8 @@ def test_the_run_is_what_its_history_says(tiny_cache: Path) -> None:
     scan = scan_folder(sample_root())
     hashes = np.stack([dhash(load_image(p)) for p, _ in scan.items])
     groups = duplicate_groups(len(scan.items), near_duplicate_pairs(hashes))
-    expected = split_items(scan.items, TINY.test_per_class, TINY.val_fraction, TINY.seed, groups)
+    expected = split_items(scan.items, TINY.test_per_class, TINY.val_fraction, TINY.train.seed,
+                           groups)
     assert [(r.path.name, r.label, r.split) for r in run.split] == \
            [(r.path.name, r.label, r.split) for r in expected]
     test = run.dataset("test")
@@ -94,16 +116,18 @@ def test_the_run_is_what_its_history_says(tiny_cache: Path) -> None:
     scores = [r["val_macro_f1"] for r in run.history]
     assert scores[run.epoch - 1] == max(scores)
     val = run.dataset("val")
-    loss_fn = make_loss_fn(TINY.train_config(), [0], 4)
+    loss_fn = make_loss_fn(TINY.train, [0], 4)
     again = evaluate(run.network, DataLoader(val, batch_size=64), loss_fn, torch.device("cpu"),
                      4)
     assert again["macro_f1"] == scores[run.epoch - 1]
 
 
 @pytest.mark.parametrize("change", [{"image_size": 48}, {"num_epochs": 3}, {"seed": 1},
+                                    {"augment": "none"}, {"low": 1.0},
                                     {"channels": 1}, {"lr": 1e-3}, {"test_per_class": 20}])
 def test_every_setting_is_in_the_key(change: dict) -> None:
-    assert dataclasses.replace(TINY, **change).key() != TINY.key()
+    assert sample_run_key(sample_settings(**change)) != sample_run_key(SAMPLE_SETTINGS)
+    assert sample_run_folder(sample_settings(**change)) != sample_run_folder()
 
 
 def test_the_library_version_is_in_the_key(monkeypatch: pytest.MonkeyPatch,

@@ -33,7 +33,7 @@ from cxrlearn.training import (
     make_optimizer,
     train_one_epoch,
 )
-from cxrlearn.transforms import eval_transform, resize, train_transform
+from cxrlearn.transforms import Preprocess, eval_transform, resize, train_transform
 
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 META = {"arch": {"name": "tiny", "num_classes": 4, "in_channels": 3}}
@@ -71,7 +71,8 @@ def _toy_data(n_per_class: int, seed: int, transform, size: int = S) -> XrayData
             images.append(img)
             labels.append(k)
     paths = [f"toy-{i}.png" for i in range(len(labels))]  # never read: images are given
-    return XrayDataset(paths, labels, size, transform, images=np.stack(images), seed=seed)
+    return XrayDataset(paths, labels, Preprocess(size), transform, images=np.stack(images),
+                       seed=seed)
 
 
 def _run(tmp: Path | None, num_epochs: int = 3, resume=None, on_epoch=None, size: int = S,
@@ -411,7 +412,7 @@ def test_size_fraction_and_scaled_side_hand_values():
     assert scaled_side(100, 1.0) == 100
     with pytest.raises(ValueError, match="start"):
         size_fraction(0, 4, 0.0, 0.5, 0.75)
-    with pytest.raises(ValueError, match="starting share of the side"):
+    with pytest.raises(ValueError, match=r"start must be in \(0, 1\], got 1.5"):
         SizeSchedule(start=1.5)
 
 
@@ -423,16 +424,18 @@ def test_train_config_refuses_impossible_settings(bad):
         TrainConfig(**bad)
 
 
-def test_train_config_reads_its_own_dict_and_cxrlearn_0_1s():
-    import dataclasses
+def test_train_config_reads_its_own_stored_form():
+    import json
 
-    config = TrainConfig(num_epochs=7, sizes=SizeSchedule(0.5))
-    assert TrainConfig.from_dict(dataclasses.asdict(config)) == config
-    old = {**dataclasses.asdict(TrainConfig(num_epochs=7)), "progressive_resize": 0.75,
-           "resize_hold": 0.7, "resize_full_from": 0.8}
-    del old["sizes"]
-    assert TrainConfig.from_dict(old) == TrainConfig(num_epochs=7, sizes=SizeSchedule())
-    assert TrainConfig.from_dict({**old, "progressive_resize": 1.0}).sizes is None
+    from cxrlearn.settings import from_plain, to_plain
+
+    config = TrainConfig(num_epochs=7, sizes=SizeSchedule(0.5), patience=3)
+    assert from_plain(TrainConfig, json.loads(json.dumps(to_plain(config)))) == config
+    assert from_plain(TrainConfig, {"lr": 0.1}) == TrainConfig(lr=0.1)  # the rest: defaults
+    with pytest.raises(ValueError, match="lr must be a number, got 'fast'"):
+        from_plain(TrainConfig, {"lr": "fast"})
+    with pytest.raises(ValueError, match="start must be in"):
+        from_plain(TrainConfig, {"sizes": {"start": 2}})
 
 
 @settings(max_examples=30, deadline=None)

@@ -178,3 +178,15 @@ def test_prepare_accepts_uint16_and_tensors():
     diff = prepare(img16, 16).to(torch.int16) - prepare(as_float, 16).to(torch.int16)
     assert diff.abs().max() <= 1
     assert torch.equal(prepare(torch.from_numpy(as_float), 16), prepare(as_float, 16))
+
+
+def test_a_copy_with_other_channels_takes_their_default_normalisation():
+    import dataclasses
+
+    from cxrlearn.transforms import GREY_MEAN, GREY_STD, Preprocess
+
+    grey = dataclasses.replace(Preprocess(image_size=32), channels=1)
+    assert (grey.mean, grey.std) == (GREY_MEAN, GREY_STD)
+    assert dataclasses.replace(grey, channels=3) == Preprocess(image_size=32)
+    chosen = Preprocess(image_size=32, channels=1, mean=(0.5,), std=(0.25,))
+    assert dataclasses.replace(chosen, image_size=64).mean == (0.5,)  # a choice is kept

@@ -45,7 +45,7 @@ from skimage.exposure import rescale_intensity
 import cxrlearn.data as cxd
 from cxrlearn import CxrlearnError
 from cxrlearn.contrast import stretch_contrast
-from cxrlearn.transforms import eval_transform, prepare, train_transform
+from cxrlearn.transforms import Preprocess, eval_transform, prepare, train_transform
 
 torch.manual_seed(0)
 rng = np.random.default_rng(0)
@@ -173,7 +173,7 @@ of epoch `e` come from a generator seeded with `(seed, e, i)`, so a seed fixes e
 code("""
 paths = [p for p, _ in scan.items]
 labels = [y for _, y in scan.items]
-ds = cxd.XrayDataset(paths, labels, image_size=64, transform=train_transform())
+ds = cxd.XrayDataset(paths, labels, Preprocess(image_size=64), transform=train_transform())
 x0, y0 = ds[0]
 print(len(ds), tuple(x0.shape), x0.dtype, y0, scan.class_names[y0])
 print("same item twice is identical:", torch.equal(ds[0][0], x0))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -31,15 +32,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help=HELP, description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="run folder (default: a new runs/demo-DATE-TIME)")
-    add_training_arguments(p, epochs=DEMO_EPOCHS)
+    add_training_arguments(p, demo_settings())
     p.set_defaults(func=run)
+
+
+def demo_settings() -> Any:
+    """The `RunSettings` a demo takes without flags: `cxrlearn train`'s, for `DEMO_EPOCHS`."""
+    from cxrlearn.runs import RunSettings
+    from cxrlearn.settings import replace_settings
+
+    return replace_settings(RunSettings(), num_epochs=DEMO_EPOCHS)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
     from cxrlearn.cli.evaluate import evaluate_model
     from cxrlearn.cli.gradcam import write_overlays
     from cxrlearn.cli.train import RichEvents, settings_from_args
-    from cxrlearn.data import load_image, sample_root
+    from cxrlearn.data import load_image
     from cxrlearn.device import select_device
     from cxrlearn.export import export_torchscript, load_exported
     from cxrlearn.runs import train_run
@@ -50,7 +59,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "A teaching tool, not a diagnostic device.", style="bold"))
     start = time.perf_counter()
     device = select_device(args.device)
-    settings = settings_from_args(args, sample_root(), DEMO_EPOCHS)
+    settings = settings_from_args(args, demo_settings())
 
     console.rule("1. split, contrast stretching, training")
     events = RichEvents(console, settings.train.num_epochs)

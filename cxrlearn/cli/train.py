@@ -1,7 +1,8 @@
 """`cxrlearn train`: a data folder in, a run folder out (`cxrlearn.runs.train_run`).
 
 The flags are grouped as a student meets them: the data, the run folder, the model, the
-training. Every default is shown in `--help`. A resumed run keeps the settings in its
+training. Each one is built from its setting's one definition (`cxrlearn.settings`): its
+help, its check and its default, shown in `--help`. A resumed run keeps the settings in its
 `config.json`: a flag that contradicts them is refused, and a finished run trains further
 only with an explicit, larger `--epochs`.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,172 +20,121 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import TextColumn
 
-from cxrlearn.cli import (
-    fraction,
-    nonnegative_int,
-    positive_float,
-    positive_int,
-    progress_bar,
-)
+from cxrlearn.cli import _number, progress_bar
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["HELP", "add_parser", "add_training_arguments", "RichEvents",
+__all__ = ["HELP", "add_parser", "add_setting_flags", "add_training_arguments", "RichEvents",
            "settings_from_args", "epoch_line"]
 
 HELP = "train ResNet18 on a data folder and write a run folder"
 
 
-def add_training_arguments(p: argparse.ArgumentParser, epochs: int) -> None:
-    """The model and training flags, shared by `train` and `demo`. Defaults are None, so that
-    a resume can tell a flag that was given from one that was not; `--help` shows the value
-    a new run takes."""
-    from cxrlearn.runs import AUGMENTS, RunSettings
-    from cxrlearn.schedule import SizeSchedule
-    from cxrlearn.training import TrainConfig
+def add_setting_flags(p: argparse.ArgumentParser, defaults: Any,
+                      groups: Sequence[str]) -> dict[str, argparse._ArgumentGroup]:
+    """One flag per setting that names one (`cxrlearn.settings.flag_settings`), listed under
+    its group in `--help` with its help text, its check and its default in `defaults`.
 
-    run, train, sizes = RunSettings(data_root=Path(".")), TrainConfig(), SizeSchedule()
-    model = p.add_argument_group("model")
-    model.add_argument("--image-size", type=positive_int, metavar="S",
-                       help=f"side of the square network input, 16 to 2048 "
-                            f"(default {run.image_size})")
-    model.add_argument("--channels", type=int, choices=(1, 3),
-                       help=f"3: the grey image repeated (the ImageNet layout); 1: one "
-                            f"channel, conv1 summed over RGB (default {run.channels})")
-    model.add_argument("--pretrained", metavar="none|imagenet|FILE",
-                       help="start from random weights (none), torchvision's ImageNet "
-                            "weights (imagenet, downloaded once) or a .pth file in "
-                            f"torchvision's format (default {run.pretrained})")
-    model.add_argument("--freeze-backbone", action="store_true", default=None,
-                       help="train only the fc head")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=positive_int, metavar="N",
-                   help=f"passes over the training split (default {epochs})")
-    t.add_argument("--batch-size", type=positive_int, metavar="N",
-                   help=f"images per step; under torchrun the global batch "
-                        f"(default {train.batch_size})")
-    t.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {train.lr})")
-    t.add_argument("--augment", choices=AUGMENTS,
-                   help="random left-right flip; plus small rotation, zoom and shift; or "
-                        f"nothing (default {run.augment})")
-    t.add_argument("--progressive-resize", type=positive_float, metavar="START",
-                   # "%%": argparse formats help strings with %
-                   help=f"train the first {sizes.hold * 100:.0f}%% of the epochs at this "
-                        f"share of the side, growing to full size by "
-                        f"{sizes.full_from * 100:.0f}%%; 1 turns it off (default {sizes.start})")
-    t.add_argument("--class-weighted", action="store_true", default=None,
-                   help="weight the loss by inverse class frequency, for imbalanced data")
-    t.add_argument("--patience", type=positive_int, metavar="N",
-                   help="stop after N epochs without a better validation macro-F1 "
-                        "(default: never)")
-    t.add_argument("--seed", type=nonnegative_int,
-                   help=f"seed of the split, the weights and the augmentation "
-                        f"(default {train.seed})")
-    h = p.add_argument_group("hardware")
-    h.add_argument("--device", default="auto",
-                   help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps "
-                        "(default auto)")
-    h.add_argument("--num-workers", type=nonnegative_int, metavar="N",
-                   help=f"data-loading processes (default {train.num_workers})")
-    h.add_argument("--cache-dir", type=Path, metavar="DIR",
-                   help="prepared-image cache (default: $CXRLEARN_CACHE_DIR, else "
-                        "~/.cache/cxrlearn)")
+    A flag that is not given leaves no attribute (`argparse.SUPPRESS`), so that a resume can
+    tell it from one that was, even one given a value that means None; `--help` shows the
+    value a new run takes.
+
+    Returns:
+        The `--help` sections, by group name, for flags that are not settings.
+    """
+    from cxrlearn.settings import flag_settings
+
+    sections = {name: p.add_argument_group(name) for name in groups}
+    for f, value in flag_settings(defaults):
+        meta, check = f.metadata, f.metadata["check"]
+        if meta["group"] not in sections:
+            continue
+        help = meta["help"]
+        if check is not None and check.choices is None:
+            help += f" It {check.says}."
+        if not isinstance(value, bool):
+            help += f" Default: {meta['shown'] or (meta['to_flag'] or (lambda v: v))(value)}."
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help.replace("%", "%%"),
+                                  "default": argparse.SUPPRESS}
+        if isinstance(value, bool):  # a switch: given means True
+            kwargs.update(action="store_true")
+        else:
+            kwargs.update(type=_flag_type(f), metavar=meta["metavar"],
+                          choices=None if check is None else check.choices)
+            if str(f.type).startswith("tuple"):
+                kwargs.update(nargs="+")
+        sections[meta["group"]].add_argument(meta["flag"], **kwargs)
+    return sections
+
+
+def _flag_type(f: Any) -> Callable[[str], Any]:
+    """An argparse `type`: the flag's text read, converted and checked as its setting is,
+    so that a bad value is argparse's one-line error (exit 2) before any work."""
+    meta, annotation = f.metadata, str(f.type)  # e.g. "int", "Path | None"
+    kind = next((k for k in (int, float, Path) if annotation.startswith(k.__name__)), str)
+    if meta["from_flag"] is not None:  # e.g. --progressive-resize START: a SizeSchedule
+        kind = float
+
+    def read(text: str) -> Any:
+        value = kind(_number(kind, text)) if kind in (int, float) else kind(text)
+        try:
+            if meta["from_flag"] is not None:
+                return meta["from_flag"](value)  # the setting checks itself
+            problem = meta["check"].problem(f.name, value) if meta["check"] else None
+        except ValueError as e:
+            problem = str(e)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    read.__name__ = kind.__name__  # argparse names the type in "invalid ... value"
+    return read
+
+
+def add_training_arguments(p: argparse.ArgumentParser, defaults: Any) -> None:
+    """The model, training and hardware flags, shared by `train` and `demo`; `defaults` are
+    the `RunSettings` a new run of that command takes."""
+    hardware = add_setting_flags(p, defaults, ("model", "training", "hardware"))["hardware"]
+    hardware.add_argument("--device", default="auto",
+                          help="Where to train: auto (CUDA, else Apple MPS, else the CPU), "
+                               "cpu, cuda, cuda:N or mps. Default: auto.")
+    hardware.add_argument("--cache-dir", type=Path, metavar="DIR",
+                          help="The prepared-image cache. Default: $CXRLEARN_CACHE_DIR, else "
+                               "~/.cache/cxrlearn.")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from cxrlearn.training import TrainConfig
+    from cxrlearn.runs import RunSettings
 
-    p = sub.add_parser("train", help=HELP, description=HELP + ". " + __doc__.splitlines()[2])
-    d = p.add_argument_group("data")
-    d.add_argument("--data", type=Path, metavar="DIR",
-                   help="one sub-folder of images per class, any names (default: the "
-                        "bundled sample of 400 X-rays)")
-    d.add_argument("--classes", nargs="+", metavar="CLASS",
-                   help="use only these class folders (default: every folder with images)")
-    d.add_argument("--test-per-class", type=positive_int, metavar="N",
-                   help="images per class held out for the test split (default 30)")
-    d.add_argument("--val-fraction", type=fraction, metavar="F",
-                   help="share of the rest used for validation (default 0.15)")
+    about = " ".join(__doc__.split("\n\n")[1].split())  # the docstring's second paragraph
+    p = sub.add_parser("train", help=HELP, description=f"{HELP}. {about}")
+    defaults = RunSettings()
+    add_setting_flags(p, defaults, ("data",))
     r = p.add_argument_group("run folder")
     r.add_argument("--out", type=Path, metavar="DIR",
-                   help="the run folder, new or empty (default: runs/train-DATE-TIME)")
+                   help="The run folder, new or empty. Default: runs/train-DATE-TIME.")
     r.add_argument("--resume", action="store_true",
-                   help="continue the run in --out exactly where it stopped, with its own "
-                        "settings")
-    r.add_argument("--sync-bn", action="store_true", default=None,
-                   help="under torchrun on GPUs: BatchNorm statistics over the global batch")
-    add_training_arguments(p, epochs=TrainConfig().num_epochs)
+                   help="Continue the run in --out exactly where it stopped, with its own "
+                        "settings.")
+    add_training_arguments(p, defaults)
+    add_setting_flags(p, defaults, ("distributed",))
     p.set_defaults(func=run)
 
 
-def settings_from_args(args: argparse.Namespace, data_root: Path, epochs: int) -> Any:
-    """The `RunSettings` of a new run: the flags given, defaults for the rest."""
-    import dataclasses
+def settings_from_args(args: argparse.Namespace, defaults: Any) -> Any:
+    """`defaults` (a `RunSettings`) with every setting whose flag was given changed to it:
+    a new run's settings, or (from the stored ones) a resumed run's.
 
-    from cxrlearn.runs import RunSettings
-    from cxrlearn.schedule import SizeSchedule
-    from cxrlearn.training import TrainConfig
+    Raises:
+        CxrlearnError: The values given do not go together with the others.
+    """
+    from cxrlearn.settings import flag_settings, replace_settings
 
-    def given(name: str, default: Any) -> Any:
-        value = getattr(args, name, None)
-        return default if value is None else value
-
-    run, train = RunSettings(data_root=data_root), TrainConfig()
-    start = given("progressive_resize", SizeSchedule().start)
+    given = {f.name: getattr(args, f.name) for f, _ in flag_settings(defaults)
+             if hasattr(args, f.name)}
     try:
-        sizes = SizeSchedule(start=start)  # checks that start is in (0, 1]
-        config = dataclasses.replace(
-            train, num_epochs=given("epochs", epochs), lr=given("lr", train.lr),
-            batch_size=given("batch_size", train.batch_size),
-            class_weighted=given("class_weighted", False), patience=args.patience,
-            sizes=None if sizes.start == 1 else sizes,
-            seed=given("seed", train.seed), num_workers=given("num_workers", train.num_workers))
-        return RunSettings(
-            data_root=data_root, classes=None if getattr(args, "classes", None) is None
-            else tuple(args.classes), image_size=given("image_size", run.image_size),
-            channels=given("channels", run.channels),
-            test_per_class=given("test_per_class", run.test_per_class),
-            val_fraction=given("val_fraction", run.val_fraction),
-            augment=given("augment", run.augment), pretrained=given("pretrained", "none"),
-            freeze_backbone=given("freeze_backbone", False),
-            sync_bn=given("sync_bn", False), train=config)
-    except ValueError as e:  # e.g. --image-size 8
+        return replace_settings(defaults, **given)
+    except ValueError as e:
         raise CxrlearnError(f"bad training settings: {e}") from None
-
-
-def _resumed_settings(args: argparse.Namespace, out: Path) -> Any:
-    """The run's own settings; a flag that says otherwise is refused (`--epochs` may grow)."""
-    import dataclasses
-
-    from cxrlearn.runs import stored_settings
-
-    if not (out / "last.pt").is_file():
-        raise CxrlearnError("nothing to resume: no last.pt in the run folder", path=out)
-    stored = stored_settings(out)
-    sizes = stored.train.sizes
-    own = {"data": stored.data_root, "classes": stored.classes,
-           "test_per_class": stored.test_per_class, "val_fraction": stored.val_fraction,
-           "image_size": stored.image_size, "channels": stored.channels,
-           "pretrained": stored.pretrained, "freeze_backbone": stored.freeze_backbone,
-           "sync_bn": stored.sync_bn, "batch_size": stored.train.batch_size,
-           "lr": stored.train.lr, "augment": stored.augment,
-           "progressive_resize": 1.0 if sizes is None else sizes.start,
-           "class_weighted": stored.train.class_weighted, "patience": stored.train.patience,
-           "seed": stored.train.seed, "num_workers": stored.train.num_workers}
-    for name, value in own.items():
-        wanted = getattr(args, name, None)
-        if name == "data" and wanted is not None:
-            wanted = Path(wanted).resolve()
-        if name == "classes" and wanted is not None:
-            wanted = tuple(wanted)
-        if wanted is not None and wanted != value:
-            flag = "--" + name.replace("_", "-")
-            raise CxrlearnError(f"{flag} {wanted} differs from the run's own {value} "
-                                "(config.json); a resumed run keeps its settings: drop the "
-                                "flag, or train a new run", path=out)
-    if args.epochs is None:
-        return stored
-    return dataclasses.replace(stored, train=dataclasses.replace(stored.train,
-                                                                 num_epochs=args.epochs))
 
 
 class RichEvents:
@@ -252,22 +202,20 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from cxrlearn import distributed
     from cxrlearn.data import sample_root
     from cxrlearn.device import describe_device, select_device
-    from cxrlearn.runs import train_run
-    from cxrlearn.training import TrainConfig
+    from cxrlearn.runs import RunSettings, stored_settings, train_run
 
     if args.resume and args.out is None:
         raise CxrlearnError("--resume needs the run folder: cxrlearn train --resume --out "
                             "runs/NAME")
     if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
         raise CxrlearnError("--cache-dir is a file, not a folder", path=args.cache_dir)
-    if args.resume:
-        settings = _resumed_settings(args, args.out)
+    if args.resume:  # the run's own settings; train_run refuses a flag that changes them
+        settings = settings_from_args(args, stored_settings(args.out))
     else:
-        if args.data is None:
+        if not hasattr(args, "data_root"):
             console.print("no --data given: training on the bundled sample (400 X-rays, 4 "
                           f"classes) in {sample_root()}", highlight=False, soft_wrap=True)
-        data = args.data if args.data is not None else sample_root()
-        settings = settings_from_args(args, data, TrainConfig().num_epochs)
+        settings = settings_from_args(args, RunSettings())
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     device = select_device(args.device)
     env = distributed.detect()  # set when started by torchrun

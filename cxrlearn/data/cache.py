@@ -27,10 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from cxrlearn.atomic import write_atomic
-from cxrlearn.contrast import HIGH, LOW
 from cxrlearn.data.images import load_image
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.transforms import prepare
+from cxrlearn.transforms import Preprocess
 
 __all__ = ["PreparedImages", "cache_key", "default_cache_dir", "prepare_images"]
 
@@ -68,10 +67,12 @@ class PreparedImages:
     from_cache: bool = False
 
 
-def cache_key(paths: Sequence[str | Path], image_size: int, low: float, high: float) -> str:
-    """Hex digest naming the cache of these files prepared with these settings."""
+def cache_key(paths: Sequence[str | Path], preprocess: Preprocess) -> str:
+    """Hex digest naming the cache of these files prepared with these settings (the side
+    and the stretch percentiles: channels and normalisation come after the cache)."""
     h = hashlib.sha256()
-    h.update(json.dumps([_FORMAT_VERSION, image_size, low, high]).encode())
+    p = preprocess
+    h.update(json.dumps([_FORMAT_VERSION, p.image_size, p.low, p.high]).encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -106,9 +107,7 @@ def _read_cache(cache_file: Path, paths: Sequence[str | Path],
 
 def prepare_images(
     paths: Sequence[str | Path],
-    image_size: int,
-    low: float = LOW,
-    high: float = HIGH,
+    preprocess: Preprocess,
     cache_dir: str | Path | None = None,
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
@@ -117,9 +116,8 @@ def prepare_images(
 
     Args:
         paths: Image files.
-        image_size: Side S of the prepared squares.
-        low: Lower stretch percentile.
-        high: Upper stretch percentile.
+        preprocess: How to prepare them: its side S and stretch percentiles
+            (`Preprocess.prepare`).
         cache_dir: Folder for `.npz` caches; None keeps everything in memory only.
         skip_bad: Leave out unreadable files instead of stopping at the first.
         progress: Called with 1 after each image is prepared (for a progress bar).
@@ -133,9 +131,9 @@ def prepare_images(
     Shape:
         -> images (N_kept, S, S)
     """
-    cache_file = None
+    cache_file, image_size = None, preprocess.image_size
     if cache_dir is not None:
-        key = cache_key(paths, image_size, low, high)
+        key = cache_key(paths, preprocess)
         cache_file = Path(cache_dir) / f"prepared-{image_size}px-{key}.npz"
         if cache_file.is_file():
             cached = _read_cache(cache_file, paths, image_size)
@@ -148,7 +146,7 @@ def prepare_images(
     bad: list[tuple[Path, str]] = []
     for i, p in enumerate(paths):
         try:
-            images[len(kept)] = prepare(load_image(p), image_size, low, high)[0].numpy()
+            images[len(kept)] = preprocess.prepare(load_image(p))[0].numpy()
             kept.append(i)
         except CxrlearnError as e:
             if not skip_bad:

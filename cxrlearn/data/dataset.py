@@ -22,11 +22,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cxrlearn.contrast import HIGH, LOW
 from cxrlearn.data.images import load_image
 from cxrlearn.data.splits import SplitRow
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.transforms import prepare
+from cxrlearn.transforms import Preprocess
 
 __all__ = ["XrayDataset", "item_generator", "split_dataset"]
 
@@ -47,13 +46,12 @@ class XrayDataset(Dataset):
     Args:
         paths: Image files.
         labels: Class index per file.
-        image_size: Side S of the square images.
-        transform: Stage-2 transform (`train_transform()` or `eval_transform()`), called as
-            `transform(x, generator)` on a float image `(1, S, S)` in [0, 1].
+        preprocess: How the images are prepared (its side S and stretch percentiles).
+        transform: Stage-2 transform (`preprocess.train_transform()` or
+            `preprocess.eval_transform()`), called as `transform(x, generator)` on a float
+            image `(1, S, S)` in [0, 1].
         images: Optional prepared images, uint8 `(N, S, S)`, one per path (see
             `cxrlearn.data.cache.prepare_images`). When given, no file is read.
-        low: Lower stretch percentile.
-        high: Upper stretch percentile.
         seed: Seed of the augmentations.
     """
 
@@ -61,25 +59,23 @@ class XrayDataset(Dataset):
         self,
         paths: Sequence[str | Path],
         labels: Sequence[int],
-        image_size: int,
+        preprocess: Preprocess,
         transform: Callable[[Tensor, torch.Generator | None], Tensor],
         images: np.ndarray | None = None,
-        low: float = LOW,
-        high: float = HIGH,
         seed: int = 0,
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError("paths and labels differ in length")
+        image_size = preprocess.image_size
         if images is not None and images.shape != (len(paths), image_size, image_size):
             raise ValueError(
                 f"images has shape {images.shape}, expected {(len(paths), image_size, image_size)}"
             )
         self.paths = [Path(p) for p in paths]
         self.labels = [int(y) for y in labels]
-        self.image_size = image_size
+        self.preprocess = preprocess
         self.transform = transform
         self.images = images
-        self.low, self.high = low, high
         self.seed = seed
         self.epoch = 0
 
@@ -94,7 +90,7 @@ class XrayDataset(Dataset):
         """The prepared (stage 1) image of item `index`, uint8 `(1, S, S)`."""
         if self.images is not None:
             return torch.from_numpy(np.array(self.images[index])).unsqueeze(0)
-        return prepare(load_image(self.paths[index]), self.image_size, self.low, self.high)
+        return self.preprocess.prepare(load_image(self.paths[index]))
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         x = self.prepared(index).to(torch.float32) / 255.0  # (1, S, S) in [0, 1]
@@ -105,11 +101,9 @@ class XrayDataset(Dataset):
 def split_dataset(
     rows: Sequence[SplitRow],
     part: str,
-    image_size: int,
+    preprocess: Preprocess,
     transform: Callable[[Tensor, torch.Generator | None], Tensor],
     images: np.ndarray | None = None,
-    low: float = LOW,
-    high: float = HIGH,
     seed: int = 0,
 ) -> XrayDataset:
     """The dataset of one part of a split: the rows whose `split` is `part`, in their order.
@@ -117,13 +111,12 @@ def split_dataset(
     Args:
         rows: The split, e.g. from `cxrlearn.data.split_items` or `read_manifest`.
         part: `"train"`, `"val"` or `"test"`.
-        image_size: Side S of the square images.
-        transform: `train_transform()` for training, `eval_transform()` otherwise.
+        preprocess: How the images are prepared (its side S and stretch percentiles).
+        transform: `preprocess.train_transform()` for training, `preprocess.eval_transform()`
+            otherwise.
         images: Optional prepared images, uint8 `(len(rows), S, S)`, one per row of `rows`
-            (from `prepare_images([r.path for r in rows], S)`); the part's images are taken
-            from it, so no file is read.
-        low: Lower stretch percentile.
-        high: Upper stretch percentile.
+            (from `prepare_images([r.path for r in rows], preprocess)`); the part's images are
+            taken from it, so no file is read.
         seed: Seed of the augmentations.
 
     Raises:
@@ -136,6 +129,5 @@ def split_dataset(
     if not index:
         raise CxrlearnError(f"the split has no {part!r} images")
     return XrayDataset([rows[i].path for i in index], [rows[i].label for i in index],
-                       image_size, transform,
-                       images=None if images is None else images[index],
-                       low=low, high=high, seed=seed)
+                       preprocess, transform,
+                       images=None if images is None else images[index], seed=seed)
