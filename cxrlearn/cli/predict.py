@@ -47,11 +47,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     model = open_model(args.model)
     notes = list(model.notes)
+    no_gradcam = None if args.gradcam is None else model.missing_network("Grad-CAM")
+    keep = args.gradcam is not None and no_gradcam is None  # the images, for the overlays
     results: list[dict[str, Any]] = []
     readable: list[Path] = []
+    images: list[Any] = []
     for path in args.images:
         try:
-            probs = model.probs([load_image(path)])[0].tolist()
+            image = load_image(path)  # decoded once, for the probabilities and the overlay
+            probs = model.probs([image])[0].tolist()
         except CxrlearnError as e:
             results.append({"file": str(path), "error": e.message})
             continue
@@ -59,14 +63,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
         results.append({"file": str(path), "prediction": model.class_names[best],
                         "probabilities": dict(zip(model.class_names, probs, strict=True))})
         readable.append(path)
+        if keep:
+            images.append(image)
     if args.gradcam is not None:
-        if model.network is None:
-            notes.append(f"Grad-CAM needs a checkpoint such as best.pt (it hooks a layer of "
-                         f"the eager network); {args.model.name} is an exported file, so no "
-                         "overlays were written")
+        if no_gradcam is not None:
+            notes.append(f"{no_gradcam}; no overlays were written")
         else:
             written = {str(r["path"]): str(r["output"])
-                       for r in write_overlays(model, readable, args.gradcam, overwrite=True)
+                       for r in write_overlays(model, readable, args.gradcam, overwrite=True,
+                                               images=images)
                        if "output" in r}
             for r in results:
                 if r["file"] in written:
