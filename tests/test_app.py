@@ -205,6 +205,21 @@ def test_gradcam_overlay_equals_the_library(model, xrays, tmp_path):
             assert answer["gradcam_note"] is None
 
 
+def test_gradcam_reuses_the_prepared_upload(clients, model, xrays, monkeypatch):
+    """With Grad-CAM the upload is stretched once, and its probabilities are those of the
+    plain prediction to the last digit."""
+    stretched = []
+    prepare_once = Preprocess.prepare
+    monkeypatch.setattr(Preprocess, "prepare",
+                        lambda self, image: stretched.append(1) or prepare_once(self, image))
+    data = xrays[1].read_bytes()
+    with_map = _post(clients["checkpoint"], "x.png", data).json()
+    assert with_map["gradcam_png"] is not None and len(stretched) == 1
+    without = _post(clients["checkpoint"], "x.png", data, "?gradcam=false").json()
+    assert with_map["probabilities"] == without["probabilities"]
+    _check_answer(with_map, _oracle(model, load_image(xrays[1])), ATOL["checkpoint"])
+
+
 def test_gradcam_can_be_switched_off(clients, xrays):
     answer = _post(clients["checkpoint"], "x.png", xrays[0].read_bytes(), "?gradcam=false").json()
     assert answer["gradcam_png"] is None and answer["gradcam_note"] is None

@@ -27,7 +27,6 @@ from cxrlearn.export import (
     EndToEndModel,
     ExportMetadata,
     eager_probs,
-    export_lite,
     export_program,
     export_torchscript,
     read_metadata,

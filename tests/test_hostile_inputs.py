@@ -499,7 +499,7 @@ def _(tmp: Path, world: dict) -> list[str]:
 
 
 @case("an exported file where evaluate expects a checkpoint", 1,
-      "evaluate needs the run's checkpoint")
+      "evaluation needs a checkpoint (best.pt, or its run folder)")
 def _(tmp: Path, world: dict) -> list[str]:
     return ["evaluate", "--model", str(world["run"]), "--checkpoint", "model.pt", "--out",
             str(tmp / "out")]

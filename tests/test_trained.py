@@ -210,3 +210,19 @@ def test_the_manifest_is_read_once(network, tiny_dataset, tmp_path, monkeypatch)
     model = open_model(path)
     assert model.split == want and model.split is model.split
     assert reads == ["rows"]
+
+
+def test_a_checkpoint_is_checked_before_its_network_is_built(network, tmp_path):
+    path = _checkpoint(tmp_path / "m.pt", network)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    torch.testing.assert_close(open_model(path).network(x), network(x), rtol=0, atol=0)
+    stored = {k: v for k, v in torch.load(path, weights_only=True).items() if k != "format"}
+    three = {"name": "resnet18", "num_classes": 3, "in_channels": 3}
+    save_checkpoint(tmp_path / "wrong.pt", {**stored, "class_names": list(CLASSES[:3]),
+                                            "meta": {**stored["meta"], "arch": three}})
+    with pytest.raises(CxrlearnError, match=r"wrong\.pt: weights do not fit resnet18"):
+        open_model(tmp_path / "wrong.pt")
+    save_checkpoint(tmp_path / "odd.pt", {**stored, "meta": {**stored["meta"], "arch": three}})
+    with pytest.raises(CxrlearnError, match=r"odd\.pt: damaged checkpoint: the network has 3 "
+                                            "outputs for 4 class names"):
+        open_model(tmp_path / "odd.pt")
