@@ -43,7 +43,6 @@ from cxrlearn.data.dicom import load_dicom
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export import (
     eager_probs,
-    export_torchscript,
     read_metadata,
     weights_sha256,
 )
@@ -93,8 +92,8 @@ def files(model, xrays, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("app")
     best = _save(folder / "best.pt", model)
     # Two check images keep the export's self-check short; the tests below check the rest.
-    export_torchscript(open_model(best), folder / "model.pt",
-                       check_images=[load_image(p) for p in xrays[:2]])
+    open_model(best).export(folder / "model.pt",
+                            check_images=[load_image(p) for p in xrays[:2]])
     return {"checkpoint": best, "export": folder / "model.pt"}
 
 
