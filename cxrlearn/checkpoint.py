@@ -134,6 +134,9 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read a checkpoint safely (`weights_only=True`) and check it is a usable one of ours.
 
+    Plain data, for resuming and for looking inside. For a model to predict with, use
+    `cxrlearn.trained.open_model`, which reads the file through here.
+
     Args:
         path: A `best.pt` or `last.pt`.
         class_names: If given, the classes the caller expects; a mismatch is an error.

@@ -156,12 +156,15 @@ def test_gradcam_with_a_checkpoint(run_dir, model, xrays, tmp_path, capsys, monk
     twin = tmp_path / "twin" / xrays[0].name
     twin.parent.mkdir()
     shutil.copy(xrays[1], twin)
-    decoded = []  # each file is decoded once, for its probabilities and its overlay
+    decoded, stretched = [], []  # once per file, for its probabilities and its overlay
     monkeypatch.setattr(cxrlearn.data, "load_image",
                         lambda path, **k: decoded.append(path) or load_image(path, **k))
+    prepare_once = Preprocess.prepare
+    monkeypatch.setattr(Preprocess, "prepare",
+                        lambda self, image: stretched.append(1) or prepare_once(self, image))
     assert cli.main(["predict", str(xrays[0]), str(twin), "--model", str(run_dir / "best.pt"),
                      "--gradcam", str(out_dir), "--json"]) == 0
-    assert decoded == [xrays[0], twin]
+    assert decoded == [xrays[0], twin] and len(stretched) == 2
     results = _json(capsys)["results"]
     # The probabilities are the Python pipeline's, as without --gradcam.
     got = torch.tensor([[r["probabilities"][c] for c in CLASSES] for r in results])
