@@ -11,6 +11,12 @@ a file: never unpickle a file you did not make. Two kinds, written by `fit`:
   the preprocessing, the history and the chosen epoch's scores. What inference needs, and a
   third of the size: the optimiser's two running averages per weight stay in `last.pt`.
 
+`fit` stores whatever `meta` it is given; `cxrlearn.trained.open_model` needs
+`meta["arch"]` (which network) and `meta["preprocess"]` (`Preprocess.to_dict()`: how a raw
+X-ray becomes its input) to turn a checkpoint into a model. `load_checkpoint` reads one as
+plain data, for resuming and for looking inside; a model to predict with comes from
+`open_model`.
+
 Writes are atomic (`cxrlearn.atomic.write_atomic`): the checkpoint goes to a temporary file
 in the same folder, is flushed to disk, and is then renamed over the old one. A crash or a
 full disk mid-write leaves the previous checkpoint intact, never half a file.
@@ -35,12 +41,11 @@ from torch import nn
 
 from cxrlearn.atomic import write_atomic
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.resnet import resnet18
 from cxrlearn.seeding import rng_state, set_rng_state
 from cxrlearn.transforms import Preprocess
 
 __all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "save_checkpoint", "load_checkpoint",
-           "check_checkpoint", "check_architecture", "model_from_checkpoint", "training_state",
+           "check_checkpoint", "check_architecture", "training_state",
            "model_state", "Resumed", "resume"]
 
 CHECKPOINT_FORMAT = "cxrlearn-checkpoint-v1"
@@ -67,6 +72,9 @@ def load_checkpoint(
     path: str | Path, class_names: tuple[str, ...] | list[str] | None = None
 ) -> dict[str, Any]:
     """Read a checkpoint safely (`weights_only=True`) and check it is a usable one of ours.
+
+    Plain data, for resuming and for looking inside. For a model to predict with, use
+    `cxrlearn.trained.open_model`, which reads the file through here.
 
     Args:
         path: A `best.pt` or `last.pt`.
@@ -126,8 +134,8 @@ def check_checkpoint(ckpt: Any, path: str | Path = "checkpoint") -> None:
     """Check a loaded checkpoint's structure: the format marker, and the type of each
     field it has (class names, weights, metadata, epoch, history).
 
-    `model_from_checkpoint` checks more before it builds a network: that the architecture,
-    the class names and the preprocessing agree.
+    `check_architecture` checks more, before a network is built from it: that the
+    architecture, the class names and the preprocessing agree.
 
     Raises:
         CxrlearnError: The first problem found, naming the file and the field.
@@ -159,11 +167,16 @@ def _damaged(problem: str, path: str | Path) -> CxrlearnError:
                          path=path)
 
 
-def check_architecture(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> None:
+def check_architecture(ckpt: dict[str, Any],
+                       path: str | Path = "checkpoint") -> Preprocess | None:
     """Check what building the network reads, before any memory is allocated for it.
 
     The architecture (`resnet18`, one output per class name, 1 or 3 input channels) and the
     preprocessing if present (`Preprocess.from_dict`, its channels matching the network's).
+
+    Returns:
+        The preprocessing, parsed (once: callers use this object, they do not parse
+        `meta["preprocess"]` again), or None when the checkpoint has none.
 
     Raises:
         CxrlearnError: The first problem found, naming the file and the field.
@@ -182,33 +195,21 @@ def check_architecture(ckpt: dict[str, Any], path: str | Path = "checkpoint") ->
     if arch.get("in_channels") not in (1, 3) or isinstance(arch.get("in_channels"), bool):
         raise _damaged(f"in_channels must be 1 or 3, got {_short(arch.get('in_channels'))}",
                        path)
-    if "preprocess" in ckpt["meta"]:
-        try:
-            preprocess = Preprocess.from_dict(ckpt["meta"]["preprocess"])
-        except (ValueError, TypeError, KeyError) as e:
-            raise _damaged(f"meta.preprocess: {e}", path) from None
-        if preprocess.channels != arch["in_channels"]:
-            raise _damaged(f"meta.preprocess makes {preprocess.channels}-channel images for a "
-                           f"{arch['in_channels']}-channel network", path)
+    if "preprocess" not in ckpt["meta"]:
+        return None
+    try:
+        preprocess = Preprocess.from_dict(ckpt["meta"]["preprocess"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise _damaged(f"meta.preprocess: {e}", path) from None
+    if preprocess.channels != arch["in_channels"]:
+        raise _damaged(f"meta.preprocess makes {preprocess.channels}-channel images for a "
+                       f"{arch['in_channels']}-channel network", path)
+    return preprocess
 
 
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> nn.Module:
-    """Build the network a checkpoint describes (checked first: `check_architecture`) and
-    load its weights; eval mode."""
-    check_architecture(ckpt, path)
-    arch = ckpt["meta"]["arch"]
-    model = resnet18(num_classes=arch["num_classes"], in_channels=arch["in_channels"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CxrlearnError(f"weights do not fit resnet18: {str(e).splitlines()[0]}",
-                            path=path) from None
-    return model.eval()
 
 
 def model_state(model: nn.Module, class_names: list[str], meta: dict[str, Any],

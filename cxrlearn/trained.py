@@ -8,13 +8,19 @@
   `torch.load(weights_only=True)` and checked before anything is built
   (`cxrlearn.checkpoint`); a `manifest.csv` beside it brings the split along;
 - an **exported file** (`model.pt`, `.ptl`, `.pt2`): read as data, never run
-  (`cxrlearn.export.load`).
+  (`cxrlearn.export.load`), and rebuilt as cxrlearn's own `EndToEndModel` once the weights
+  hash to the sha256 written at export time;
 
-and returns a `TrainedModel`: the class names, the preprocessing, the temperature, and a
-way to get calibrated probabilities for a raw X-ray. From a checkpoint it also holds the
-eager network, which is what Grad-CAM (`explain`), evaluation (`logits`) and export need;
-an exported file gives probabilities only. `cxrlearn predict`, `gradcam`, `evaluate`,
-`export`, the app, the benchmarks and the lessons all start here.
+and returns a `TrainedModel`: the class names, the preprocessing, the temperature, and
+calibrated probabilities for a raw X-ray (`probs`), whatever the file. Each kind of file
+has a *reader* (`_READERS`, tried in order); a new format, such as ONNX, is one more
+reader that returns the same `TrainedModel`, never a new kind of object.
+
+Some things need the eager network, which only a checkpoint holds: Grad-CAM (`explain`),
+evaluation (`logits`), `export`, and `update_checkpoint`. An exported file gives
+probabilities only, and every one of those is refused in one place with one wording
+(`TrainedModel.require_network`). `cxrlearn predict`, `gradcam`, `evaluate`, `export`, the
+app, the benchmarks and the lessons all start here.
 
 Lesson: lessons/04_evaluation_metrics.ipynb
 """
@@ -33,14 +39,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from cxrlearn.checkpoint import check_architecture, load_checkpoint, save_checkpoint
 from cxrlearn.data import XrayDataset, prepare_images, read_manifest, split_dataset
 from cxrlearn.data.splits import SplitRow, manifest_classes
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.evaluation.calibration import plausible_temperature
-from cxrlearn.export.load import ExportedModel, load_exported, read_metadata
-from cxrlearn.export.pipeline import eager_probs, weights_sha256
+from cxrlearn.export.files import ExportResult, export_model
+from cxrlearn.export.load import read_metadata, read_weights
+from cxrlearn.export.pipeline import EndToEndModel, resize_hw, weights_sha256
 from cxrlearn.gradcam import GradCAM
+from cxrlearn.resnet import resnet18
 from cxrlearn.training import predict
 from cxrlearn.transforms import Preprocess
 
@@ -77,8 +85,8 @@ class TrainedModel:
         class_names: Column order of the probabilities.
         preprocess: How a raw X-ray becomes the network's input.
         temperature: T the logits are divided by (1.0 until calibrated).
-        network: The eager network in eval mode (checkpoints only), else None.
-        exported: The export rebuilt from its data (exported files only), else None.
+        network: The eager network in eval mode (checkpoints only), else None: ask for it
+            with `require_network`, which says why when it is missing.
         checkpoint: The checkpoint's plain data without the weights: `epoch`, `history`,
             `scores`, `config`, `meta`, ... (checkpoints only), else None.
         manifest: The run's `manifest.csv`, when the checkpoint sits in a run folder.
@@ -92,13 +100,39 @@ class TrainedModel:
     preprocess: Preprocess
     temperature: float
     network: nn.Module | None = None
-    exported: ExportedModel | None = None
     checkpoint: dict[str, Any] | None = None
     manifest: Path | None = None
     data_root: Path | None = None
     notes: tuple[str, ...] = ()
+    # Files without an eager network: their reader's way to probabilities, (H, W) -> (1, K),
+    # and the sha256 of the weights it checked.
+    _run: Callable[[np.ndarray | Tensor], Tensor] | None = field(default=None, repr=False)
+    _sha256: str | None = field(default=None, repr=False)
     _cam: tuple[nn.Module, threading.Lock] | None = field(default=None, repr=False)
     _split: list[SplitRow] | None = field(default=None, repr=False)
+
+    def missing_network(self, purpose: str) -> str | None:
+        """Why `purpose` cannot be done with this model, or None when it can.
+
+        The one wording of the one refusal: a command that only warns (`cxrlearn predict
+        --gradcam`, the app's model card) shows this text; `require_network` raises it.
+        """
+        if self.network is not None:
+            return None
+        return (f"{purpose} needs a checkpoint (best.pt, or its run folder): "
+                f"{self.path.name} is an exported {self.kind} file, which holds no eager "
+                "network and gives probabilities only")
+
+    def require_network(self, purpose: str) -> nn.Module:
+        """The eager network, for `purpose` (e.g. "Grad-CAM"): the one check that a
+        model has one.
+
+        Raises:
+            CxrlearnError: The model is an exported file (`missing_network`'s words).
+        """
+        if self.network is None:
+            raise CxrlearnError(str(self.missing_network(purpose)), path=self.path)
+        return self.network
 
     @property
     def split(self) -> list[SplitRow]:
@@ -106,7 +140,8 @@ class TrainedModel:
 
         Raises:
             CxrlearnError: No manifest beside the checkpoint, the data folder is gone, or
-                the manifest is damaged or points outside the data folder.
+                the manifest is damaged, points outside the data folder, or belongs to a
+                run with other classes.
         """
         if self._split is None:
             if self.manifest is None or self.data_root is None:
@@ -116,14 +151,22 @@ class TrainedModel:
                 raise CxrlearnError("the run's data folder is gone; if it moved, give its "
                                     "new place (cxrlearn evaluate --data DIR)",
                                     path=self.data_root)
-            listed = manifest_classes(self.manifest)
-            if set(listed) != set(self.class_names):
-                raise CxrlearnError(
-                    f"{self.path.name} is for the classes {list(self.class_names)}, but the "
-                    f"run's manifest.csv lists {listed}: the checkpoint belongs to another "
-                    "run", path=self.path)
-            self._split = read_manifest(self.manifest, self.data_root, self.class_names)
+            try:
+                rows = read_manifest(self.manifest, self.data_root, self.class_names)
+            except CxrlearnError:
+                # Read the classes a second time only to say why: other classes mean another run.
+                self._check_classes(manifest_classes(self.manifest))
+                raise
+            self._check_classes(list(dict.fromkeys(self.class_names[r.label] for r in rows)))
+            self._split = rows
         return self._split
+
+    def _check_classes(self, listed: list[str]) -> None:
+        if set(listed) != set(self.class_names):
+            raise CxrlearnError(
+                f"{self.path.name} is for the classes {list(self.class_names)}, but the "
+                f"run's manifest.csv lists {listed}: the checkpoint belongs to another "
+                "run", path=self.path)
 
     @property
     def folder(self) -> Path:
@@ -155,10 +198,9 @@ class TrainedModel:
     @property
     def sha256(self) -> str:
         """The fingerprint of the weights (`cxrlearn.export.weights_sha256`)."""
-        if self.exported is not None:
-            return self.exported.metadata.weights_sha256
-        assert self.network is not None
-        return weights_sha256(self.network.state_dict())
+        if self._sha256 is not None:
+            return self._sha256
+        return weights_sha256(self.require_network("the weights' sha256").state_dict())
 
     def probs(self, images: Sequence[np.ndarray | Tensor]) -> Tensor:
         """Calibrated class probabilities for raw grey images (as `load_image` gives them).
@@ -166,10 +208,37 @@ class TrainedModel:
         Shape:
             images: N x (H, W) -> (N, K)
         """
-        if self.exported is not None:  # a torch.export program resizes to its input first
-            return torch.cat([self.exported(im, fit_size=True) for im in images])
-        assert self.network is not None
-        return eager_probs(self.network, list(images), self.preprocess, self.temperature)
+        if self._run is not None:  # an exported file: its reader's pipeline
+            return torch.cat([self._run(im) for im in images])
+        return self.probs_prepared([self.prepare(im) for im in images])
+
+    def prepare(self, image: np.ndarray | Tensor) -> Tensor:
+        """Stage 1 of the preprocessing (stretch, resize, 8 bits): what the network sees.
+
+        The costly step on a big image. A caller that wants both the probabilities and the
+        Grad-CAM map of one image (the app) prepares it once and passes the result to
+        `probs_prepared` and `explain_prepared`.
+
+        Shape:
+            image: (H, W) -> uint8 (1, S, S)
+        """
+        return self.preprocess.prepare(image)
+
+    def probs_prepared(self, prepared: Sequence[Tensor]) -> Tensor:
+        """`probs` of images already through `prepare`: the same numbers, digit for digit
+        (`eager_probs`, the export's reference, is `prepare`, then this).
+
+        Raises:
+            CxrlearnError: The model is an exported file (its graph prepares images itself).
+
+        Shape:
+            prepared: N x uint8 (1, S, S) -> (N, K)
+        """
+        network = self.require_network("probs_prepared")
+        device = next(network.parameters()).device
+        x = torch.stack([self.preprocess.from_prepared(p) for p in prepared])  # (N, C, S, S)
+        logits = network(x.to(device)).float().cpu()  # (N, K)
+        return torch.softmax(logits / self.temperature, dim=1)
 
     def explain(self, image: np.ndarray | Tensor, target: int | None = None) -> Explanation:
         """Predict one raw X-ray and draw the Grad-CAM map of `target` (default: predicted).
@@ -180,23 +249,27 @@ class TrainedModel:
         Raises:
             CxrlearnError: The model is an exported file (a graph has no layer to hook).
         """
-        if self.network is None:
-            raise CxrlearnError(f"{self.path.name} is an exported {self.kind} file: it gives "
-                                "probabilities only. Grad-CAM hooks a layer of the eager "
-                                "network, which an exported graph does not have; use the "
-                                "checkpoint (best.pt)")
-        device = next(self.network.parameters()).device
+        self.require_network("Grad-CAM")  # before the costly stretch
+        return self.explain_prepared(self.prepare(image), target)
+
+    def explain_prepared(self, prepared: Tensor, target: int | None = None) -> Explanation:
+        """`explain` of an image already through `prepare` (uint8, shape (1, S, S)).
+
+        Raises:
+            CxrlearnError: The model is an exported file (a graph has no layer to hook).
+        """
+        network = self.require_network("Grad-CAM")
+        device = next(network.parameters()).device
         if self._cam is None or next(self._cam[0].parameters()).device != device:
             # (again when the network was moved to another device since the last call)
-            self._cam = (copy.deepcopy(self.network).eval(), threading.Lock())
-        network, lock = self._cam
-        seen = self.preprocess.prepare(image)  # stretched once: the costly step on big images
-        x = self.preprocess.from_prepared(seen)[None].to(device)  # (1, C, S, S)
-        with lock, GradCAM(network) as cam:
+            self._cam = (copy.deepcopy(network).eval(), threading.Lock())
+        copied, lock = self._cam
+        x = self.preprocess.from_prepared(prepared)[None].to(device)  # (1, C, S, S)
+        with lock, GradCAM(copied) as cam:
             result = cam(x, target)
         probs = torch.softmax(result.logits[0].float().cpu() / self.temperature, dim=0)  # (K,)
         return Explanation(probs=probs, predicted=int(probs.argmax()),
-                           target=int(result.targets[0]), seen=seen[0].numpy(),
+                           target=int(result.targets[0]), seen=prepared[0].numpy(),
                            cam=result.cams[0].cpu())
 
     def dataset(self, part: str, cache_dir: Path | None = None) -> XrayDataset:
@@ -220,21 +293,42 @@ class TrainedModel:
         Raises:
             CxrlearnError: The model is an exported file (no eager network).
         """
-        if self.network is None:
-            raise CxrlearnError("evaluation needs the checkpoint (best.pt), not an exported "
-                                "file", path=self.path)
+        network = self.require_network("evaluation")
         loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-        return predict(self.network.to(device), loader, device, on_batch=on_batch)
+        return predict(network.to(device), loader, device, on_batch=on_batch)
+
+    def export(self, path: str | Path, file_format: str = "torchscript",
+               **options: Any) -> ExportResult:
+        """Write this model as one self-contained file (`cxrlearn.export.export_model`),
+        with its classes, preprocessing and temperature inside.
+
+        Args:
+            path: The file to write (`.pt`, `.ptl`, or `.pt2` for `"export"`).
+            file_format: `"torchscript"`, `"lite"` or `"export"`.
+            options: `input_size`, `check_images`, `atol`, as `export_model` takes them.
+
+        Raises:
+            CxrlearnError: The model is already an exported file, or the export failed its
+                parity check (then nothing is written).
+        """
+        network = self.require_network("export")
+        return export_model(network, path, file_format, class_names=self.class_names,
+                            preprocess=self.preprocess, temperature=self.temperature,
+                            **options)
 
     def update_checkpoint(self, **values: Any) -> None:
         """Store plain values (a fitted `temperature`, `test_scores`) in the checkpoint file,
-        atomically, keeping everything else in it; and in this object."""
-        if self.checkpoint is None:
-            raise CxrlearnError("only a checkpoint can be updated", path=self.path)
+        atomically, keeping everything else in it; and in this object.
+
+        Raises:
+            CxrlearnError: The model is an exported file, not a checkpoint.
+        """
+        self.require_network("updating the checkpoint")
         stored = load_checkpoint(self.path)
         stored.update(values)
         save_checkpoint(self.path, {k: v for k, v in stored.items() if k != "format"})
-        self.checkpoint.update(values)
+        if self.checkpoint is not None:
+            self.checkpoint.update(values)
         if "temperature" in values:
             self.temperature = float(values["temperature"])
 
@@ -257,22 +351,84 @@ def open_model(path: str | Path, data_root: str | Path | None = None) -> Trained
         path = path / "best.pt"
     if not path.exists():
         raise CxrlearnError("no such file or folder", path=path)
+    root = None if data_root is None else Path(data_root)
+    for read in _READERS:
+        model = read(path, root)
+        if model is not None:
+            return model
+    raise CxrlearnError("not a model file cxrlearn can read", path=path)  # (unreachable)
+
+
+# --- the readers: one per kind of file, each returns the same TrainedModel -----------------
+
+
+def _read_export(path: Path, data_root: Path | None) -> TrainedModel | None:
+    """An exported file (`cxrlearn.json` inside), read as data; None for any other file.
+
+    Its weights go into cxrlearn's own `EndToEndModel`, after their sha256 matched the one
+    written at export time; none of the file's code runs (`cxrlearn.export.load`).
+    """
     metadata = read_metadata(path)
-    if metadata is not None:
-        exported = load_exported(path)
-        notes = ()
-        if metadata.input_size is not None:
-            h, w = metadata.input_size
-            notes = (f"{path.name} is a torch.export program for {h}x{w} inputs: images of "
-                     "other sizes are resized to that first",)
-        return TrainedModel(path, metadata.file_format, metadata.class_names,
-                            metadata.preprocess, metadata.temperature, exported=exported,
-                            notes=notes)
+    if metadata is None:
+        return None
+    weights = read_weights(path, metadata)
+    network = resnet18(num_classes=len(metadata.class_names),
+                       in_channels=metadata.preprocess.channels)
+    try:
+        network.load_state_dict({k[len("model."):]: v for k, v in weights.items()
+                                 if k.startswith("model.")})
+    except RuntimeError as e:
+        raise CxrlearnError(f"the weights do not fit resnet18 ({str(e).splitlines()[0]})",
+                            path=path) from None
+    if weights_sha256(network.state_dict()) != metadata.weights_sha256:
+        raise CxrlearnError("the weights do not match the sha256 written at export time; "
+                            "the file was changed after export, export it again", path=path)
+    pipeline = EndToEndModel(network, metadata.preprocess, metadata.temperature)
+    notes: tuple[str, ...] = ()
+    if metadata.input_size is not None:
+        h, w = metadata.input_size
+        notes = (f"{path.name} is a torch.export program for {h}x{w} inputs: images of "
+                 "other sizes are resized to that first",)
+    return TrainedModel(path, metadata.file_format, metadata.class_names,
+                        metadata.preprocess, metadata.temperature, notes=notes,
+                        _run=_export_runner(pipeline, metadata.input_size),
+                        _sha256=metadata.weights_sha256)
+
+
+def _export_runner(pipeline: EndToEndModel,
+                   size: tuple[int, int] | None) -> Callable[[np.ndarray | Tensor], Tensor]:
+    """Probabilities of one raw image from an export's rebuilt pipeline.
+
+    A `torch.export` program was exported for one image size (`size`); the answers are the
+    program's, so an image of another size is resized to it first, as the program's app
+    does (percentiles are then taken on the resized image).
+
+    Shape:
+        image: (H, W) -> (1, K)
+    """
+    def run(image: np.ndarray | Tensor) -> Tensor:
+        x = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
+        if size is not None and tuple(x.shape) != size:
+            x = torch.from_numpy(resize_hw(x, size))  # (h, w) of the program
+        with torch.no_grad():
+            return pipeline(x)  # (1, K)
+    return run
+
+
+def _read_checkpoint(path: Path, data_root: Path | None) -> TrainedModel:
+    """A checkpoint, read as plain data and checked before the network is built.
+
+    The last reader: a file that is not a checkpoint either is refused here, with what it
+    looks like (`load_checkpoint`).
+    """
     ckpt = load_checkpoint(path)
-    network = model_from_checkpoint(ckpt, path)  # checks the metadata before building
-    if "preprocess" not in ckpt["meta"]:
-        raise CxrlearnError("the checkpoint has no meta.preprocess (how images were "
-                            "prepared): it was not written by cxrlearn train", path=path)
+    preprocess = check_architecture(ckpt, path)  # parsed once, here
+    if preprocess is None:
+        raise CxrlearnError(
+            "the checkpoint does not say how its images were prepared (no "
+            "meta['preprocess']), so a raw X-ray cannot be turned into its input; train "
+            "with cxrlearn train, or give fit meta={'arch': ..., 'preprocess': "
+            "Preprocess(image_size).to_dict()}", path=path)
     notes: tuple[str, ...] = ()
     if ckpt["meta"]["preprocess"].get("flip_average"):
         notes = ("this checkpoint was trained with --tta flip (cxrlearn 0.1): predictions now "
@@ -281,13 +437,25 @@ def open_model(path: str | Path, data_root: str | Path | None = None) -> Trained
     if not plausible_temperature(temperature):
         raise CxrlearnError(f"damaged checkpoint: temperature {temperature!r:.30} is not a "
                             "number between 0.01 and 100", path=path)
+    arch = ckpt["meta"]["arch"]
+    network = resnet18(num_classes=arch["num_classes"], in_channels=arch["in_channels"])
+    try:
+        network.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CxrlearnError(f"weights do not fit resnet18: {str(e).splitlines()[0]}",
+                            path=path) from None
     manifest = path.parent / "manifest.csv"
     recorded = ckpt["meta"].get("data_root")
-    root = Path(data_root) if data_root is not None else (
+    root = data_root if data_root is not None else (
         Path(recorded) if isinstance(recorded, str) else None)
     info = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng")}
-    return TrainedModel(path, "checkpoint", tuple(ckpt["class_names"]),
-                        Preprocess.from_dict(ckpt["meta"]["preprocess"]),
-                        float(temperature), network=network, checkpoint=info,
+    return TrainedModel(path, "checkpoint", tuple(ckpt["class_names"]), preprocess,
+                        float(temperature), network=network.eval(), checkpoint=info,
                         manifest=manifest if manifest.is_file() else None, data_root=root,
                         notes=notes)
+
+
+_READERS: tuple[Callable[[Path, Path | None], TrainedModel | None], ...] = (
+    _read_export, _read_checkpoint)
+"""Tried in order; the first that recognises the file reads it. A new format (ONNX) is a
+new reader, placed before `_read_checkpoint`, which reports a file nobody recognised."""

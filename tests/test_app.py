@@ -43,7 +43,6 @@ from cxrlearn.data.dicom import load_dicom
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.export import (
     eager_probs,
-    export_torchscript,
     read_metadata,
     weights_sha256,
 )
@@ -93,8 +92,8 @@ def files(model, xrays, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("app")
     best = _save(folder / "best.pt", model)
     # Two check images keep the export's self-check short; the tests below check the rest.
-    export_torchscript(open_model(best), folder / "model.pt",
-                       check_images=[load_image(p) for p in xrays[:2]])
+    open_model(best).export(folder / "model.pt",
+                            check_images=[load_image(p) for p in xrays[:2]])
     return {"checkpoint": best, "export": folder / "model.pt"}
 
 
@@ -203,6 +202,21 @@ def test_gradcam_overlay_equals_the_library(model, xrays, tmp_path):
             assert got.shape == (64, 64, 3)
             np.testing.assert_array_equal(got, want)
             assert answer["gradcam_note"] is None
+
+
+def test_gradcam_reuses_the_prepared_upload(clients, model, xrays, monkeypatch):
+    """With Grad-CAM the upload is stretched once, and its probabilities are those of the
+    plain prediction to the last digit."""
+    stretched = []
+    prepare_once = Preprocess.prepare
+    monkeypatch.setattr(Preprocess, "prepare",
+                        lambda self, image: stretched.append(1) or prepare_once(self, image))
+    data = xrays[1].read_bytes()
+    with_map = _post(clients["checkpoint"], "x.png", data).json()
+    assert with_map["gradcam_png"] is not None and len(stretched) == 1
+    without = _post(clients["checkpoint"], "x.png", data, "?gradcam=false").json()
+    assert with_map["probabilities"] == without["probabilities"]
+    _check_answer(with_map, _oracle(model, load_image(xrays[1])), ATOL["checkpoint"])
 
 
 def test_gradcam_can_be_switched_off(clients, xrays):

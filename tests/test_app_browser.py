@@ -36,12 +36,13 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from cxrlearn.app import DEFAULT_MAX_BYTES, create_app
-from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from cxrlearn.checkpoint import load_checkpoint, save_checkpoint
 from cxrlearn.data import load_image, sample_root
 from cxrlearn.export import eager_probs
 from cxrlearn.gradcam import GradCAM
 from cxrlearn.heatmap import overlay
 from cxrlearn.resnet import resnet18
+from cxrlearn.trained import open_model
 from cxrlearn.transforms import Preprocess, prepare
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -96,7 +97,7 @@ def checkpoint(tmp_path) -> Path:
 def _oracle(ckpt_path: Path, path: Path) -> tuple[dict[str, float], np.ndarray]:
     """Probabilities and overlay of the eager pipeline and the library's Grad-CAM."""
     ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt, ckpt_path)
+    model = open_model(ckpt_path).network
     pre = Preprocess.from_dict(ckpt["meta"]["preprocess"])
     image = load_image(path)
     probs = eager_probs(model, [image], pre, float(ckpt.get("temperature", 1.0)))[0]

@@ -234,7 +234,7 @@ def test_bad_model_is_a_one_line_error(tmp_path, images, capsys, kind):
     assert rc == 1
     expected = {"missing": "no such file or folder",
                 "not a checkpoint": "not a checkpoint: not a PyTorch file at all",
-                "no preprocessing": "the checkpoint has no meta.preprocess"}[kind]
+                "no preprocessing": "the checkpoint does not say how its images"}[kind]
     assert captured.err.startswith(f"error: {model}: {expected}")
     assert len(captured.err.strip().splitlines()) == 1
     assert captured.out == ""

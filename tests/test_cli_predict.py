@@ -19,10 +19,11 @@ import cxrlearn.cli as cli
 from cxrlearn.checkpoint import save_checkpoint
 from cxrlearn.data import load_image, sample_root
 from cxrlearn.data.dicom import load_dicom
-from cxrlearn.export import eager_probs, load_exported
+from cxrlearn.export import eager_probs
 from cxrlearn.gradcam import GradCAM
 from cxrlearn.heatmap import gradcam_figure
 from cxrlearn.resnet import resnet18
+from cxrlearn.trained import open_model
 from cxrlearn.transforms import Preprocess, prepare
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
@@ -67,13 +68,13 @@ def _oracle(model, paths, read=load_image) -> torch.Tensor:
 def test_export_writes_the_three_files(run_dir, model):
     for name, fmt in (("model.pt", "torchscript"), ("model.ptl", "lite"),
                       ("model.pt2", "export")):
-        loaded = load_exported(run_dir / name, expected_classes=CLASSES)
-        assert loaded.metadata.file_format == fmt
+        loaded = open_model(run_dir / name)
+        assert loaded.kind == fmt and loaded.class_names == tuple(CLASSES)
         image = load_image(sorted((sample_root() / "Normal").glob("*.png"))[3])
         image = image if fmt != "export" else image[:32, :32]  # the program's fixed size
         # Rebuilt from the file's data (its code never runs); the same numbers.
-        torch.testing.assert_close(loaded(image), eager_probs(model, [image], PREPROCESS),
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(loaded.probs([image]),
+                                   eager_probs(model, [image], PREPROCESS), rtol=0, atol=1e-6)
 
 
 def test_export_out_and_format_errors(run_dir, tmp_path, capsys):
@@ -147,15 +148,27 @@ def test_table_output(run_dir, model, xrays, tmp_path, capsys, monkeypatch):
     assert "not a diagnostic device" in out
 
 
-def test_gradcam_with_a_checkpoint(run_dir, model, xrays, tmp_path, capsys):
+def test_gradcam_with_a_checkpoint(run_dir, model, xrays, tmp_path, capsys, monkeypatch):
+    import cxrlearn.data
+
     out_dir = tmp_path / "cams"
     # Two files with the same name must not overwrite each other.
     twin = tmp_path / "twin" / xrays[0].name
     twin.parent.mkdir()
     shutil.copy(xrays[1], twin)
+    decoded, stretched = [], []  # once per file, for its probabilities and its overlay
+    monkeypatch.setattr(cxrlearn.data, "load_image",
+                        lambda path, **k: decoded.append(path) or load_image(path, **k))
+    prepare_once = Preprocess.prepare
+    monkeypatch.setattr(Preprocess, "prepare",
+                        lambda self, image: stretched.append(1) or prepare_once(self, image))
     assert cli.main(["predict", str(xrays[0]), str(twin), "--model", str(run_dir / "best.pt"),
                      "--gradcam", str(out_dir), "--json"]) == 0
+    assert decoded == [xrays[0], twin] and len(stretched) == 2
     results = _json(capsys)["results"]
+    # The probabilities are the Python pipeline's, as without --gradcam.
+    got = torch.tensor([[r["probabilities"][c] for c in CLASSES] for r in results])
+    torch.testing.assert_close(got, _oracle(model, xrays[:2]), rtol=0, atol=1e-6)
     stem = xrays[0].stem
     assert [Path(r["gradcam"]).name for r in results] == [f"{stem}_gradcam.png",
                                                           f"{stem}_gradcam-2.png"]

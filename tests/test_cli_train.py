@@ -16,9 +16,10 @@ import sys
 import pytest
 import torch
 
-from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint
+from cxrlearn.checkpoint import load_checkpoint
 from cxrlearn.cli import main
 from cxrlearn.data import read_manifest
+from cxrlearn.trained import open_model
 
 FAST = ["--image-size", "32", "--batch-size", "8", "--test-per-class", "3",
         "--val-fraction", "0.3"]
@@ -56,7 +57,7 @@ def test_train_writes_a_complete_run_folder(tmp_path, data, capsys):
     assert settings["train"]["sizes"] == {"start": 0.75, "hold": 0.7, "full_from": 0.8}
     last = load_checkpoint(out / "last.pt", CLASSES)
     assert last["epoch"] == 2
-    model = model_from_checkpoint(last)
+    model = open_model(out / "last.pt").network
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
     best = load_checkpoint(out / "best.pt", CLASSES)
     assert "optimizer" not in best and 0.01 < best["temperature"] < 100

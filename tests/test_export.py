@@ -27,11 +27,8 @@ from cxrlearn.export import (
     EndToEndModel,
     ExportMetadata,
     eager_probs,
-    export_lite,
     export_program,
     export_torchscript,
-    load_exported,
-    load_graph,
     read_metadata,
     read_weights,
     resize_hw,
@@ -39,6 +36,7 @@ from cxrlearn.export import (
     upstream_deprecation,
     weights_sha256,
 )
+from cxrlearn.export.files import _load_graph as load_graph  # runs a file: ours only
 from cxrlearn.resnet import resnet18
 from cxrlearn.trained import open_model
 from cxrlearn.transforms import Preprocess, eval_transform, prepare
@@ -110,9 +108,9 @@ def exported(model, tmp_path_factory) -> dict:
     trained = open_model(ckpt)
     return {
         "checkpoint": ckpt,
-        "torchscript": export_torchscript(trained, root / "model.pt"),
-        "lite": export_lite(trained, root / "model.ptl"),
-        "export": export_program(trained, root / "model.pt2"),
+        "torchscript": trained.export(root / "model.pt"),
+        "lite": trained.export(root / "model.ptl", "lite"),
+        "export": trained.export(root / "model.pt2", "export"),
     }
 
 
@@ -201,12 +199,13 @@ def test_wrapper_leaves_the_callers_model_alone():
 def test_torchscript_file_matches_eager_after_reload(model, exported):
     result = exported["torchscript"]
     assert result.max_abs_diff <= 1e-5 and result.num_checks == 11
-    loaded = load_exported(result.path, expected_classes=CLASSES)
+    loaded = open_model(result.path)
+    assert loaded.class_names == tuple(CLASSES) and loaded.kind == "torchscript"
     for image in _images(4):
         want = _python_pipeline(model, image)[None]
         x = torch.from_numpy(image)
-        torch.testing.assert_close(loaded(x), want, rtol=0, atol=1e-6)
-        torch.testing.assert_close(loaded((x * 255).round().to(torch.uint8)), want,
+        torch.testing.assert_close(loaded.probs([x]), want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(loaded.probs([(x * 255).round().to(torch.uint8)]), want,
                                    rtol=0, atol=1e-6)
 
 
@@ -244,7 +243,8 @@ def test_lite_file_matches_eager(model, exported):
     assert result.max_abs_diff <= 1e-5
     # On builds without XNNPACK (the Linux CPU wheels) the optimisation is skipped, says so.
     assert all("optimize_for_mobile skipped" in n for n in result.notes)
-    loaded = load_exported(result.path, expected_classes=CLASSES)
+    loaded = open_model(result.path)
+    assert loaded.class_names == tuple(CLASSES) and loaded.kind == "lite"
     # The graph, loaded as a phone loads it (safe here: this test wrote the file).
     graph = load_graph(result.path, "lite")
     assert type(graph).__name__ == "LiteScriptModule"
@@ -253,7 +253,7 @@ def test_lite_file_matches_eager(model, exported):
                        PREPROCESS.network_input(_images(5)[2])[None])
     image = _images(5)[1]
     x = (torch.from_numpy(image) * 255).round().to(torch.uint8)
-    torch.testing.assert_close(loaded(x), _python_pipeline(model, image)[None],
+    torch.testing.assert_close(loaded.probs([x]), _python_pipeline(model, image)[None],
                                rtol=0, atol=1e-6)
 
 
@@ -261,16 +261,14 @@ def test_program_file_matches_eager_at_its_size(model, exported):
     result = exported["export"]
     assert result.max_abs_diff <= 1e-5 and result.metadata.input_size == (SIZE, SIZE)
     assert result.metadata.input_dtypes == ("float32",)
-    loaded = load_exported(result.path)
+    loaded = open_model(result.path)
+    assert loaded.notes == ("model.pt2 is a torch.export program for 32x32 inputs: images "
+                            "of other sizes are resized to that first",)
     images = [resize_hw(im, (SIZE, SIZE)) for im in _images(6)]
-    for batch in (images[:1], images):  # the batch dimension is dynamic
-        want = torch.stack([_python_pipeline(model, im) for im in batch])
-        got = loaded(torch.from_numpy(np.stack(batch))[:, None])
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-    big = _images(6)[2]  # 128 x 128
-    with pytest.raises(CxrlearnError, match=r"model\.pt2: .*takes 32x32 images"):
-        loaded(big)
-    torch.testing.assert_close(loaded(big, fit_size=True),
+    want = torch.stack([_python_pipeline(model, im) for im in images])
+    torch.testing.assert_close(loaded.probs(images), want, rtol=0, atol=1e-6)
+    big = _images(6)[2]  # 128 x 128: resized to the program's 32 x 32 first
+    torch.testing.assert_close(loaded.probs([big]),
                                _python_pipeline(model, resize_hw(big, (SIZE, SIZE)))[None],
                                rtol=0, atol=1e-6)
 
@@ -284,9 +282,9 @@ def test_program_needs_pt2_suffix(model, tmp_path):
 def test_checkpoint_temperature_is_exported(model, tmp_path):
     ckpt = _checkpoint(tmp_path / "calibrated.pt", model, temperature=2.5)
     image = sample_check_images()[0]
-    result = export_torchscript(open_model(ckpt), tmp_path / "m.pt", check_images=[image])
+    result = open_model(ckpt).export(tmp_path / "m.pt", check_images=[image])
     assert result.metadata.temperature == 2.5
-    got = load_exported(result.path)(torch.from_numpy(image))
+    got = open_model(result.path).probs([torch.from_numpy(image)])
     torch.testing.assert_close(got, _python_pipeline(model, image, 2.5)[None],
                                rtol=0, atol=1e-6)
     assert not torch.allclose(got, _python_pipeline(model, image, 1.0)[None], atol=1e-3)
@@ -299,7 +297,7 @@ def test_a_file_exported_with_flip_averaging_is_refused(exported, tmp_path):
                   lambda d: d.update(flip_average=True))
     with pytest.raises(CxrlearnError, match=r"flip\.pt: exported with flip averaging.*export "
                                             "the checkpoint again"):
-        load_exported(tmp_path / "flip.pt")
+        open_model(tmp_path / "flip.pt")
 
 
 def test_weights_are_read_as_data_from_every_format(model, exported):
@@ -312,7 +310,7 @@ def test_weights_are_read_as_data_from_every_format(model, exported):
     # The safe rebuild answers like the graph an app loads (to the parity tolerance).
     image = sample_check_images()[3]
     graph = load_graph(exported["torchscript"].path, "torchscript")
-    torch.testing.assert_close(load_exported(exported["torchscript"].path)(image),
+    torch.testing.assert_close(open_model(exported["torchscript"].path).probs([image]),
                                graph(torch.from_numpy(image)), rtol=0, atol=1e-6)
 
 
@@ -342,35 +340,31 @@ def test_eager_probs_puts_the_mode_back():
 
 
 def test_export_of_a_bare_model_needs_its_settings(model, tmp_path):
-    with pytest.raises(ValueError, match="class_names"):
+    with pytest.raises(TypeError, match="class_names"):
         export_torchscript(model, tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------
-# load_exported: clear errors
+# Reading an export back (open_model): clear errors
 # ---------------------------------------------------------------------------------------
 
 
-def test_load_exported_refuses_a_checkpoint(exported):
+def test_a_checkpoint_is_not_read_as_an_export(exported):
     ckpt = exported["checkpoint"]
     assert read_metadata(ckpt) is None
-    with pytest.raises(CxrlearnError, match=r"best\.pt: not a cxrlearn export"):
-        load_exported(ckpt)
+    assert open_model(ckpt).kind == "checkpoint"
 
 
-def test_load_exported_refuses_other_files(tmp_path):
+def test_other_files_are_refused(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    with pytest.raises(CxrlearnError, match=r"notes\.pt: not a cxrlearn export"):
-        load_exported(text)
+    with pytest.raises(CxrlearnError, match=r"notes\.pt: not a checkpoint: not a PyTorch file"):
+        open_model(text)
     with pytest.raises(CxrlearnError, match=r"missing\.pt: no such file"):
-        load_exported(tmp_path / "missing.pt")
-
-
-def test_load_exported_checks_the_classes(exported):
-    with pytest.raises(CxrlearnError, match=r"model\.pt: exported for classes .*COVID.*not "
-                                            r"\['Normal', 'COVID'\]"):
-        load_exported(exported["torchscript"].path, expected_classes=["Normal", "COVID"])
+        open_model(tmp_path / "missing.pt")
+    with pytest.raises(CxrlearnError, match=r"missing\.pt: no such file"):
+        read_metadata(tmp_path / "missing.pt")
 
 
 def _rewrite_json(src: Path, dest: Path, change) -> None:
@@ -384,14 +378,14 @@ def _rewrite_json(src: Path, dest: Path, change) -> None:
             zout.writestr(info, data)
 
 
-def test_load_exported_notices_changed_weights_and_foreign_markers(exported, tmp_path):
+def test_open_model_notices_changed_weights_and_foreign_markers(exported, tmp_path):
     src = exported["torchscript"].path
     _rewrite_json(src, tmp_path / "changed.pt", lambda d: d.update(weights_sha256="0" * 64))
     with pytest.raises(CxrlearnError, match=r"changed\.pt: the weights do not match"):
-        load_exported(tmp_path / "changed.pt")
+        open_model(tmp_path / "changed.pt")
     _rewrite_json(src, tmp_path / "other.pt", lambda d: d.update(format="someone-else-v3"))
     with pytest.raises(CxrlearnError, match=r"other\.pt: not a cxrlearn-export-v1 file"):
-        load_exported(tmp_path / "other.pt")
+        open_model(tmp_path / "other.pt")
 
 
 # ---------------------------------------------------------------------------------------

@@ -333,10 +333,9 @@ def test_an_exports_and_a_checkpoints_leftovers_are_cleaned(world, tmp_path):
     (run / f".last.pt.{dead}.tmp").write_bytes(b"half a checkpoint")
     save_checkpoint(run / "last.pt", {k: v for k, v in load_checkpoint(run / "last.pt").items()
                                       if k != "format"})
-    from cxrlearn.export import export_torchscript
     from cxrlearn.trained import open_model
 
-    export_torchscript(open_model(run), run / "model.pt")
+    open_model(run).export(run / "model.pt")
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
 
 
@@ -499,7 +498,7 @@ def _(tmp: Path, world: dict) -> list[str]:
 
 
 @case("an exported file where evaluate expects a checkpoint", 1,
-      "evaluate needs the run's checkpoint")
+      "evaluation needs a checkpoint (best.pt, or its run folder)")
 def _(tmp: Path, world: dict) -> list[str]:
     return ["evaluate", "--model", str(world["run"]), "--checkpoint", "model.pt", "--out",
             str(tmp / "out")]

@@ -14,11 +14,10 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cxrlearn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from cxrlearn.checkpoint import load_checkpoint, save_checkpoint
 from cxrlearn.data import XrayDataset
 from cxrlearn.device import describe_device, select_device
 from cxrlearn.errors import CxrlearnError
-from cxrlearn.resnet import resnet18
 from cxrlearn.schedule import SizeSchedule, lr_factor, scaled_side, size_fraction
 from cxrlearn.seeding import rng_state, seed_everything, set_rng_state
 from cxrlearn.training import (
@@ -313,25 +312,6 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
                                             "objects other than plain data") as caught:
         load_checkpoint(evil)
     assert "weights_only" not in str(caught.value)  # never advise turning the guard off
-
-
-def test_model_from_checkpoint_rebuilds_resnet18(tmp_path):
-    model = resnet18(num_classes=4)
-    arch = {"name": "resnet18", "num_classes": 4, "in_channels": 3}
-    save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(),
-                                        "class_names": list(CLASSES), "meta": {"arch": arch}})
-    ckpt = load_checkpoint(tmp_path / "m.pt", CLASSES)
-    rebuilt = model_from_checkpoint(ckpt)
-    x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(rebuilt(x), model.eval()(x))
-    wrong = {**ckpt, "meta": {"arch": {**arch, "num_classes": 3}},
-             "class_names": list(CLASSES[:3])}
-    with pytest.raises(CxrlearnError, match="weights do not fit resnet18"):
-        model_from_checkpoint(wrong, tmp_path / "m.pt")
-    inconsistent = {**ckpt, "meta": {"arch": {**arch, "num_classes": 3}}}
-    with pytest.raises(CxrlearnError, match="damaged checkpoint: the network has 3 outputs "
-                                            "for 4 class names"):
-        model_from_checkpoint(inconsistent, tmp_path / "m.pt")
 
 
 def test_rng_state_round_trips_through_a_safe_checkpoint(tmp_path):

@@ -216,7 +216,8 @@ def create_app(
                 image = read_upload(data, name, max_pixels)
             except CxrlearnError as e:
                 raise HTTPException(422, str(e)) from None
-            probs = service.probabilities(image).tolist()
+            probs_k, overlay_png = service.predict(image, gradcam)  # (K,), PNG or None
+            probs = probs_k.tolist()
             best = int(np.argmax(probs))
             classes = list(service.model.class_names)
             answer = Prediction(predicted=classes[best],
@@ -225,8 +226,8 @@ def create_app(
                                 image_shape=list(image.shape), warning=service.info.warning)
             if preview:
                 answer.image_png = base64.b64encode(preview_png(image)).decode()
-            if gradcam and service.info.gradcam:
-                answer.gradcam_png = base64.b64encode(service.gradcam_png(image, best)).decode()
+            if overlay_png is not None:  # the map of `best`: the class with the highest p
+                answer.gradcam_png = base64.b64encode(overlay_png).decode()
             elif gradcam:
                 answer.gradcam_note = service.info.gradcam_note
         return answer

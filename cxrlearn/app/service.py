@@ -3,8 +3,9 @@
 `read_upload` turns the bytes a browser sent into the grey image every other part of
 cxrlearn reads (PNG, JPEG or DICOM, told apart by their contents). `XrayService` opens the
 model once, with `cxrlearn.trained.open_model` (the loader of every command), and answers
-two questions about an image: the class probabilities, and where the evidence for a class
-lies (Grad-CAM).
+two questions about an image: the class probabilities, and where the evidence for the
+predicted class lies (Grad-CAM). Asked both, it stretches the image once
+(`TrainedModel.prepare`) and gives the prepared image to both.
 
 Threads. Predictions run under `torch.inference_mode()`: a network in eval mode only reads
 its weights, so many threads may call the same model. Grad-CAM cannot run in inference
@@ -155,20 +156,42 @@ class XrayService:
         with torch.inference_mode():  # no autograd bookkeeping: faster, and nothing shared
             return self.model.probs([image])[0].float().cpu()
 
-    def gradcam_png(self, image: np.ndarray, target: int) -> bytes:
-        """An RGB PNG: the Grad-CAM map of class `target` over the image the network saw
-        (stretched and resized to S x S), drawn by `cxrlearn.heatmap.overlay`.
+    def predict(self, image: np.ndarray, gradcam: bool) -> tuple[torch.Tensor, bytes | None]:
+        """The class probabilities and, if asked and the model can, the Grad-CAM PNG of
+        the predicted class (else None).
 
-        `TrainedModel.explain` runs Grad-CAM on a private copy of the network, one request
-        at a time, so it never touches the predictions running in other threads.
+        With Grad-CAM the upload is stretched once (`TrainedModel.prepare`, the costly step
+        on a big image) and the prepared image serves both; the probabilities are those of
+        `probabilities`, digit for digit (the same steps, in inference mode).
+
+        Shape:
+            image: (H, W) -> (K,), PNG of (S, S, 3)
+        """
+        if not (gradcam and self.info.gradcam):
+            return self.probabilities(image), None
+        prepared = self.model.prepare(image)  # outside inference mode: Grad-CAM needs autograd
+        with torch.inference_mode():
+            probs = self.model.probs_prepared([prepared])[0].float().cpu()
+        return probs, self.gradcam_png(prepared, int(probs.argmax()))
+
+    def gradcam_png(self, prepared: torch.Tensor, target: int) -> bytes:
+        """An RGB PNG: the Grad-CAM map of class `target` over the image the network saw,
+        drawn by `cxrlearn.heatmap.overlay`.
+
+        `TrainedModel.explain_prepared` runs Grad-CAM on a private copy of the network, one
+        request at a time, so it never touches the predictions running in other threads.
+
+        Args:
+            prepared: The image through `TrainedModel.prepare` (stretched, resized to S x S).
+            target: The class to explain.
 
         Raises:
             CxrlearnError: The model is an exported file (no eager network to hook).
 
         Shape:
-            image: (H, W) -> PNG of (S, S, 3)
+            prepared: uint8 (1, S, S) -> PNG of (S, S, 3)
         """
-        explained = self.model.explain(image, target)
+        explained = self.model.explain_prepared(prepared, target)
         buffer = io.BytesIO()
         Image.fromarray(overlay(explained.seen, explained.cam)).save(buffer, format="PNG")
         return buffer.getvalue()
@@ -176,12 +199,7 @@ class XrayService:
 
 def _describe(model: TrainedModel, limits: Limits) -> ModelInfo:
     """`GET /api/model`: what the app tells about its model, its quality included."""
-    note = None
-    if model.network is None:
-        note = (f"{model.path.name} is an exported {model.kind} file: it gives "
-                "probabilities only. Grad-CAM hooks a layer of the eager network and "
-                "back-propagates to it, which an exported graph does not allow; start the app "
-                "with the checkpoint (best.pt) to see overlays.")
+    note = model.missing_network("Grad-CAM")
     # Plain finite numbers only: JSON has no NaN (a class never predicted can leave one).
     scores = {k: v for k, v in model.scores.items()
               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
@@ -191,6 +209,6 @@ def _describe(model: TrainedModel, limits: Limits) -> ModelInfo:
                      temperature=model.temperature, epoch=model.epoch, scores=scores,
                      chance=1.0 / num_classes,
                      warning=quality_warning(scores, num_classes, model.path.name,
-                                             exported=model.network is None),
+                                             exported=model.kind != "checkpoint"),
                      gradcam=note is None, gradcam_note=note, notes=list(model.notes),
                      limits=limits)

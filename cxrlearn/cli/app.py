@@ -40,7 +40,7 @@ exported file (model.pt). The app trains nothing. To get a model on a CPU in min
 
 or export it first (probabilities only, no Grad-CAM):
 
-  cxrlearn export --run runs/demo
+  cxrlearn export --model runs/demo
   cxrlearn app --model runs/demo/model.pt"""
 
 

@@ -3,7 +3,7 @@
 Split (seeded, stratified, duplicates kept together), contrast stretching, ResNet18 trained
 from scratch, evaluation on the held-out test split, Grad-CAM overlays for a few test
 images, and export of a self-contained TorchScript file that then predicts test images.
-Each step is a library call (`train_run`, `open_model`, `export_torchscript`) or the same
+Each step is a library call (`train_run`, `open_model`, `TrainedModel.export`) or the same
 writer another command uses; every step prints where its output went.
 """
 
@@ -50,8 +50,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from cxrlearn.cli.train import RichEvents, settings_from_args
     from cxrlearn.data import load_image
     from cxrlearn.device import select_device
-    from cxrlearn.export import export_torchscript, load_exported
     from cxrlearn.runs import train_run
+    from cxrlearn.trained import open_model
 
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     console.print(Panel.fit(
@@ -87,15 +87,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
                           highlight=False)
 
     console.rule("4. export: one TorchScript file with the preprocessing inside")
-    exported = export_torchscript(model, out / "model.pt")
+    exported = model.export(out / "model.pt")
     console.print(f"wrote {escape(str(out / 'model.pt'))}; reloaded, it matches the Python "
                   f"pipeline to {exported.max_abs_diff:.1e} (limit 1e-5)", highlight=False)
-    app_model = load_exported(out / "model.pt", model.class_names)
+    app_model = open_model(out / "model.pt")  # read as data, as the app reads it
     table = Table(title="predictions of the exported file (test images, unseen in training)")
     for col in ("file", "true class", "predicted", "probability"):
         table.add_column(col)
     for r in [next(r for r in test_rows if r.label == k) for k in range(len(model.class_names))]:
-        probs = app_model(load_image(r.path))[0]
+        probs = app_model.probs([load_image(r.path)])[0]
         k = int(probs.argmax())
         table.add_row(escape(r.path.name), model.class_names[r.label], model.class_names[k],
                       f"{float(probs[k]):.2f}")

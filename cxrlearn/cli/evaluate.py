@@ -229,9 +229,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise CxrlearnError("data folder not found (given with --data)", path=args.data)
     path = args.model / args.checkpoint if args.model.is_dir() else args.model
     model = open_model(path, data_root=args.data)
-    if model.network is None:
-        raise CxrlearnError("evaluate needs the run's checkpoint (best.pt), not an exported "
-                            "file", path=path)
+    model.require_network("evaluation")  # before any file is written
     out = args.out if args.out is not None else model.folder
     # The run folder's own report files are replaced by a new evaluation; a folder the
     # user named may hold their own files of those names.

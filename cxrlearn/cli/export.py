@@ -47,15 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from cxrlearn.export import export_model
     from cxrlearn.trained import open_model
 
     if args.model is None:
         raise CxrlearnError("name the run to export: cxrlearn export --model runs/NAME")
     model = open_model(args.model)  # fails early, once, with the file's own message
-    if model.network is None:
-        raise CxrlearnError("this is already an exported file; export the checkpoint "
-                            "(best.pt) instead", path=model.path)
+    model.require_network("export")  # before any file is written
     base = args.out if args.out is not None else model.folder / "model"
     if base.is_dir():
         raise CxrlearnError("--out is a folder; give a file path such as DIR/model.pt",
@@ -65,7 +62,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         path = base.with_suffix(FORMATS[name])
         with console.status(f"exporting {name} to {escape(str(path))}"):
             try:
-                result = export_model(model, path, name)
+                result = model.export(path, name)
             except CxrlearnError as e:
                 console.print(f"[bold red]{name} failed:[/] {escape(str(e))}",
                               highlight=False, soft_wrap=True)

@@ -17,7 +17,7 @@ import argparse
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -25,6 +25,9 @@ from rich.table import Table
 
 from cxrlearn.cli import check_outputs, progress_bar
 from cxrlearn.errors import CxrlearnError
+
+if TYPE_CHECKING:  # a name for the annotations only: `cxrlearn --help` imports no torch
+    from torch import Tensor
 
 __all__ = ["HELP", "add_parser", "write_overlays", "overlay_name"]
 
@@ -64,6 +67,7 @@ def write_overlays(
     target: str | None = None,
     on_image: Callable[[], None] | None = None,
     overwrite: bool = True,
+    prepared: Sequence[Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Write one Grad-CAM figure per image; a bad image is reported, not raised.
 
@@ -74,6 +78,8 @@ def write_overlays(
         target: Class name to explain for every image; None explains the predicted class.
         on_image: Called after each image (for a progress bar).
         overwrite: Replace existing files; otherwise an existing file is an error.
+        prepared: The images of `paths` already through `model.prepare` (`cxrlearn
+            predict` has them); None reads and prepares each file here.
 
     Returns:
         One dict per input, in order: `path`, then either `error` (the message) or
@@ -96,13 +102,16 @@ def write_overlays(
     check_outputs(out_dir, [o.name for o in outputs], overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
-    for path, output in zip(map(Path, paths), outputs, strict=True):
+    if prepared is not None and len(prepared) != len(outputs):
+        raise ValueError(f"{len(prepared)} prepared images for {len(outputs)} paths")
+    for i, (path, output) in enumerate(zip(map(Path, paths), outputs, strict=True)):
         try:
-            image = load_image(path)  # (H, W) float in [0, 1]
+            # (1, S, S) uint8: the image stretched and resized, as the network sees it
+            seen = model.prepare(load_image(path)) if prepared is None else prepared[i]
         except CxrlearnError as e:
             results.append({"path": path, "error": e.message})
         else:
-            e = model.explain(image, target_index)
+            e = model.explain_prepared(seen, target_index)
             shown = os.fsencode(path.name).decode("utf-8", "backslashreplace")
             title = f"{shown}: {names[e.predicted]} (p = {float(e.probs[e.predicted]):.2f})"
             if e.target != e.predicted:
@@ -125,9 +134,7 @@ def _target_index(model: Any, target: str | None) -> int | None:
     Raises:
         CxrlearnError: The model is an exported file, or does not know `target`.
     """
-    if model.network is None:
-        raise CxrlearnError("Grad-CAM needs a checkpoint (best.pt, or its run folder): an "
-                            "exported file has no layer to hook", path=model.path)
+    model.require_network("Grad-CAM")
     names = list(model.class_names)
     if target is not None and target not in names:
         raise CxrlearnError(f"unknown class {target!r} for --target; this model knows "

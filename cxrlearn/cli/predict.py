@@ -47,26 +47,33 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     model = open_model(args.model)
     notes = list(model.notes)
+    no_gradcam = None if args.gradcam is None else model.missing_network("Grad-CAM")
+    overlays = args.gradcam is not None and no_gradcam is None
     results: list[dict[str, Any]] = []
     readable: list[Path] = []
+    prepared: list[Any] = []  # with overlays: each image as the network sees it, S x S
     for path in args.images:
         try:
-            probs = model.probs([load_image(path)])[0].tolist()
+            image = load_image(path)
         except CxrlearnError as e:
             results.append({"file": str(path), "error": e.message})
             continue
+        if overlays:  # decoded and stretched once, for the probabilities and the overlay
+            prepared.append(model.prepare(image))
+            probs = model.probs_prepared(prepared[-1:])[0].tolist()
+        else:
+            probs = model.probs([image])[0].tolist()
         best = max(range(len(probs)), key=probs.__getitem__)
         results.append({"file": str(path), "prediction": model.class_names[best],
                         "probabilities": dict(zip(model.class_names, probs, strict=True))})
         readable.append(path)
     if args.gradcam is not None:
-        if model.network is None:
-            notes.append(f"Grad-CAM needs a checkpoint such as best.pt (it hooks a layer of "
-                         f"the eager network); {args.model.name} is an exported file, so no "
-                         "overlays were written")
+        if no_gradcam is not None:
+            notes.append(f"{no_gradcam}; no overlays were written")
         else:
             written = {str(r["path"]): str(r["output"])
-                       for r in write_overlays(model, readable, args.gradcam, overwrite=True)
+                       for r in write_overlays(model, readable, args.gradcam, overwrite=True,
+                                               prepared=prepared)
                        if "output" in r}
             for r in results:
                 if r["file"] in written:

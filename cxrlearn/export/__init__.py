@@ -24,14 +24,15 @@ teaches the successor next to them.
 The package has three modules: `pipeline` (the end-to-end model and its eager reference),
 `files` (writing each format, and the parity check that decides whether a written file
 counts: loaded back, it must match `eager_probs` on real X-rays to 1e-5), and `load`
-(reading a file back: `cxrlearn.json`, the weights as data, and cxrlearn's own model
-rebuilt from them). Each file holds `cxrlearn.json` (classes, preprocessing, temperature,
-a sha256 of the weights, versions).
+(reading a file back as data: `cxrlearn.json` and the weights). Each file holds
+`cxrlearn.json` (classes, preprocessing, temperature, a sha256 of the weights, versions).
 
 An exported file is a program, and loading a program runs its code. cxrlearn therefore
-never loads the graph of a file it did not just write: `load_exported` reads the weights
-and settings as data and rebuilds the network from its own code. The graph inside is for
-other apps, and was checked against the Python pipeline when it was written.
+never loads the graph of a file it did not just write: `cxrlearn.trained.open_model`, the
+one way from a file to a model, reads the weights and settings as data and rebuilds the
+network from cxrlearn's own code. The graph inside is for other apps, and was checked
+against the Python pipeline when it was written. A trained model exports itself:
+`open_model("runs/NAME").export("model.pt")`.
 
 Lesson: lessons/06_torchscript_export.ipynb
 """
@@ -50,10 +51,7 @@ from cxrlearn.export.files import (
 from cxrlearn.export.load import (
     EXPORT_FORMAT,
     FILE_FORMATS,
-    ExportedModel,
     ExportMetadata,
-    load_exported,
-    load_graph,
     read_metadata,
     read_weights,
     upstream_deprecation,
@@ -66,14 +64,11 @@ __all__ = [
     "EndToEndModel",
     "ExportMetadata",
     "ExportResult",
-    "ExportedModel",
     "eager_probs",
     "export_lite",
     "export_model",
     "export_program",
     "export_torchscript",
-    "load_exported",
-    "load_graph",
     "max_abs_diff",
     "read_metadata",
     "read_weights",

@@ -11,7 +11,12 @@ over each image alone (as float, and as the uint8 an app reads from a PNG) and o
 batch, after checking that the weights inside hash to the sha256 in `cxrlearn.json`. Only
 then is the file renamed into place. A file that disagrees is deleted and never seen.
 (Loading the file back runs its code: that is safe here because this process wrote it a
-moment ago. Files from elsewhere are read with `cxrlearn.export.load.load_exported`.)
+moment ago, and this module is the only place cxrlearn does it. Files from elsewhere are
+read as data: `cxrlearn.trained.open_model`.)
+
+The writers take the network and its settings (classes, preprocessing, temperature) as
+arguments. A trained model exports itself with `TrainedModel.export`, which hands over its
+own; export sits below `cxrlearn.trained` in the layers, so it does not know that class.
 
 Lesson: lessons/06_torchscript_export.ipynb
 """
@@ -23,7 +28,6 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -38,7 +42,6 @@ from cxrlearn.export.load import (
     FILE_FORMATS,
     METADATA_NAME,
     ExportMetadata,
-    load_graph,
     upstream_deprecation,
 )
 from cxrlearn.export.pipeline import EndToEndModel, eager_probs, resize_hw, weights_sha256
@@ -46,15 +49,6 @@ from cxrlearn.transforms import Preprocess
 
 __all__ = ["ExportResult", "export_model", "export_torchscript", "export_lite",
            "export_program", "sample_check_images", "max_abs_diff"]
-
-
-class TrainedLike(Protocol):
-    """What an export needs from a trained model (`cxrlearn.trained.TrainedModel` has it)."""
-
-    network: nn.Module | None
-    class_names: tuple[str, ...]
-    preprocess: Preprocess
-    temperature: float
 
 
 @dataclass(frozen=True)
@@ -126,6 +120,33 @@ def max_abs_diff(run: Callable[[Tensor], Tensor], model: nn.Module, preprocess: 
     return worst, len(cases)
 
 
+def _load_graph(path: Path, file_format: str) -> Callable[[Tensor], Tensor]:
+    """Load an exported graph the way an app does. This runs the file's own code.
+
+    Called only by the parity check, on the file this process wrote a moment before. Files
+    from elsewhere are read as data (`cxrlearn.export.load`, `cxrlearn.trained.open_model`).
+
+    Raises:
+        CxrlearnError: The graph cannot be loaded (damaged, or made by another PyTorch).
+    """
+    try:
+        if file_format == "torchscript":
+            with upstream_deprecation("`torch.jit.load`"):
+                return torch.jit.load(str(path), map_location="cpu").eval()
+        if file_format == "lite":
+            from torch.jit.mobile import _load_for_lite_interpreter
+
+            return _load_for_lite_interpreter(str(path))
+        if file_format == "export":
+            return torch.export.load(str(path)).module()
+    except Exception as e:  # each loader fails in its own way (RuntimeError, KeyError, ...)
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        raise CxrlearnError(f"cannot load the {file_format} graph ({first}); the file may "
+                            "be damaged or made by another PyTorch version", path=path) from None
+    raise CxrlearnError(f"unknown export format {file_format!r}", path=path)
+
+
 def _network_sha256(graph: object, file_format: str) -> str | None:
     """The hash of the network inside a loaded graph (the lite runtime keeps none)."""
     if file_format == "torchscript":
@@ -138,12 +159,12 @@ def _network_sha256(graph: object, file_format: str) -> str | None:
 
 
 def export_model(
-    source: TrainedLike | nn.Module,
+    network: nn.Module,
     path: str | Path,
     file_format: str = "torchscript",
     *,
-    class_names: Sequence[str] | None = None,
-    preprocess: Preprocess | None = None,
+    class_names: Sequence[str],
+    preprocess: Preprocess,
     temperature: float = 1.0,
     input_size: tuple[int, int] | None = None,
     check_images: Sequence[np.ndarray] | None = None,
@@ -151,38 +172,32 @@ def export_model(
 ) -> ExportResult:
     """Write the whole pipeline as one file of `file_format`, checked before it is kept.
 
+    The network and its settings come as arguments, not as a `TrainedModel`: export sits
+    below `cxrlearn.trained` in the layers (tests/test_architecture.py) and must not import
+    it. `TrainedModel.export(path)` passes its own network, classes, preprocessing and
+    temperature, and is where a file without an eager network is refused.
+
     Args:
-        source: A trained model (`cxrlearn.trained.open_model(...)`: network, classes,
-            preprocessing and temperature), or a bare `nn.Module` with `class_names` and
-            `preprocess` (and optionally `temperature`).
+        network: The eager classifier (e.g. `resnet18`), any mode, any device.
         path: The file to write. Written only if the parity check passes.
         file_format: `"torchscript"` (`.pt`), `"lite"` (`.ptl`) or `"export"` (`.pt2`).
-        class_names: For a bare module: the class names.
-        preprocess: For a bare module: the preprocessing settings.
-        temperature: For a bare module: T.
+        class_names: The class names, in the order of the network's outputs.
+        preprocess: The preprocessing settings the network was trained with.
+        temperature: T the logits are divided by (1.0 when not calibrated).
         input_size: `"export"` only: (H, W) of the program's input; default (S, S).
         check_images: Grey float images for the parity check; default
             `sample_check_images()`.
         atol: Largest accepted |p_file - p_python|.
 
     Raises:
-        CxrlearnError: No eager network to export, a wrong suffix for `.pt2`, the format
+        CxrlearnError: A wrong suffix for `.pt2`, the format
             cannot be written by this PyTorch, or the reloaded file disagrees with the
             Python pipeline (then no file is written).
     """
     path = Path(path)
     if file_format not in FILE_FORMATS:
         raise ValueError(f"file_format must be one of {tuple(FILE_FORMATS)}, got {file_format!r}")
-    if isinstance(source, nn.Module):
-        if class_names is None or preprocess is None:
-            raise ValueError("exporting a bare model needs class_names= and preprocess=")
-        network, names, pre, t = source, tuple(class_names), preprocess, float(temperature)
-    else:
-        if source.network is None:
-            raise CxrlearnError("an exported file holds no eager network to export again; "
-                                "export from the checkpoint (best.pt)", path=path)
-        network, names, pre, t = (source.network, tuple(source.class_names),
-                                  source.preprocess, float(source.temperature))
+    names, pre, t = tuple(class_names), preprocess, float(temperature)
     wrapper = EndToEndModel(network, pre, t)
     images = sample_check_images() if check_images is None else list(check_images)
     program = file_format == "export"
@@ -218,7 +233,7 @@ def export_model(
         except OSError as e:
             raise CxrlearnError(f"could not write the file ({e.strerror or e}); nothing was "
                                 "written", path=path) from None
-        graph = load_graph(tmp, file_format)  # safe: this process wrote it just now
+        graph = _load_graph(tmp, file_format)  # safe: this process wrote it just now
         found = _network_sha256(graph, file_format)
         if found is not None and found != meta.weights_sha256:
             raise CxrlearnError("the saved weights do not hash to the recorded sha256",
@@ -291,7 +306,7 @@ def _reason(e: BaseException) -> str:
     return first[:200]
 
 
-def export_torchscript(source: TrainedLike | nn.Module, path: str | Path,
+def export_torchscript(network: nn.Module, path: str | Path,
                        **options) -> ExportResult:
     """Script the whole pipeline with `torch.jit.script` and save it (`.pt`).
 
@@ -301,10 +316,10 @@ def export_torchscript(source: TrainedLike | nn.Module, path: str | Path,
     of `torch.export` (see `export_program`); it is still what PyTorch Mobile apps load.
     Options as in `export_model`.
     """
-    return export_model(source, path, "torchscript", **options)
+    return export_model(network, path, "torchscript", **options)
 
 
-def export_lite(source: TrainedLike | nn.Module, path: str | Path, **options) -> ExportResult:
+def export_lite(network: nn.Module, path: str | Path, **options) -> ExportResult:
     """Write the scripted pipeline for PyTorch Mobile's lite interpreter (`.ptl`).
 
     The file an Android or iOS app (or Flutter, through a PyTorch Mobile plugin) loads; both
@@ -314,10 +329,10 @@ def export_lite(source: TrainedLike | nn.Module, path: str | Path, **options) ->
     it, and the unoptimised graph is written with a note in the result. Options as in
     `export_model`.
     """
-    return export_model(source, path, "lite", **options)
+    return export_model(network, path, "lite", **options)
 
 
-def export_program(source: TrainedLike | nn.Module, path: str | Path,
+def export_program(network: nn.Module, path: str | Path,
                    **options) -> ExportResult:
     """Trace the pipeline with `torch.export.export` and save the program (`.pt2`).
 
@@ -332,4 +347,4 @@ def export_program(source: TrainedLike | nn.Module, path: str | Path,
     the full-size one, a small difference from the TorchScript file, which takes any size.
     The program takes float32 `(B, 1, H, W)` in [0, 1] only. Options as in `export_model`.
     """
-    return export_model(source, path, "export", **options)
+    return export_model(network, path, "export", **options)

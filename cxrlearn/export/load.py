@@ -1,4 +1,4 @@
-"""Reading an exported file back: its metadata, its weights, and a model to run, safely.
+"""Reading an exported file back as data: its metadata and its weights, nothing run.
 
 An exported file is a program. TorchScript's `torch.jit.load` runs the file's own code (a
 crafted file's `__setstate__` can write files), and `torch.export.load` quietly retries a
@@ -12,18 +12,17 @@ data:
   lite file's `data.pkl` is read by a restricted unpickler that knows tensors and plain
   containers and stands an inert placeholder in for every TorchScript class, so nothing of
   the file's code is ever called; a `.pt2` program's weights are raw bytes described by
-  JSON;
-- `load_exported`: cxrlearn's own `EndToEndModel` with those weights, after their sha256
-  matched the one written at export time.
+  JSON.
 
-The exported graph itself is for other apps (a phone, LibTorch). It was checked against
-the Python pipeline when it was written (`cxrlearn.export.files`), so the model
-`load_exported` builds answers like the graph, to 1e-5. `load_graph` loads the graph the way
-an app does; it runs the file's code, so use it only on a file you wrote yourself.
+Both return data, not a model. `cxrlearn.trained.open_model` is the one way from a file to
+a model: for an export it puts these weights into cxrlearn's own `EndToEndModel`, after
+their sha256 matched the one in `cxrlearn.json`. The exported graph itself is for other apps
+(a phone, LibTorch); it was checked against the Python pipeline when it was written
+(`cxrlearn.export.files`, the only place cxrlearn loads a graph, a moment after writing it),
+so the model `open_model` rebuilds answers like the graph, to 1e-5.
 
 Lesson: lessons/06_torchscript_export.ipynb
 """
-
 from __future__ import annotations
 
 import io
@@ -32,31 +31,25 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.evaluation.calibration import plausible_temperature
-from cxrlearn.export.pipeline import EndToEndModel, resize_hw, weights_sha256
-from cxrlearn.resnet import resnet18
 from cxrlearn.transforms import Preprocess
 
 __all__ = [
     "EXPORT_FORMAT",
     "FILE_FORMATS",
     "ExportMetadata",
-    "ExportedModel",
     "read_metadata",
     "read_weights",
-    "load_exported",
-    "load_graph",
     "upstream_deprecation",
 ]
 
@@ -360,126 +353,3 @@ def _read_program_weights(z: zipfile.ZipFile, names: list[str],
                                         [d["as_int"] for d in meta["sizes"]],
                                         [d["as_int"] for d in meta["strides"]])
     return weights
-
-
-# --- a model to run -------------------------------------------------------------------------
-
-
-class ExportedModel:
-    """An export, rebuilt from its data: call it on raw grey images for class probabilities.
-
-    Attributes:
-        path: The file it was read from.
-        metadata: Its `cxrlearn.json` (classes, preprocessing, versions, hash).
-        module: cxrlearn's `EndToEndModel` with the file's weights and settings.
-    """
-
-    def __init__(self, path: Path, metadata: ExportMetadata, module: EndToEndModel) -> None:
-        self.path = path
-        self.metadata = metadata
-        self.module = module
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        """Column order of the probabilities."""
-        return self.metadata.class_names
-
-    def __call__(self, image: np.ndarray | Tensor, fit_size: bool = False) -> Tensor:
-        """Class probabilities for raw grey images (as `load_image` returns, or uint8).
-
-        A `torch.export` program was exported for one image size; the answers here are the
-        program's, so a 2-D image of another size is resized to it first when `fit_size` is
-        set (percentiles are then taken on the resized image, as the program's app does),
-        and refused otherwise.
-
-        Raises:
-            CxrlearnError: The image does not have the size a `torch.export` program needs.
-
-        Shape:
-            image: (H, W) or (B, 1, H, W) -> (B, K)
-        """
-        x = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
-        size = self.metadata.input_size
-        if size is not None:
-            if x.dim() == 2 and fit_size and tuple(x.shape) != size:
-                x = torch.from_numpy(resize_hw(x, size))
-            if tuple(x.shape[-2:]) != size:
-                raise CxrlearnError(
-                    f"this torch.export program takes {size[0]}x{size[1]} images, got "
-                    f"{tuple(x.shape)}; resize the image first, or use the TorchScript file, "
-                    "which takes any size", path=self.path)
-        with torch.no_grad():
-            return self.module(x)
-
-    def __repr__(self) -> str:
-        return (f"ExportedModel({self.path.name!r}, format={self.metadata.file_format!r}, "
-                f"classes={list(self.class_names)})")
-
-
-def load_exported(
-    path: str | Path, expected_classes: Sequence[str] | None = None
-) -> ExportedModel:
-    """Open a file written by `export_torchscript`, `export_lite` or `export_program`.
-
-    The file is read as data (`read_metadata`, `read_weights`) and rebuilt as cxrlearn's
-    own `EndToEndModel`; none of its code runs.
-
-    Args:
-        path: The `.pt`, `.ptl` or `.pt2` file.
-        expected_classes: If given, the classes the caller expects, in order.
-
-    Raises:
-        CxrlearnError: Missing file, not a cxrlearn export (a checkpoint, another program's
-            model), other classes, weights that are not plain data or do not fit ResNet18,
-            or weights that no longer match the hash written at export time.
-    """
-    path = Path(path)
-    metadata = read_metadata(path)
-    if metadata is None:
-        raise CxrlearnError(
-            "not a cxrlearn export (it holds no cxrlearn.json); if it is a checkpoint such "
-            "as best.pt, export it with `cxrlearn export --model RUN`", path=path)
-    if expected_classes is not None and list(metadata.class_names) != list(expected_classes):
-        raise CxrlearnError(f"exported for classes {list(metadata.class_names)}, not "
-                            f"{list(expected_classes)}", path=path)
-    weights = read_weights(path, metadata)
-    network = resnet18(num_classes=len(metadata.class_names),
-                       in_channels=metadata.preprocess.channels)
-    try:
-        network.load_state_dict({k[len("model."):]: v for k, v in weights.items()
-                                 if k.startswith("model.")})
-    except RuntimeError as e:
-        raise CxrlearnError(f"the weights do not fit resnet18 ({str(e).splitlines()[0]})",
-                            path=path) from None
-    if weights_sha256(network.state_dict()) != metadata.weights_sha256:
-        raise CxrlearnError("the weights do not match the sha256 written at export time; "
-                            "the file was changed after export, export it again", path=path)
-    return ExportedModel(path, metadata,
-                         EndToEndModel(network, metadata.preprocess, metadata.temperature))
-
-
-def load_graph(path: str | Path, file_format: str) -> Callable[[Tensor], Tensor]:
-    """Load an exported graph the way an app does. This runs the file's own code.
-
-    For a file you just wrote yourself (the parity check of `cxrlearn.export.files`, lesson
-    06). Never call it on a file from elsewhere: use `load_exported`.
-
-    Raises:
-        CxrlearnError: The graph cannot be loaded (damaged, or made by another PyTorch).
-    """
-    try:
-        if file_format == "torchscript":
-            with upstream_deprecation("`torch.jit.load`"):
-                return torch.jit.load(str(path), map_location="cpu").eval()
-        if file_format == "lite":
-            from torch.jit.mobile import _load_for_lite_interpreter
-
-            return _load_for_lite_interpreter(str(path))
-        if file_format == "export":
-            return torch.export.load(str(path)).module()
-    except Exception as e:  # each loader fails in its own way (RuntimeError, KeyError, ...)
-        text = str(e).strip()
-        first = text.splitlines()[0] if text else type(e).__name__
-        raise CxrlearnError(f"cannot load the {file_format} graph ({first}); the file may "
-                            "be damaged or made by another PyTorch version", path=path) from None
-    raise CxrlearnError(f"unknown export format {file_format!r}", path=path)
