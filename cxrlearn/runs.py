@@ -27,7 +27,7 @@ library and the lessons stay quiet.
 report of one part of the split, with its intervals and figures, written beside the run
 (`report.json`, `predictions.csv`, four plots) and returned as an `Evaluation`.
 
-Lessons: lessons/03_training_loop_and_devices.ipynb, lessons/04_evaluation_metrics.ipynb
+Lesson: lessons/04_evaluation_metrics.ipynb
 """
 
 from __future__ import annotations
