@@ -1,4 +1,4 @@
-"""A training run from a data folder to a run folder: what `cxrlearn train` does, as a function.
+"""Runs as functions: a data folder to a run folder (`cxrlearn train`), a run to its report.
 
 `train_run(settings, out)` goes the whole way, each step a function of its own module:
 
