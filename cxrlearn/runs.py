@@ -1,4 +1,4 @@
-"""A training run from a data folder to a run folder: what `cxrlearn train` does, as a function.
+"""Runs as functions: a data folder to a run folder (`cxrlearn train`), a run to its report.
 
 `train_run(settings, out)` goes the whole way, each step a function of its own module:
 
@@ -23,7 +23,11 @@ refused before anything is written) and a finished run is extended only when ask
 epochs. `RunEvents` is how the run reports progress: the command line prints it, the
 library and the lessons stay quiet.
 
-Lesson: lessons/03_training_loop_and_devices.ipynb
+`evaluate_run(model, out, device)` is the other half, what `cxrlearn evaluate` does: the
+report of one part of the split, with its intervals and figures, written beside the run
+(`report.json`, `predictions.csv`, four plots) and returned as an `Evaluation`.
+
+Lesson: lessons/04_evaluation_metrics.ipynb
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +53,7 @@ from cxrlearn.atomic import pid_is_running, write_atomic
 from cxrlearn.checkpoint import load_checkpoint
 from cxrlearn.data import (
     FolderScan,
+    XrayDataset,
     default_cache_dir,
     dhash,
     duplicate_groups,
@@ -81,8 +88,8 @@ from cxrlearn.training import TrainConfig, fit
 from cxrlearn.transfer import freeze_backbone, load_imagenet_weights
 from cxrlearn.transforms import Preprocess
 
-__all__ = ["AUGMENTS", "RunSettings", "RunEvents", "train_run", "stored_settings",
-           "run_lock"]
+__all__ = ["AUGMENTS", "RunSettings", "RunEvents", "train_run", "stored_settings", "run_lock",
+           "Evaluation", "evaluate_run", "EVALUATION_FILES"]
 
 AUGMENTS = ("flip", "flip+affine", "none")
 """Training augmentations: random left-right flip; plus rotation, zoom and shift; nothing."""
@@ -419,3 +426,192 @@ def _write_history(out: Path, history: list[dict[str, float]]) -> None:
     write_atomic(out / "history.csv", lambda f: f.write(text.getvalue().encode()))
     figure = plot_history(history)
     write_atomic(out / "learning_curves.png", lambda f: figure.savefig(f, dpi=100, format="png"))
+
+
+# The evaluation half: what `cxrlearn evaluate` does, as a function (lesson 04).
+
+EVALUATION_FILES = ("report.json", "predictions.csv", "confusion_matrix.png", "roc_curves.png",
+                    "reliability.png", "confident_mistakes.png")
+"""What `evaluate_run` writes into its folder, in this order."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate_run` measured on one part of a run's split, and where it wrote it.
+
+    Every score is a plain Python number, keyed by class name where it is per class; a score
+    that is undefined on this split (the AUC of a class absent from it) is NaN.
+
+    Attributes:
+        split: The part evaluated: `"test"`, `"val"` or `"train"`.
+        n: Its number of images.
+        checkpoint: The checkpoint evaluated.
+        report: `cxrlearn.evaluation.metrics.classification_report`: per class precision,
+            recall, F1 and support; accuracy; macro and weighted averages.
+        intervals: `cxrlearn.evaluation.uncertainty.report_intervals` (95%, seed 0).
+        confusion_matrix: Rows the true class, columns the predicted one. Shape (K, K).
+        sensitivity: One class against the rest, per class (the recall).
+        specificity: One class against the rest, per class.
+        auc: Area under the one-vs-rest ROC curve, per class.
+        temperature: The T the logits were divided by (fitted on validation by `train_run`).
+        ece: Expected calibration error, `"before_temperature"` and `"after_temperature"`.
+        notes: Why some scores are undefined or set to 0 (a class never predicted, say), once
+            each; the command line prints them.
+        files: The files written, in the order of `EVALUATION_FILES`.
+    """
+
+    split: str
+    n: int
+    checkpoint: Path
+    report: dict[str, Any]
+    intervals: dict[str, Any]
+    confusion_matrix: list[list[int]]
+    sensitivity: dict[str, float]
+    specificity: dict[str, float]
+    auc: dict[str, float]
+    temperature: float
+    ece: dict[str, float]
+    notes: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The scores as plain data: what `report.json` holds (NaN there becomes null)."""
+        return {"split": self.split, "n": self.n, "checkpoint": str(self.checkpoint),
+                "report": self.report, "intervals": self.intervals,
+                "confusion_matrix": self.confusion_matrix, "sensitivity": self.sensitivity,
+                "specificity": self.specificity, "auc": self.auc,
+                "temperature": self.temperature, "ece": self.ece}
+
+
+def evaluate_run(model: TrainedModel, out: str | Path, device: torch.device, *,
+                 split: str = "test", batch_size: int = 64,
+                 events: RunEvents | None = None) -> Evaluation:
+    """Evaluate a trained model on one part of its run's split; write the report's files.
+
+    The model's logits on the split, divided by its temperature, give the probabilities and
+    the predictions; from those come the classification report with 95% intervals, the
+    confusion matrix, sensitivity and specificity, one-vs-rest AUCs and the calibration
+    error before and after the temperature. Written into `out`, each file atomically:
+    `report.json` (`Evaluation.to_dict`), `predictions.csv` (one row per image: path, true
+    and predicted class, the probabilities to 6 decimals) and four figures (confusion
+    matrix, ROC curves, reliability diagram, the most confident mistakes). Evaluating the
+    test split also stores its accuracy and macro-F1 in the checkpoint, for the app.
+
+    Args:
+        model: A checkpoint in its run folder (`open_model(run_folder)`), so that it has
+            the eager network and the split.
+        out: The folder to write into (created if needed; files of these names are replaced).
+        device: Where the network runs.
+        split: Which part of the run's split: `"test"`, `"val"` or `"train"`.
+        batch_size: Images per forward pass.
+        events: Where progress goes (`progress` while predicting); default nowhere.
+
+    Raises:
+        CxrlearnError: An exported model (no network), a model without its split, or a
+            split whose images are gone.
+    """
+    from cxrlearn.evaluation.calibration import apply_temperature, expected_calibration_error
+    from cxrlearn.evaluation.metrics import (
+        UndefinedMetricWarning,
+        classification_report,
+        confusion_matrix,
+        sensitivity_specificity,
+    )
+    from cxrlearn.evaluation.roc import one_vs_rest_auc
+    from cxrlearn.evaluation.uncertainty import report_intervals
+
+    out, events = Path(out), events or RunEvents()
+    data = model.dataset(split)
+    with events.progress(f"predicting {split}", len(data)) as advance:
+        logits, y = model.logits(data, device, batch_size, on_batch=advance)
+    probs_raw = torch.softmax(logits, dim=1).numpy()                                # (N, K)
+    probs = torch.softmax(apply_temperature(logits, model.temperature), dim=1).numpy()  # (N, K)
+    y_true = y.numpy()                                                              # (N,)
+    y_pred = probs.argmax(axis=1)                                                   # (N,)
+    names = list(model.class_names)
+
+    # Undefined scores (a class never predicted, or absent from the split) are expected on
+    # small splits: they become notes, once each, rather than Python warnings.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UndefinedMetricWarning)
+        report = classification_report(y_true, y_pred, names)
+        intervals = report_intervals(y_true, y_pred, names, seed=0)
+        cm = confusion_matrix(y_true, y_pred, len(names))
+        sensitivity, specificity = sensitivity_specificity(cm)
+        aucs = one_vs_rest_auc(y_true, probs)
+    notes = tuple(dict.fromkeys(str(w.message) for w in caught
+                                if issubclass(w.category, UndefinedMetricWarning)))
+    for w in caught:  # anything else is unexpected: let it through unchanged
+        if not issubclass(w.category, UndefinedMetricWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    result = Evaluation(
+        split=split, n=int(len(y_true)), checkpoint=model.path, report=report,
+        intervals=intervals, confusion_matrix=cm.tolist(),
+        sensitivity=dict(zip(names, map(float, sensitivity), strict=True)),
+        specificity=dict(zip(names, map(float, specificity), strict=True)),
+        auc=dict(zip(names, map(float, aucs), strict=True)), temperature=model.temperature,
+        ece={"before_temperature": expected_calibration_error(probs_raw, y_true),
+             "after_temperature": expected_calibration_error(probs, y_true)},
+        notes=notes, files=tuple(out / name for name in EVALUATION_FILES))
+    _write_evaluation(result, out, data, y_true, y_pred, probs, names)
+    if split == "test":
+        model.update_checkpoint(test_scores={
+            "test_accuracy": float(report["accuracy"]),
+            "test_macro_f1": float(report["macro avg"]["f1-score"]),
+            "test_images": len(y_true)})
+    return result
+
+
+def _write_evaluation(result: Evaluation, out: Path, data: XrayDataset, y_true: np.ndarray,
+                      y_pred: np.ndarray, probs: np.ndarray, names: list[str]) -> None:
+    """report.json, predictions.csv and the four figures of `evaluate_run`, into `out`."""
+    from cxrlearn.evaluation.metrics import UndefinedMetricWarning
+    from cxrlearn.evaluation.plots import (  # matplotlib: imported when drawing
+        plot_confident_mistakes,
+        plot_confusion_matrix,
+        plot_reliability_diagram,
+        plot_roc_curves,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    # allow_nan=False: NaN is not JSON (strict readers such as JSON.parse reject it).
+    report_json = json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n"
+    write_atomic(out / "report.json", lambda f: f.write(report_json.encode()))
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["path", "true", "predicted", *[f"p_{n}" for n in names]])
+    for path, t, p, row in zip(data.paths, y_true, y_pred, probs, strict=True):
+        # A name that is not valid UTF-8 is written with escapes rather than lost.
+        writer.writerow([os.fsencode(path).decode("utf-8", "backslashreplace"), names[t],
+                         names[p], *[f"{v:.6f}" for v in row]])
+    write_atomic(out / "predictions.csv", lambda f: f.write(rows.getvalue().encode()))
+    images = np.stack([data.prepared(i)[0].numpy() / 255.0 for i in range(len(data))])
+    cm = np.array(result.confusion_matrix)
+    with warnings.catch_warnings():
+        # The ROC plot recomputes the curves: their warnings are already in the notes.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        figures = {
+            "confusion_matrix.png": plot_confusion_matrix(cm, names),
+            "roc_curves.png": plot_roc_curves(y_true, probs, names),
+            "reliability.png": plot_reliability_diagram(probs, y_true),
+            "confident_mistakes.png": plot_confident_mistakes(images, y_true, probs, names),
+        }
+    for name, fig in figures.items():
+        write_atomic(out / name, lambda f, fig=fig: fig.savefig(f, dpi=100, format="png"))
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None (JSON's null).
+
+    An undefined score (the AUC or sensitivity of a class absent from the split) is NaN;
+    `json.dumps` would write it as the bare word NaN, which is not JSON and which strict
+    readers (JavaScript's JSON.parse, jq) reject.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -177,6 +177,16 @@ def test_plots_are_written_as_png(evaluated):
                 assert img.size == PLOT_PIXELS[name]
 
 
+def test_the_command_writes_what_evaluate_run_writes(evaluated, tmp_path):
+    """The command is a face: the library's `evaluate_run` writes the same bytes."""
+    from cxrlearn.runs import EVALUATION_FILES, evaluate_run
+
+    result = evaluate_run(open_model(evaluated["run"]), tmp_path, torch.device("cpu"))
+    assert [p.name for p in result.files] == list(EVALUATION_FILES)
+    for name in EVALUATION_FILES:
+        assert (tmp_path / name).read_bytes() == (evaluated["run"] / name).read_bytes(), name
+
+
 def _error_line(capsys) -> str:
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err

@@ -9,28 +9,24 @@ test scores are also stored in the checkpoint, so that the app can show them.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import math
-import os
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cxrlearn.cli import check_outputs, positive_int, progress_bar
+from cxrlearn.cli import check_outputs, positive_int
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["HELP", "OUTPUTS", "add_parser", "evaluate_model", "report_table"]
+if TYPE_CHECKING:  # the library (torch, numpy) is imported when a command runs, not before
+    from cxrlearn.runs import Evaluation
+    from cxrlearn.trained import TrainedModel
+
+__all__ = ["HELP", "add_parser", "evaluate_model", "print_evaluation", "report_table"]
 
 HELP = "report on the held-out test split of a run"
-OUTPUTS = ("report.json", "predictions.csv", "confusion_matrix.png", "roc_curves.png",
-           "reliability.png", "confident_mistakes.png")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,130 +77,40 @@ def report_table(report: dict, intervals: dict | None = None, digits: int = 2,
     return table
 
 
-def _json_safe(value: Any) -> Any:
-    """`value` with every NaN or infinity replaced by None (JSON's null).
+def evaluate_model(model: TrainedModel, split: str, out: Path, device: Any, console: Console,
+                   batch_size: int = 64) -> Evaluation:
+    """`cxrlearn.runs.evaluate_run` with a progress bar, then its report printed."""
+    from cxrlearn.cli.train import RichEvents
+    from cxrlearn.runs import evaluate_run
 
-    An undefined score (the AUC or sensitivity of a class absent from the split) is NaN;
-    `json.dumps` would write it as the bare word NaN, which is not JSON and which strict
-    readers (JavaScript's JSON.parse, jq) reject.
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+    events = RichEvents(console, num_epochs=0)  # no epochs here: progress bars only
+    result = evaluate_run(model, out, device, split=split, batch_size=batch_size,
+                          events=events)
+    print_evaluation(result, console)
+    return result
 
 
-def evaluate_model(model: Any, split: str, out: Path, device: Any, console: Console,
-                   batch_size: int = 64) -> dict:
-    """Predict one part of a trained model's split, print the report, write its files.
-
-    Writes report.json, predictions.csv and the plots to `out` (each atomically), and for
-    the test split stores the test scores in the checkpoint.
-    """
-    import numpy as np
-    import torch
-
-    from cxrlearn.atomic import write_atomic
-    from cxrlearn.evaluation.calibration import apply_temperature, expected_calibration_error
-    from cxrlearn.evaluation.metrics import (
-        UndefinedMetricWarning,
-        classification_report,
-        confusion_matrix,
-        sensitivity_specificity,
-    )
-    from cxrlearn.evaluation.plots import (
-        plot_confident_mistakes,
-        plot_confusion_matrix,
-        plot_reliability_diagram,
-        plot_roc_curves,
-    )
-    from cxrlearn.evaluation.roc import one_vs_rest_auc
-    from cxrlearn.evaluation.uncertainty import report_intervals
-
-    data = model.dataset(split)
-    with progress_bar(console) as progress:
-        task = progress.add_task(f"predicting {split}", total=len(data))
-        logits, y = model.logits(data, device, batch_size,
-                                 on_batch=lambda n: progress.advance(task, n))
-    probs_raw = torch.softmax(logits, dim=1).numpy()
-    probs = torch.softmax(apply_temperature(logits, model.temperature), dim=1).numpy()
-    y_true = y.numpy()
-    y_pred = probs.argmax(axis=1)
-    names = list(model.class_names)
-
-    # Undefined scores (a class never predicted, or absent from the split) are expected on
-    # small splits: say so once, as a note, rather than as a Python warning with a source line.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UndefinedMetricWarning)
-        rep = classification_report(y_true, y_pred, names)
-        intervals = report_intervals(y_true, y_pred, names, seed=0)
-        cm = confusion_matrix(y_true, y_pred, len(names))
-        sens, spec = sensitivity_specificity(cm)
-        aucs = one_vs_rest_auc(y_true, probs)
-    notes = dict.fromkeys(str(w.message) for w in caught
-                          if issubclass(w.category, UndefinedMetricWarning))
-    for w in caught:  # anything else is unexpected: let it through unchanged
-        if not issubclass(w.category, UndefinedMetricWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    result = {
-        "split": split, "n": int(len(y_true)), "checkpoint": str(model.path),
-        "report": rep,
-        "intervals": intervals,
-        "confusion_matrix": cm.tolist(),
-        "sensitivity": dict(zip(names, map(float, sens), strict=True)),
-        "specificity": dict(zip(names, map(float, spec), strict=True)),
-        "auc": dict(zip(names, map(float, aucs), strict=True)),
-        "temperature": model.temperature,
-        "ece": {"before_temperature": expected_calibration_error(probs_raw, y_true),
-                "after_temperature": expected_calibration_error(probs, y_true)},
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    report_json = json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n"
-    write_atomic(out / "report.json", lambda f: f.write(report_json.encode()))
-    rows = io.StringIO()
-    w = csv.writer(rows)
-    w.writerow(["path", "true", "predicted", *[f"p_{n}" for n in names]])
-    for path, t, p, row in zip(data.paths, y_true, y_pred, probs, strict=True):
-        # A name that is not valid UTF-8 is written with escapes rather than lost.
-        w.writerow([os.fsencode(path).decode("utf-8", "backslashreplace"), names[t],
-                    names[p], *[f"{v:.6f}" for v in row]])
-    write_atomic(out / "predictions.csv", lambda f: f.write(rows.getvalue().encode()))
-    images = np.stack([data.prepared(i)[0].numpy() / 255.0 for i in range(len(data))])
-    with warnings.catch_warnings():
-        # The ROC plot recomputes the curves: their warnings are already in `notes`.
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        figures = {
-            "confusion_matrix.png": plot_confusion_matrix(cm, names),
-            "roc_curves.png": plot_roc_curves(y_true, probs, names),
-            "reliability.png": plot_reliability_diagram(probs, y_true),
-            "confident_mistakes.png": plot_confident_mistakes(images, y_true, probs, names),
-        }
-    for name, fig in figures.items():
-        write_atomic(out / name, lambda f, fig=fig: fig.savefig(f, dpi=100, format="png"))
-    if split == "test":
-        model.update_checkpoint(test_scores={
-            "test_accuracy": float(rep["accuracy"]),
-            "test_macro_f1": float(rep["macro avg"]["f1-score"]), "test_images": len(y_true)})
-
-    console.print(report_table(rep, intervals, title=f"{split} split, {len(y_true)} images"))
+def print_evaluation(result: Evaluation, console: Console) -> None:
+    """The report, its intervals, the one-vs-rest scores, the notes and calibration."""
+    rep, intervals = result.report, result.intervals
+    console.print(report_table(rep, intervals, title=f"{result.split} split, {result.n} images"))
     console.print(_intervals_table(rep, intervals))
     extra = Table(title="one-vs-rest")
     for col in ("class", "sensitivity", "specificity", "AUC"):
         extra.add_column(col, justify="right")
-    for k, n in enumerate(names):
-        extra.add_row(escape(n), f"{sens[k]:.3f}", f"{spec[k]:.3f}", f"{aucs[k]:.3f}")
+    for n in result.auc:
+        extra.add_row(escape(n), f"{result.sensitivity[n]:.3f}", f"{result.specificity[n]:.3f}",
+                      f"{result.auc[n]:.3f}")
     console.print(extra)
-    for note in notes:
+    for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
-    console.print(f"calibration: ECE {result['ece']['before_temperature']:.3f} before, "
-                  f"{result['ece']['after_temperature']:.3f} after temperature "
-                  f"T = {model.temperature:.2f}")
-    console.print(f"wrote report.json, predictions.csv and {len(figures)} plots to "
-                  f"[bold]{escape(str(out))}[/]", highlight=False)
-    return result
+    console.print(f"calibration: ECE {result.ece['before_temperature']:.3f} before, "
+                  f"{result.ece['after_temperature']:.3f} after temperature "
+                  f"T = {result.temperature:.2f}")
+    plots = sum(path.suffix == ".png" for path in result.files)
+    folder = result.files[0].parent
+    console.print(f"wrote report.json, predictions.csv and {plots} plots to "
+                  f"[bold]{escape(str(folder))}[/]", highlight=False)
 
 
 def _intervals_table(rep: dict, intervals: dict) -> Table:
@@ -221,6 +127,7 @@ def _intervals_table(rep: dict, intervals: dict) -> Table:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     from cxrlearn.device import select_device
+    from cxrlearn.runs import EVALUATION_FILES
     from cxrlearn.trained import open_model
 
     if args.model is None:
@@ -233,7 +140,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     out = args.out if args.out is not None else model.folder
     # The run folder's own report files are replaced by a new evaluation; a folder the
     # user named may hold their own files of those names.
-    check_outputs(out, OUTPUTS, overwrite=args.overwrite or args.out is None)
+    check_outputs(out, EVALUATION_FILES, overwrite=args.overwrite or args.out is None)
     evaluate_model(model, args.split, out, select_device(args.device), console,
                    args.batch_size)
     return 0
