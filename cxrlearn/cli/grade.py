@@ -13,7 +13,7 @@ from rich.table import Table
 from cxrlearn.cli import positive_float
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["HELP", "add_parser", "run", "CELL"]
+__all__ = ["HELP", "add_parser"]
 
 HELP = "run students' notebooks in fresh kernels and tabulate their exercises' verdicts"
 
@@ -42,8 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> int:
     try:
-        from cxrlearn.exercises.grading import find_notebooks, grade_notebook
         import nbclient  # noqa: F401  (checked here, used by grade_notebook)
+
+        from cxrlearn.exercises.grading import find_notebooks, grade_notebook
     except ModuleNotFoundError as e:
         raise CxrlearnError(f"grading needs {e.name}: pip install nbclient nbformat "
                             "ipykernel (or the dev extra)") from None

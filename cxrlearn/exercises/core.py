@@ -377,7 +377,8 @@ class Exercise:
     _arg_names: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        inside = self.signature[self.signature.index("(") + 1: self.signature.rindex(")")]
+        call = self.signature.split(" -> ")[0]  # "stretch(image, low=2.0, high=98.0)"
+        inside = call[call.index("(") + 1: call.rindex(")")]
         self._arg_names = [a.split("=")[0].strip() for a in inside.split(",") if a.strip()]
 
     @property
@@ -465,7 +466,9 @@ class Exercise:
             if probe is not None and probe.kind == "unsolved":
                 why = ("still raises NotImplementedError" if probe.got is not None
                        else "returns None (is a `return` missing?)")
-                return self._verdict(UNSOLVED, f"· {self.id}: not solved yet: {self.name} "
+                name = getattr(answer, "__name__", "")
+                name = name if name.isidentifier() else self.name
+                return self._verdict(UNSOLVED, f"· {self.id}: not solved yet: {name} "
                                                f"{why}. Write it, run its cell, then this one. "
                                                f"Stuck? EXERCISES[\"{self.id}\"].hint()")
             if probe is not None and probe.kind == "timeout":  # never run it again

@@ -40,7 +40,7 @@ STRETCH = Exercise(
             "(p_low == p_high) gives 0 where x <= p_low and 1 above.",
     reference_path="cxrlearn.contrast:stretch_contrast",
     see_also=("cxrlearn.contrast:_stretch_numpy",),
-    cases=st.tuples(gen.image(), st.sampled_from([2.0, 0.0, 10.0, 25.0]),
+    cases=st.tuples(gen.grey_images(), st.sampled_from([2.0, 0.0, 10.0, 25.0]),
                     st.sampled_from([98.0, 100.0, 90.0, 75.0])),
     edge_cases=[
         ("constant image", (np.full((3, 3), 0.5), 2.0, 98.0)),
@@ -65,7 +65,7 @@ PERCENTILE = Exercise(
             "computes it (sort, then interpolate linearly between the two nearest values).",
     reference_path="cxrlearn.contrast:percentile_tensor",
     cases=st.tuples(
-        gen.arrays(st.tuples(st.integers(1, 3), st.integers(1, 7)), -10.0, 10.0),
+        gen.float_arrays(st.tuples(st.integers(1, 3), st.integers(1, 7)), -10.0, 10.0),
         st.integers(0, 100).map(float)),
     build=lambda case: (torch.from_numpy(case[0].copy()), case[1]),
     describe=lambda case: [f"x = {show(torch.from_numpy(case[0]))}", f"q = {show(case[1])}"],

@@ -141,7 +141,7 @@ SUM_RGB_WEIGHTS = Exercise(
     summary="Turn a first convolution's RGB kernel (C_out, 3, k, k) into a grey one "
             "(C_out, 1, k, k) that gives the same output on a grey image repeated 3 times.",
     reference_path="cxrlearn.transfer:sum_rgb_weights",
-    cases=gen.arrays(st.tuples(st.integers(1, 3), st.just(3), st.integers(1, 3))
+    cases=gen.float_arrays(st.tuples(st.integers(1, 3), st.just(3), st.integers(1, 3))
                      .map(lambda s: (s[0], 3, s[2], s[2])), dtype=np.float32).map(lambda a: (a,)),
     build=lambda case: (torch.from_numpy(case[0].copy()),),
     describe=lambda case: [f"weight = {show(torch.from_numpy(case[0]))}"],

@@ -19,7 +19,7 @@ CONFUSION_MATRIX = Exercise(
     summary="A (K, K) array of counts, cm[i, j] = how many images of true class i were "
             "predicted as class j (rows true, columns predicted).",
     reference_path="cxrlearn.evaluation.metrics:confusion_matrix",
-    cases=gen.labels(),
+    cases=gen.label_triples(),
     edge_cases=[
         ("a class never predicted", ([0, 1, 2], [0, 1, 1], 3)),
         ("one sample", ([0], [0], 1)),
@@ -38,7 +38,7 @@ MACRO_F1 = Exercise(
             "a class with 0/0 (never present, never predicted) has F1 = 0.",
     reference_path="cxrlearn.evaluation.metrics:macro_f1",
     see_also=("cxrlearn.evaluation.metrics:per_class_scores",),
-    cases=gen.labels(),
+    cases=gen.label_triples(),
     edge_cases=[
         ("a class never predicted", ([0, 1, 2, 2], [0, 1, 1, 1], 3)),
         ("perfect", ([0, 1, 1], [0, 1, 1], 2)),
@@ -87,7 +87,7 @@ def _ece_cases() -> st.SearchStrategy:
         n, k = probs.shape
         y = st.lists(st.integers(0, k - 1), min_size=n, max_size=n)
         return st.tuples(st.just(probs), y, st.sampled_from([15, 1, 2, 10]))
-    return gen.normalised_rows().flatmap(with_labels)
+    return gen.probability_rows().flatmap(with_labels)
 
 
 ECE = Exercise(

@@ -34,7 +34,7 @@ GRADCAM_MAP = Exercise(
             "upsampling and rescaling.",
     reference_path="cxrlearn.gradcam:gradcam_map",
     see_also=("cxrlearn.gradcam:gradcam_from",),
-    cases=gen.same_shape_pair(hnp.array_shapes(min_dims=3, max_dims=3, min_side=1,
+    cases=gen.array_pairs(hnp.array_shapes(min_dims=3, max_dims=3, min_side=1,
                                                max_side=4)),
     build=_tensors,
     describe=_describe(("activations", "gradients")),
@@ -59,7 +59,7 @@ MINMAX_NORMALISE = Exercise(
     summary="Rescale each map of a batch (B, H, W) on its own to [0, 1]: (cam - min) / "
             "(max - min) per map; a constant map becomes all zeros, never NaN.",
     reference_path="cxrlearn.gradcam:minmax_normalise",
-    cases=gen.arrays(hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=4))
+    cases=gen.float_arrays(hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=4))
     .map(lambda a: (a,)),
     build=_tensors,
     describe=_describe(("cam",)),

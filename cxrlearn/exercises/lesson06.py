@@ -24,7 +24,7 @@ RESIZE_HW = Exercise(
             "network was trained with (bilinear, antialiased, align_corners=False); returns "
             "a float32 numpy array.",
     reference_path="cxrlearn.export.pipeline:resize_hw",
-    cases=st.tuples(gen.image(8), st.tuples(st.integers(1, 8), st.integers(1, 8))),
+    cases=st.tuples(gen.grey_images(8), st.tuples(st.integers(1, 8), st.integers(1, 8))),
     edge_cases=[
         ("the same size", (np.linspace(0, 1, 9).reshape(3, 3), (3, 3))),
         ("halving a checkerboard", (np.indices((4, 4)).sum(axis=0) % 2 * 1.0, (2, 2))),
@@ -56,7 +56,7 @@ def _entry(name: str) -> st.SearchStrategy:
     if name.endswith("num_batches_tracked"):
         return st.integers(0, 100).map(lambda v: (name, np.array(v, dtype=np.int64)))
     shape = hnp.array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=3)
-    return gen.arrays(shape, dtype=np.float32).map(lambda a: (name, a))
+    return gen.float_arrays(shape, dtype=np.float32).map(lambda a: (name, a))
 
 
 def _compare_hash(got: object, want: str) -> Mismatch | None:
@@ -134,7 +134,7 @@ PREPROCESS = Exercise(
     reference_path="cxrlearn.export.pipeline:EndToEndModel.preprocess",
     cases=st.tuples(st.sampled_from([16, 24]), st.sampled_from([2.0, 0.0]),
                     st.sampled_from([98.0, 100.0]), st.sampled_from([3, 1]),
-                    gen.image(20), st.booleans()),
+                    gen.grey_images(20), st.booleans()),
     build=_end_to_end,
     describe=_describe_end_to_end,
     edge_cases=[
