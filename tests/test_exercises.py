@@ -727,3 +727,19 @@ def test_is_near_chance_is_the_rule_of_the_apps_warning():
     for f1 in (0.2, 0.39, 0.4, 0.41, 0.9):
         warned = quality_warning({"val_macro_f1": f1}, 4, "best.pt") is not None
         assert warned == is_near_chance(f1, 4)
+
+
+def test_the_docs_page_lists_every_exercise():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location(
+        "exercises_list", root / "tools" / "docs_hooks" / "exercises_list.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    page = (root / "docs" / "exercises.md").read_text()
+    assert hook.MARKER in page
+    tables = hook.exercise_tables()
+    for exercise in EXERCISES.values():
+        assert f"| `{exercise.id}` | `{exercise.signature}` |" in tables
