@@ -31,7 +31,7 @@ LAYERS = [
     ["trained"],
     ["runs"],
     ["sample_run"],
-    ["app", "cli", "__main__"],
+    ["app", "cli", "exercises", "__main__"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

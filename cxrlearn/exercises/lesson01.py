@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from cxrlearn.exercises import strategies as gen
+import cxrlearn.exercises.strategies as gen
 from cxrlearn.exercises.core import Exercise, Mismatch, compare_arrays, show
 
 __all__ = ["EXERCISES"]

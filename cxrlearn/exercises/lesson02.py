@@ -10,7 +10,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from cxrlearn.exercises import strategies as gen
+import cxrlearn.exercises.strategies as gen
 from cxrlearn.exercises.core import Exercise, Mismatch, compare_arrays, show
 
 __all__ = ["EXERCISES"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from cxrlearn.exercises import strategies as gen
+import cxrlearn.exercises.strategies as gen
 from cxrlearn.exercises.core import Exercise, compare_arrays, compare_numbers
 
 __all__ = ["EXERCISES"]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
 
-from cxrlearn.exercises import strategies as gen
+import cxrlearn.exercises.strategies as gen
 from cxrlearn.exercises.core import Exercise, Mismatch, _call, compare_arrays, show
 
 __all__ = ["EXERCISES"]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
 
-from cxrlearn.exercises import strategies as gen
+import cxrlearn.exercises.strategies as gen
 from cxrlearn.exercises.core import Exercise, Mismatch, compare_arrays, show
 
 __all__ = ["EXERCISES"]
