@@ -264,7 +264,7 @@ def macro_f1(
 
     Example:
         >>> round(macro_f1([0, 0, 1, 2], [0, 1, 1, 1], num_classes=3), 4)
-        0.4444
+        0.3889
     """
     cm = confusion_matrix(y_true, y_pred, num_classes)
     return float(per_class_scores(cm)["f1-score"].mean())
