@@ -99,8 +99,11 @@ _CLIENT: list = []
 
 
 def _test_client():
-    """One app for the whole process: an untrained ResNet18 checkpoint in a temp folder."""
+    """One app for the whole process: an untrained ResNet18 checkpoint in a temporary
+    folder, removed when the process ends."""
     if not _CLIENT:
+        import atexit
+        import shutil
         import tempfile
         from pathlib import Path
 
@@ -112,6 +115,7 @@ def _test_client():
         from cxrlearn.resnet import resnet18
 
         folder = Path(tempfile.mkdtemp(prefix="cxrlearn-exercise-app-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the checkpoint, 45 MB
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = resnet18(num_classes=2, in_channels=1)
