@@ -42,7 +42,8 @@ from cxrlearn.errors import CxrlearnError
 
 __all__ = ["DistEnv", "detect", "init_process_group", "is_distributed", "is_main",
            "world_size", "wrap", "epoch_sampler", "local_batch_size", "any_rank",
-           "all_reduce_sum", "barrier", "broadcast_buffers", "use_sync_batchnorm"]
+           "all_reduce_sum", "barrier", "broadcast_buffers", "use_sync_batchnorm",
+           "shard_indices", "epoch_permutation", "averaged_gradient"]
 
 
 @dataclass(frozen=True)
@@ -175,3 +176,88 @@ def use_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
         raise CxrlearnError("SyncBatchNorm needs CUDA GPUs; on CPUs each process keeps its "
                             "own BatchNorm statistics (per-replica BN)")
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
+    """The indices rank `rank` of `world_size` gets, as `DistributedSampler(shuffle=False)`
+    gives them.
+
+    The n indices are padded by repeating them from the start until every rank gets
+    ceil(n / world_size), then rank r takes every world_size-th index from r (strided, not
+    contiguous: the slices of a batch then hold neighbouring examples).
+
+    Args:
+        n: Size of the data set, at least 1.
+        rank: This process's number, 0..world_size-1.
+        world_size: Number of processes, at least 1.
+
+    Returns:
+        ceil(n / world_size) indices in [0, n).
+
+    Example:
+        >>> shard_indices(5, 1, 2)
+        [1, 3, 0]
+    """
+    if n < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need n >= 1 and 0 <= rank < world_size, got {n}, {rank}, "
+                         f"{world_size}")
+    per_rank = -(-n // world_size)  # ceil(n / world_size)
+    total = per_rank * world_size
+    order = list(range(n))
+    order = (order * -(-total // n))[:total]  # pad by repeating from the start
+    return order[rank:total:world_size]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of the n indices in `epoch`, shared by every rank: what
+    `DistributedSampler(shuffle=True, seed=seed)` draws after `set_epoch(epoch)`.
+
+    A permutation from a generator seeded with seed + epoch, the same on every rank, so the
+    ranks' strided slices never overlap; a new epoch, a new order.
+
+    Args:
+        n: Size of the data set.
+        seed: The run's seed, the same on every rank.
+        epoch: The epoch, 0-based.
+
+    Returns:
+        A permutation of range(n).
+    """
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def averaged_gradient(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      world_size: int) -> list[torch.Tensor]:
+    """What DDP computes, simulated in one process: each of `world_size` ranks takes the
+    strided slice x[r::N], computes the gradient of its mean loss, and the gradients are
+    averaged (the all-reduce). With a mean loss and equal slices this equals the gradient of
+    the whole batch.
+
+    The model's `.grad` fields are left as they were.
+
+    Args:
+        model: The network (every rank holds the same weights).
+        loss_fn: A loss that averages over the batch.
+        x: The global batch.
+        y: Its targets.
+        world_size: N, which must divide the batch size.
+
+    Returns:
+        One averaged gradient per parameter that requires one, in `model.parameters()` order.
+
+    Shape:
+        x: (B, ...), y: (B,) with B divisible by N -> one tensor per parameter
+    """
+    if x.shape[0] % world_size:
+        raise CxrlearnError(f"batch size {x.shape[0]} does not split evenly over "
+                            f"{world_size} processes")
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for rank in range(world_size):
+        loss = loss_fn(model(x[rank::world_size]), y[rank::world_size])  # this rank's slice
+        # autograd.grad, not backward(): no .grad is touched, no zeroing needed.
+        for t, g in zip(total, torch.autograd.grad(loss, params), strict=True):
+            t += g
+    return [t / world_size for t in total]  # the all-reduce's mean

@@ -49,6 +49,8 @@ __all__ = [
     "GradCAM",
     "gradcam_from",
     "minmax_normalise",
+    "gradcam_map",
+    "record_activations",
 ]
 
 
@@ -296,3 +298,53 @@ def _as_targets(targets: Tensor | Sequence[int] | int | None, logits: Tensor) ->
             f"targets must be class indices in 0..{num_classes - 1}, got {targets.tolist()}"
         )
     return targets
+
+
+def gradcam_map(activations: Tensor, gradients: Tensor) -> Tensor:
+    """The Grad-CAM formula for one image: `gradcam_from` without the batch dimension.
+
+    Args:
+        activations: A of the target layer for one image.
+        gradients: d y_k / d A, same shape.
+
+    Returns:
+        ReLU(sum_c alpha_c A_c), before upsampling and rescaling.
+
+    Shape:
+        activations, gradients: (C, h, w) -> (h, w)
+    """
+    if activations.ndim != 3:
+        raise ValueError(f"expected one image's (C, h, w), got {tuple(activations.shape)}")
+    return gradcam_from(activations[None], gradients[None])[0]  # (1, C, h, w) -> (h, w)
+
+
+def record_activations(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
+    """Run `model(x)` and return what `layer` produced on the way, caught by a forward hook.
+
+    The hook keeps a copy (an in-place ReLU after the layer would overwrite the output
+    itself, as in `GradCAM`) and is removed even if the forward pass raises.
+
+    Args:
+        model: Any network.
+        layer: One of its modules, run once per forward pass.
+        x: The network's input.
+
+    Returns:
+        The layer's output, detached.
+
+    Shape:
+        x: the model's input -> the layer's output, e.g. (B, C, h, w)
+    """
+    caught: list[Tensor] = []
+
+    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        caught.append(output.detach().clone())
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    if len(caught) != 1:
+        raise CxrlearnError(f"the layer ran {len(caught)} times; it must run once")
+    return caught[0]

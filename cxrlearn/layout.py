@@ -154,7 +154,21 @@ LAYERS: tuple[Layer, ...] = (
         Module("cli", (), "the `cxrlearn` command: one module per sub-command, argument "
                "parsing and printing"),
         Module("__main__", (), "`python -m cxrlearn`, the same command (torchrun needs it)"),
-        Module("exercises", LESSON_NUMBERS, "self-checking exercises for every lesson"),
+        Module("exercises", (), "self-checking exercises (`EXERCISES`, `cxrlearn grade`); "
+               "each lesson's own in `exercises.lessonNN`"),
+        Module("exercises.core", (), "`Exercise` and `Verdict`: checking an answer against "
+               "the library, the smallest failing input in plain words"),
+        Module("exercises.strategies", (), "the generated inputs the checks share"),
+        Module("exercises.grading", (), "running a student's notebook and collecting its "
+               "verdicts (`cxrlearn grade`)"),
+        Module("exercises.lesson01", (1,), "lesson 01's exercises"),
+        Module("exercises.lesson02", (2,), "lesson 02's exercises"),
+        Module("exercises.lesson03", (3,), "lesson 03's exercises"),
+        Module("exercises.lesson04", (4,), "lesson 04's exercises"),
+        Module("exercises.lesson05", (5,), "lesson 05's exercises"),
+        Module("exercises.lesson06", (6,), "lesson 06's exercises"),
+        Module("exercises.lesson07", (7,), "lesson 07's exercises"),
+        Module("exercises.lesson08", (8,), "lesson 08's exercises"),
     )),
 )
 """The layers, lowest first."""

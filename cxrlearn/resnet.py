@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "BasicBlock",
+    "count_parameters",
     "ResNet",
     "StageRow",
     "arch_meta",
@@ -333,3 +334,14 @@ def summary(model: ResNet, input_size: Sequence[int]) -> str:
     lines = [f"{type(model).__name__}, input {tuple(input_size)}", line(header), rule,
              *map(line, body), rule, line(total)]
     return "\n".join(lines)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of learnable numbers in `model`, trainable or frozen; buffers (batch norm's
+    running statistics) are not parameters and do not count.
+
+    Example:
+        >>> count_parameters(resnet18(num_classes=1000))
+        11689512
+    """
+    return sum(p.numel() for p in model.parameters())

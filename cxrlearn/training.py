@@ -486,3 +486,23 @@ def _stop_cleanly(epoch: int, out: Path | None) -> Iterator[None]:
         raise TrainingInterrupted(f"interrupted in epoch {epoch + 1}: "
                                   + (f"{kept}; continue with resume" if kept
                                      else "no epoch was finished")) from None
+
+
+def train_step(model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module,
+               optimizer: torch.optim.Optimizer) -> float:
+    """One optimisation step, the body of `train_one_epoch` without the bookkeeping.
+
+    The model's train/eval mode is the caller's choice; the batch is already on its device.
+
+    Returns:
+        The batch's loss before the step, as a float.
+
+    Shape:
+        x: (B, C, H, W), y: (B,)
+    """
+    logits = model(x)  # (B, K): forward
+    loss = loss_fn(logits, y)
+    optimizer.zero_grad(set_to_none=True)  # forget the previous step's gradients
+    loss.backward()  # gradients of this batch's loss
+    optimizer.step()  # update the weights
+    return loss.item()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["NEAR_CHANCE_MARGIN", "quality_warning"]
+__all__ = ["NEAR_CHANCE_MARGIN", "quality_warning", "is_near_chance"]
 
 NEAR_CHANCE_MARGIN = 0.15
 """A model whose macro-F1 is below 1/K + this is called near chance (see the module)."""
@@ -52,9 +52,20 @@ def quality_warning(scores: Mapping[str, float], num_classes: int, file: str,
                "the checkpoint holds no validation scores (cxrlearn train stores them)")
         return f"{file} carries no scores; its quality is unknown: {why}"
     part, worst = min(known.items(), key=lambda item: item[1])
-    if worst >= chance + margin:
+    if not is_near_chance(worst, num_classes, margin):
         return None
     name = {"val": "validation", "test": "test"}[part]
     return (f"near chance: {file} scored a macro-F1 of {worst:.2f} on the {name} images, "
             f"where guessing among {num_classes} classes scores about {chance:.2f} (the app "
             f"warns below {chance + margin:.2f}); its answers are close to guesses")
+
+
+def is_near_chance(macro_f1: float, num_classes: int,
+                   margin: float = NEAR_CHANCE_MARGIN) -> bool:
+    """True when a macro-F1 is below chance (1/K) plus `margin`: the rule behind the warning.
+
+    Example:
+        >>> is_near_chance(0.30, 4), is_near_chance(0.40, 4), is_near_chance(0.90, 4)
+        (True, False, False)
+    """
+    return macro_f1 < 1.0 / num_classes + margin

@@ -80,7 +80,7 @@ from cxrlearn.app.schemas import (
 from cxrlearn.app.service import XrayService, preview_png, read_upload
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "api_probabilities"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -252,3 +252,24 @@ Open it in any OpenAPI viewer, or generate a client from it.</p>
 <table><tr><th>endpoint</th><th>what it does</th></tr>{rows}</table>
 <p class="muted">{html.escape(DISCLAIMER)} <a href="/">Back to the app</a>.</p>
 </body></html>"""
+
+
+def api_probabilities(client: Any, png: bytes) -> dict[str, float]:
+    """The client's side of the contract: POST one image to `/api/predict` and read back the
+    class probabilities. What a mobile app, a script or a test does.
+
+    Args:
+        client: An HTTP client with `.post`, e.g. FastAPI's `TestClient(create_app(...))` or
+            an `httpx.Client(base_url="http://127.0.0.1:8000")`.
+        png: The image file's bytes (PNG, JPEG or DICOM).
+
+    Returns:
+        `{class name: probability}`, in the model's class order.
+
+    Raises:
+        httpx.HTTPStatusError: The app refused the image (its JSON says why).
+    """
+    response = client.post("/api/predict", files={"file": ("xray.png", png)},
+                           params={"gradcam": "false", "preview": "false"})
+    response.raise_for_status()  # a 4xx answer carries {"error": ...}, not probabilities
+    return response.json()["probabilities"]

@@ -43,7 +43,7 @@ __all__ = ["COMMANDS", "main", "build_parser", "progress_bar", "check_outputs", 
            "nonnegative_int", "positive_float", "fraction", "port"]
 
 # Sub-command modules, in the order `cxrlearn --help` lists them.
-COMMANDS = ("demo", "train", "evaluate", "gradcam", "export", "predict", "app", "data")
+COMMANDS = ("demo", "train", "evaluate", "gradcam", "export", "predict", "app", "data", "grade")
 
 # Operating-system faults a user can fix: a full disk, a read-only or forbidden folder.
 USER_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,

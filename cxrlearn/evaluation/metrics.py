@@ -35,6 +35,7 @@ __all__ = [
     "classification_report",
     "class_rows",
     "sensitivity_specificity",
+    "macro_f1",
 ]
 
 # Names of the summary rows, in the order scikit-learn prints them.
@@ -239,3 +240,31 @@ def sensitivity_specificity(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tn = n - tp - fn - fp
     with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 -> NaN is the intent here
         return tp / (tp + fn), tn / (tn + fp)
+
+
+def macro_f1(
+    y_true: np.ndarray | Sequence[int], y_pred: np.ndarray | Sequence[int], num_classes: int
+) -> float:
+    """Macro-averaged F1: the plain mean of the K classes' F1 scores.
+
+    Every class counts the same, however rare. A class that is never predicted and never
+    present has F1 = 0/0, set to 0.0 as in `per_class_scores` (scikit-learn's
+    `f1_score(..., average="macro", labels=range(K), zero_division=0)`).
+
+    Args:
+        y_true: True class indices in [0, K).
+        y_pred: Predicted class indices in [0, K).
+        num_classes: K; classes absent from both arrays still count (with F1 = 0).
+
+    Returns:
+        Macro-F1 in [0, 1].
+
+    Shape:
+        y_true, y_pred: (N,) -> scalar
+
+    Example:
+        >>> round(macro_f1([0, 0, 1, 2], [0, 1, 1, 1], num_classes=3), 4)
+        0.3889
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    return float(per_class_scores(cm)["f1-score"].mean())

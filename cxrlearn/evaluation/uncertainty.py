@@ -30,7 +30,7 @@ import numpy as np
 
 from cxrlearn.evaluation.metrics import as_labels, confusion_matrix, per_class_scores
 
-__all__ = ["wilson_interval", "bootstrap_interval", "report_intervals"]
+__all__ = ["wilson_interval", "bootstrap_interval", "report_intervals", "wilson_interval_z"]
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -175,3 +175,27 @@ def report_intervals(
         intervals[name] = {"recall": (float(low[1 + i]), float(high[1 + i]))}
     intervals["confidence"] = confidence
     return intervals
+
+
+def wilson_interval_z(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """`wilson_interval` with the normal quantile z given directly, as textbooks write it.
+
+    z = 1.96 is the 95% interval; the coverage is 2 Phi(z) - 1 (Phi the normal CDF), which
+    `wilson_interval` turns back into z.
+
+    Args:
+        successes: Number of successes k, 0 <= k <= n.
+        n: Number of trials, at least 1.
+        z: The normal quantile, > 0.
+
+    Returns:
+        `(low, high)`, both in [0, 1].
+
+    Example:
+        >>> low, high = wilson_interval_z(100, 120)
+        >>> f"[{low:.1%}, {high:.1%}]"
+        '[75.7%, 88.9%]'
+    """
+    if not z > 0:
+        raise ValueError(f"z must be positive, got {z}")
+    return wilson_interval(successes, n, confidence=2 * NormalDist().cdf(z) - 1)
