@@ -108,7 +108,7 @@ def test_a_full_disk_goes_on_without_the_cache(paths, tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez", half_then_full)
-    result = prepare_images(paths, 24, cache_dir=tmp_path / "cache")
+    result = prepare_images(paths, Preprocess(24), cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(result.images, direct(paths, 24))
     assert result.cache_file is None and not result.from_cache
     assert list((tmp_path / "cache").iterdir()) == []  # no half cache, no temporary
