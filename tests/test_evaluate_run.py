@@ -28,6 +28,7 @@ from cxrlearn.evaluation.metrics import UndefinedMetricWarning, classification_r
 from cxrlearn.runs import EVALUATION_FILES, RunEvents, RunSettings, evaluate_run, train_run
 from cxrlearn.trained import TrainedModel, open_model
 from cxrlearn.training import TrainConfig
+from cxrlearn.transforms import Preprocess
 
 CPU = torch.device("cpu")
 
@@ -41,8 +42,8 @@ def run(tmp_path_factory) -> Path:
         (data / name).mkdir(parents=True)
         for src in sorted((sample_root() / name).glob("*.png"))[:8]:
             shutil.copy(src, data / name / src.name)
-    settings = RunSettings(data_root=data, image_size=32, test_per_class=2, val_fraction=0.3,
-                           train=TrainConfig(num_epochs=1, batch_size=8))
+    settings = RunSettings(data_root=data, preprocess=Preprocess(32), test_per_class=2,
+                           val_fraction=0.3, train=TrainConfig(num_epochs=1, batch_size=8))
     train_run(settings, base / "run", CPU, cache_dir=base / "cache")
     return base / "run"
 
@@ -137,7 +138,7 @@ def test_only_the_test_split_stores_its_scores_in_the_checkpoint(run, tmp_path):
 
 def test_a_model_without_its_network_is_refused(run, tmp_path):
     exported_like = dataclasses.replace(open_model(run), network=None)
-    with pytest.raises(CxrlearnError, match="needs the checkpoint"):
+    with pytest.raises(CxrlearnError, match="evaluation needs a checkpoint"):
         evaluate_run(exported_like, tmp_path, CPU)
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
