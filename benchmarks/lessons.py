@@ -37,11 +37,12 @@ def nbval(paths: list[Path], variant: bool) -> tuple[dict[str, float], float, bo
         start = time.perf_counter()
         done = subprocess.run(
             [*prefix, sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env",
-             "-p", "no:cacheprovider", "-q", *(str(p.relative_to(ROOT)) for p in paths)],
+             "-p", "tools.nbval_timing", "-p", "no:cacheprovider", "-q",
+             *(str(p.relative_to(ROOT)) for p in paths)],
             cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
     seconds = {}
-    for line in done.stdout.splitlines():  # the table lessons/conftest.py prints
+    for line in done.stdout.splitlines():  # the table tools/nbval_timing.py prints
         match = ROW.match(line.strip())
         if match:
             seconds[Path(match[1]).name] = float(match[3])

@@ -150,7 +150,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer("The faces", (
         Module("app", (7,), "the web page and HTTP API (FastAPI): `server`, `service`, "
                "`schemas`, `card` (the quality warning), `samples`, `guard` (hosts, headers, "
-               "body size)"),
+               "body size and time), `connections` (the port, slow heads, idle connections)"),
         Module("cli", (), "the `cxrlearn` command: one module per sub-command, argument "
                "parsing and printing"),
         Module("__main__", (), "`python -m cxrlearn`, the same command (torchrun needs it)"),

@@ -14,7 +14,7 @@ nbval() {
     local cache
     cache=$(mktemp -d)
     CXRLEARN_CACHE_DIR=$cache "$@" .venv/bin/python -m pytest --nbval --nbval-current-env \
-        -p no:cacheprovider lessons -q  # the kernel draws figures inline
+        -p no:cacheprovider -p tools.nbval_timing lessons -q  # the kernel draws figures inline
     rm -rf "$cache"
 }
 echo "== pytest --nbval: lessons/, this CPU as it comes"

@@ -435,10 +435,26 @@ def command(monkeypatch):
     monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys((*cli.COMMANDS, "app"))))
 
 
+@pytest.fixture
+def served(monkeypatch) -> list[tuple]:
+    """What `cxrlearn app` would serve, instead of serving it: (app, host, port) per run."""
+    import uvicorn
+
+    import cxrlearn.app.connections as connections
+
+    calls: list[tuple] = []
+    bound: list[tuple[str, int]] = []
+    monkeypatch.setattr(connections, "bind_port", lambda host, port: bound.append((host, port))
+                        or ("socket", host, port))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: calls.append(
+        (self.config.app, *sockets[0][1:])))
+    return calls
+
+
 def test_command_without_model_explains_and_trains_nothing(command, capsys, monkeypatch):
     import uvicorn
 
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("no model, no server"))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("no server"))
     assert cli.main(["app"]) == 2
     out = capsys.readouterr().out
     assert "--model" in out and "cxrlearn demo" in out and "cxrlearn export" in out
@@ -452,17 +468,14 @@ def test_command_without_the_extra_says_what_to_install(command, files, capsys, 
     assert "Traceback" not in err
 
 
-def test_command_serves_on_localhost_by_default(command, files, capsys, monkeypatch):
-    import uvicorn
-
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+def test_command_serves_on_localhost_by_default(command, files, capsys, served):
+    calls = served
     assert cli.main(["app", "--model", str(files["export"])]) == 0
     assert cli.main(["app", "--model", str(files["checkpoint"]), "--host", "0.0.0.0",
                      "--port", "8123"]) == 0
-    (app1, kw1), (app2, kw2) = calls
-    assert (kw1["host"], kw1["port"]) == ("127.0.0.1", 8000)
-    assert (kw2["host"], kw2["port"]) == ("0.0.0.0", 8123)
+    (app1, *kw1), (app2, *kw2) = calls
+    assert tuple(kw1) == ("127.0.0.1", 8000)
+    assert tuple(kw2) == ("0.0.0.0", 8123)
     assert app1.state.service.info.kind == "torchscript"
     assert app2.state.service.info.kind == "checkpoint"
     out = capsys.readouterr().out
@@ -487,15 +500,12 @@ def test_command_port_out_of_range_is_one_argparse_line(command, files, capsys):
     assert "Traceback" not in err
 
 
-def test_command_passes_allowed_hosts_and_pixel_limit(command, files, capsys, monkeypatch):
-    import uvicorn
-
-    apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+def test_command_passes_allowed_hosts_and_pixel_limit(command, files, capsys, served):
     assert cli.main(["app", "--model", str(files["export"]), "--host", "0.0.0.0",
                      "--allowed-host", "xray.lan", "--allowed-host", "192.168.1.20",
                      "--max-pixels", "1000"]) == 0
     assert cli.main(["app", "--model", str(files["export"]), "--host", "0.0.0.0"]) == 0
+    apps = [app for app, *_ in served]
     assert apps[0].state.service.limits.max_pixels == 1000
     for host in ("xray.lan:8000", "192.168.1.20:8000", "localhost:8000"):
         assert TestClient(apps[0], base_url=f"http://{host}").get("/api/health").status_code \
@@ -809,3 +819,148 @@ def test_a_cross_origin_post_is_refused(clients, xrays, origin, status):
         assert response.json() == {"error": "cross-origin request refused: only this app's "
                                             "own page may send to it"}
     assert "access-control-allow-origin" not in response.headers
+
+
+# --- issue 26: what one request may cost, and what a model file may claim ------------------
+
+def _deflated_dicom(rows: int, cols: int, pixel_bytes: int) -> bytes:
+    """A deflated DICOM file (transfer syntax 1.2.840.10008.1.2.1.99) whose header declares
+    rows x cols 16-bit pixels and whose PixelData element holds `pixel_bytes` zeros: with more
+    bytes than declared, a decompression bomb (1 GiB of zeros deflate to about 1 MB)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.set_pixel_data(np.zeros((2, 2), np.uint16), "MONOCHROME2", 16)
+    ds.Rows, ds.Columns = rows, cols
+    del ds.PixelData  # written below, by hand, so that its length can lie
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    whole = buffer.getvalue()
+    body = 132 + 12 + int.from_bytes(whole[140:144], "little")  # after the file meta group
+    header = zlib.decompress(whole[body:], -zlib.MAX_WBITS)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [whole[:body], deflate.compress(header + b"\xe0\x7f\x10\x00OW\x00\x00"
+                                            + struct.pack("<I", pixel_bytes))]
+    zeros = bytes(1 << 22)
+    for start in range(0, pixel_bytes, len(zeros)):
+        parts.append(deflate.compress(zeros[:min(len(zeros), pixel_bytes - start)]))
+    return b"".join([*parts, deflate.flush()])
+
+
+def test_a_deflated_dicom_bomb_is_refused_before_it_inflates(clients):
+    """509 KB that inflate to about 1 GB: refused once it inflates past what its header
+    declares (64 x 64 pixels), with a few MB of memory, and the app keeps answering."""
+    import tracemalloc
+
+    client = clients["export"]
+    bomb = _deflated_dicom(64, 64, 1 << 30)
+    assert len(bomb) < 1_100_000
+    tracemalloc.start()
+    try:
+        response = _post(client, "bomb.dcm", bomb, "?preview=false")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error.startswith("bomb.dcm: ") and "inflates to more than" in error
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB traced while refusing the bomb"
+    assert client.get("/api/health").status_code == 200
+
+
+def test_a_deflated_dicom_declaring_too_many_pixels_is_refused_from_its_header(clients):
+    response = _post(clients["export"], "huge.dcm", _deflated_dicom(20_000, 20_000, 1 << 20))
+    assert response.status_code == 422
+    assert "20000x20000 = 400,000,000 pixels, more than the limit" in response.json()["error"]
+
+
+def test_an_honest_deflated_dicom_is_read(clients, model):
+    response = _post(clients["export"], "flat.dcm", _deflated_dicom(64, 48, 64 * 48 * 2))
+    assert response.status_code == 200, response.text
+    assert response.json()["image_shape"] == [64, 48]
+
+
+def test_a_jpeg_2000_dicom_without_a_decoder_is_one_clean_line(clients, tmp_path, write_dicom):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.encaps import encapsulate
+
+    path = write_dicom(tmp_path / "j2k.dcm", np.zeros((32, 32), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(60)])  # a J2K start, then junk
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    response = _post(clients["export"], "j2k.dcm", path.read_bytes())
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error.startswith("j2k.dcm: cannot decode the pixel data")
+    assert "\n" not in error and "object at 0x" not in error
+    assert "JPEG 2000" in error
+
+
+def test_no_writable_temporary_folder_is_a_json_500_with_a_logged_cause(
+        files, xrays, monkeypatch, tmp_path, caplog):
+    import tempfile
+
+    client = _client(create_app(files["export"]))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))  # TMPDIR removed
+    with caplog.at_level("ERROR", logger="cxrlearn.app"):
+        response = _post(client, "a.png", xrays[0].read_bytes())
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert "temporary folder" in response.json()["error"]
+    assert any("TMPDIR" in r.getMessage() and "gone" in r.getMessage() for r in caplog.records)
+    assert client.get("/api/health").status_code == 200
+
+
+@pytest.mark.parametrize(("fields", "note"), [
+    ({"scores": {"val_macro_f1": 10**400, "val_accuracy": 0.9}}, "val_macro_f1"),
+    ({"scores": [0.9, 0.8]}, "not a table"),
+    ({"scores": {}, "history": [1, 2, 3]}, "history, epoch 1"),
+    ({"epoch": 7, "history": [{"val_macro_f1": 0.9}]}, "its history has 1 epochs"),
+    ({"test_scores": "excellent"}, "test scores are not a table"),
+    ({"scores": {"val_macro_f1": 7.0}}, "not between 0 and 1"),
+], ids=["huge", "list", "int-history", "epoch-past-history", "text-tests",
+        "f1-out-of-range"])
+def test_a_model_cards_fields_are_checked_once(model, tmp_path, fields, note):
+    """Fields the card reads, written wrongly: the app starts and says what it left out."""
+    path = _save(tmp_path / "best.pt", model, **{"epoch": 1, **fields})
+    client = _client(create_app(path))
+    info = client.get("/api/model").json()
+    assert any(note in n for n in info["notes"]), info["notes"]
+    assert all(isinstance(v, int | float) and abs(v) < 1e300 for v in info["scores"].values())
+    assert "val_macro_f1" not in info["scores"]  # none of the cases leaves a believable one
+    assert info["warning"] is not None  # so the quality is unknown, and the page says so
+
+
+def test_read_card_keeps_what_training_writes():
+    from cxrlearn.app.card import read_card
+
+    card = read_card({"epoch": 2, "history": [{"val_macro_f1": 0.5}, {"val_macro_f1": 0.7,
+                                                                       "train_loss": 0.3}],
+                      "test_scores": {"test_macro_f1": 0.6, "test_images": 120}})
+    assert card.epoch == 2 and card.notes == ()
+    assert card.scores == {"val_macro_f1": 0.7, "test_macro_f1": 0.6, "test_images": 120}
+
+
+def test_only_samples_of_the_models_own_classes_are_offered(tmp_path):
+    """A student's two-class model: none of the bundled 4-class X-rays is offered."""
+    torch.manual_seed(3)
+    two = save_checkpoint(tmp_path / "best.pt", {
+        "model": resnet18(num_classes=2).state_dict(), "epoch": 1,
+        "class_names": ["Healthy", "Pneumothorax with spaces"],
+        "meta": {"arch": {"name": "resnet18", "num_classes": 2, "in_channels": 3},
+                 "preprocess": PREPROCESS}})
+    client = _client(create_app(two))
+    assert client.get("/api/samples").json() == []
+    covid = sorted((sample_root() / "COVID").glob("*.png"))[0].name
+    assert client.get(f"/api/samples/COVID/{covid}").status_code == 404
+    shelf = SampleShelf(classes=["Normal", "Healthy"])
+    assert {s.class_name for s in shelf.listing()} == {"Normal"}

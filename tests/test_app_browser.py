@@ -145,10 +145,17 @@ def _save_screenshot(png: bytes, path: Path) -> None:
     Image.open(io.BytesIO(png)).convert("RGB").save(path, optimize=True)
 
 
+PHONE = {"viewport": {"width": 390, "height": 844}, "has_touch": True, "is_mobile": True,
+         "device_scale_factor": 3}
+"""A phone's screen (390 x 844 CSS pixels, touch), as the issue tried it."""
+
+
 @contextmanager
-def browsing(app: FastAPI) -> Iterator[tuple[object, str, list[str], list[str]]]:
+def browsing(app: FastAPI, phone: bool = False
+             ) -> Iterator[tuple[object, str, list[str], list[str]]]:
     """Serve `app`, open its page in headless Chromium once the page has described the
-    model; yield the page, the URL, and the lists of requests made and problems logged."""
+    model and listed its samples; yield the page, the URL, and the lists of requests made
+    and problems logged. `phone`: on a 390 x 844 touch screen."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install "
                     "chromium) to run the browser test")
@@ -158,7 +165,7 @@ def browsing(app: FastAPI) -> Iterator[tuple[object, str, list[str], list[str]]]
             tempfile.TemporaryDirectory(prefix="cxrlearn-chromium-") as profile:
         browser = playwright.chromium.launch_persistent_context(
             profile, executable_path=str(CHROMIUM), headless=True, args=FLAGS,
-            viewport={"width": 980, "height": 720})
+            **(PHONE if phone else {"viewport": {"width": 980, "height": 720}}))
         try:
             page = browser.new_page()
             page.set_default_timeout(TIMEOUT_MS)
@@ -168,7 +175,8 @@ def browsing(app: FastAPI) -> Iterator[tuple[object, str, list[str], list[str]]]
             page.goto(url + "/")
             page.wait_for_function(
                 "() => document.getElementById('model').textContent.startsWith('Model:')"
-                " && !document.getElementById('sample').disabled")
+                " && (!document.getElementById('sample').disabled"
+                "     || !document.getElementById('samples-note').hidden)")
             yield page, url, requests, problems
         finally:
             browser.close()
@@ -271,6 +279,52 @@ def test_dicom_shows_the_servers_picture(checkpoint, tmp_path, write_dicom):
         assert "as the server read it" in page.text_content("#preview-caption")
         assert page.is_visible("#result") and not page.is_visible("#error")
     # The browser's failed attempt to draw the DICOM file is not a console error.
+    assert problems == []
+
+
+IN_VIEW = """selector => {
+    const box = document.querySelector(selector).getBoundingClientRect();
+    return box.height > 0 && box.top >= 0 && box.bottom <= window.innerHeight;
+}"""
+
+
+def test_on_a_phone_the_answer_scrolls_into_view(checkpoint):
+    """390 x 844: the answer sits below the chosen image; after a prediction the page
+    scrolls so that the predicted class and the bars are on the screen."""
+    covid = sorted((sample_root() / "COVID").glob("*.png"))[0]
+    with browsing(create_app(checkpoint), phone=True) as (page, _, _, problems):
+        page.set_input_files("#file", str(covid))
+        _answered(page, covid.name)
+        # The answer lies below the first screen of the page: it had to be scrolled to.
+        assert page.evaluate("() => document.getElementById('predicted')"
+                             ".getBoundingClientRect().top + window.scrollY") > 844
+        for selector in ("#predicted", "#bars"):
+            page.wait_for_function(IN_VIEW, arg=selector)  # a smooth scroll takes a moment
+            assert page.evaluate(IN_VIEW, selector), f"{selector} is off the screen"
+        assert page.evaluate("() => window.scrollY") > 0
+    assert problems == []
+
+
+def test_a_model_of_other_classes_offers_no_samples_and_says_why(tmp_path):
+    """A student's two-class model: no 4-class sample, no "The data set labels this X-ray
+    COVID", a sentence instead."""
+    torch.manual_seed(3)
+    two = save_checkpoint(tmp_path / "best.pt", {
+        "model": resnet18(num_classes=2).state_dict(), "epoch": 1,
+        "class_names": ["Healthy", "Pneumothorax with spaces"],
+        "meta": {"arch": {"name": "resnet18", "num_classes": 2, "in_channels": 3},
+                 "preprocess": PREPROCESS}})
+    covid = sorted((sample_root() / "COVID").glob("*.png"))[0]
+    with browsing(create_app(two)) as (page, _, requests, problems):
+        assert not page.is_visible("#sample")
+        note = page.text_content("#samples-note")
+        assert page.is_visible("#samples-note")
+        assert "Healthy, Pneumothorax with spaces" in note and "your own" in note
+        assert page.eval_on_selector_all("#sample option", "o => o.length") == 1  # the prompt
+        page.set_input_files("#file", str(covid))
+        _answered(page, covid.name)
+        assert not page.is_visible("#truth")
+        assert "COVID" not in page.text_content("#result")
     assert problems == []
 
 

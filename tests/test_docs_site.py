@@ -365,3 +365,96 @@ def test_formulas_are_typeset_with_the_network_blocked(browser, page_path):
     assert report["raw"] == [], "formulas with TeX commands left as text (undefined macros)"
     assert "$$" not in report["prose"]
     assert not re.search(r"\\(frac|operatorname|mathrm|text|left|right)\b", report["prose"])
+
+
+# Issue 24: what a reader tripped on -----------------------------------------------------
+
+def test_getting_started_comes_before_architecture_in_the_nav(pages):
+    nav = [a.get_text(strip=True) for a in pages["index.html"].select("nav.md-nav--primary a")]
+    assert "Getting started" in nav and "Architecture" in nav
+    assert nav.index("Getting started") < nav.index("Architecture")
+
+
+def test_search_results_hold_no_copy_button_text_and_code_once(site):
+    index = json.loads((site / "search" / "search_index.json").read_text("utf-8"))
+    texts = {entry["location"]: entry["text"] for entry in index["docs"]}
+    assert not [where for where, text in texts.items() if "Copied!" in text]
+    lesson = next(text for where, text in texts.items()
+                  if where.startswith("lessons/01_data_and_contrast"))
+    assert lesson.count("from cxrlearn.contrast import stretch_contrast") == 1
+
+
+def _open(context, url: str, width: int = 1400, height: int = 900):
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.set_viewport_size({"width": width, "height": height})
+    page.goto(url)
+    return page
+
+
+def test_every_page_has_previous_and_next_links_in_its_footer(browser):
+    context, url = browser
+    page = _open(context, f"{url}/getting-started/")
+    try:
+        footer = page.locator("footer .md-footer__link")
+        assert footer.count() == 2
+        assert "Home" in page.text_content("footer .md-footer__link--prev")
+        assert "Architecture" in page.text_content("footer .md-footer__link--next")
+    finally:
+        page.close()
+
+
+def test_the_palette_toggle_switches_to_dark_mode(browser):
+    context, url = browser
+    page = _open(context, f"{url}/")
+    try:
+        def scheme() -> str:
+            return page.evaluate("() => document.body.getAttribute('data-md-color-scheme')")
+
+        seen = {scheme()}
+        for _ in range(3):  # system -> light -> dark (or the like): each click is one step
+            page.click("form[data-md-component=palette] label:visible")
+            seen.add(scheme())
+        assert {"default", "slate"} <= seen
+        background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        page.evaluate("() => document.body.setAttribute('data-md-color-scheme', 'slate')")
+        dark = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        assert dark != "rgb(255, 255, 255)" and (background != dark or scheme() == "slate")
+    finally:
+        page.close()
+
+
+def test_module_names_in_the_architecture_table_are_never_broken(browser):
+    context, url = browser
+    for width in (1400, 390):
+        page = _open(context, f"{url}/architecture/", width, 844)
+        try:
+            broken = page.eval_on_selector_all(
+                "article table code",
+                "codes => codes.filter(c => c.getClientRects().length > 1)"
+                ".map(c => c.textContent)")
+            count = page.eval_on_selector_all("article table code", "codes => codes.length")
+            assert count > 10 and broken == [], f"at {width} px: {broken}"
+        finally:
+            page.close()
+
+
+def test_lesson_05s_display_equation_scrolls_at_phone_width(browser):
+    context, url = browser
+    page = _open(context, f"{url}/lessons/05_grad_cam_with_hooks/", 390, 844)
+    try:
+        page.wait_for_function("() => window.MathJax && window.MathJax.Hub")
+        assert page.evaluate("""ms => new Promise(done => {  // as in the typesetting test
+            setTimeout(() => done(false), ms);
+            MathJax.Hub.Register.StartupHook("End", () => { MathJax.Hub.Queue(() => done(true)); });
+        })""", TIMEOUT_MS), "MathJax did not finish"
+        report = page.eval_on_selector_all(".MathJax_Display", """boxes => boxes.map(b => ({
+            right: b.getBoundingClientRect().right, overflow: getComputedStyle(b).overflowX,
+            wide: b.scrollWidth > b.clientWidth}))""")
+        assert report
+        for box in report:
+            assert box["right"] <= 390 + 1, box  # the box ends on the screen ...
+            assert box["overflow"] in ("auto", "scroll"), box  # ... and scrolls its equation
+        assert any(box["wide"] for box in report), "no equation wider than a phone to test"
+    finally:
+        page.close()

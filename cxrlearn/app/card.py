@@ -16,14 +16,28 @@ about two and a half standard errors of a score measured on a few dozen validati
 (the bundled sample's split): below it, the model is not clearly better than a guess. The
 lower of the two scores counts, because validation chose the epoch and so flatters it.
 
+The numbers come from the model file, which anyone can write: `read_card` is the one place
+the card's fields (`epoch`, `scores`, `history`, `test_scores`) are read, and each is checked
+there once. A field that is not what `cxrlearn train` writes (a score of 10**400, a list
+where a table belongs, a history of integers, an epoch past the history, test scores as
+text) is left out with a note, and the app starts without it: a card that says less,
+never a traceback.
+
 Lesson: lessons/07_app.ipynb
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["NEAR_CHANCE_MARGIN", "quality_warning", "is_near_chance"]
+__all__ = ["MAX_EPOCH", "NEAR_CHANCE_MARGIN", "Card", "is_near_chance", "quality_warning",
+           "read_card"]
+
+MAX_EPOCH = 1_000_000
+"""Largest epoch number believed; a file claiming more was not written by training."""
 
 NEAR_CHANCE_MARGIN = 0.15
 """A model whose macro-F1 is below 1/K + this is called near chance (see the module)."""
@@ -69,3 +83,95 @@ def is_near_chance(macro_f1: float, num_classes: int,
         (True, False, False)
     """
     return macro_f1 < 1.0 / num_classes + margin
+
+
+@dataclass(frozen=True)
+class Card:
+    """What a model file says of itself, checked: see `read_card`."""
+
+    epoch: int | None = None
+    scores: dict[str, float | int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def read_card(checkpoint: Mapping[str, Any] | None, file: str = "the model file") -> Card:
+    """The epoch and the scores a checkpoint states, each checked; the app's one reader.
+
+    The validation scores are `scores` (what `cxrlearn train` stores), else the `val_*`
+    entries of `history[epoch - 1]`; `test_scores` (from `cxrlearn evaluate`) are added.
+    A score is kept when it is a finite real number (not a bool), and, for an F1 or an
+    accuracy, between 0 and 1. Whatever fails a check is left out and named in `notes`.
+
+    Args:
+        checkpoint: The checkpoint's plain data (`TrainedModel.checkpoint`), or None for an
+            exported file (which states nothing).
+        file: The file's name, for the notes.
+
+    Returns:
+        The checked epoch (None when absent or invalid), scores and notes.
+
+    Example:
+        >>> read_card({"epoch": 2, "scores": {"val_macro_f1": 0.8, "val_loss": 10**400}})
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Card(epoch=2, scores={'val_macro_f1': 0.8},
+             notes=("the model file's scores: val_loss is not a finite number; left out",))
+    """
+    if checkpoint is None:
+        return Card()
+    notes: list[str] = []
+    epoch = checkpoint.get("epoch")
+    if epoch is not None and not (_is_int(epoch) and 0 <= epoch <= MAX_EPOCH):
+        notes.append(f"{file}'s epoch {_show(epoch)} is not an epoch number; left out")
+        epoch = None
+    scores = _table(checkpoint.get("scores"), f"{file}'s scores", notes)
+    history = checkpoint.get("history")
+    if not scores and epoch and history is not None:
+        if not isinstance(history, list | tuple):
+            notes.append(f"{file}'s history is not a list of epochs; left out")
+        elif epoch > len(history):
+            notes.append(f"{file} says epoch {epoch}, but its history has {len(history)} "
+                         "epochs; no validation scores")
+        else:
+            row = _table(history[epoch - 1], f"{file}'s history, epoch {epoch},", notes)
+            scores = {k: v for k, v in row.items() if k.startswith("val_")}
+    tests = _table(checkpoint.get("test_scores"), f"{file}'s test scores", notes)
+    return Card(epoch=epoch, scores={**scores, **tests}, notes=tuple(notes))
+
+
+def _table(value: Any, what: str, notes: list[str]) -> dict[str, float | int]:
+    """The entries of a {name: number} table that pass the checks; notes for the others."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        notes.append(f"{what} are not a table of names and numbers "
+                     f"({type(value).__name__}); left out")
+        return {}
+    kept: dict[str, float | int] = {}
+    for name, number in value.items():
+        if not isinstance(name, str) or not _is_real(number):
+            notes.append(f"{what}: {_show(name)} is not a finite number; left out")
+        elif name.endswith(("macro_f1", "accuracy")) and not 0 <= number <= 1:
+            notes.append(f"{what}: {name} = {_show(number)} is not between 0 and 1; left out")
+        else:
+            kept[name] = number
+    return kept
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """A finite int or float, not a bool; 10**400 is an int no float can hold."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _show(value: Any) -> str:
+    """A value for a note: its text, cut to 40 characters (a file may hold anything)."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -26,12 +26,18 @@ an app that calls the next one, here with its own `receive` or `send`), stand in
 is refused with 413 before a byte is read; otherwise the bytes are counted as they arrive,
 and the request is refused with 413 as soon as they pass the limit. Without it, a chunked
 upload (which declares no length) would be read, and stored, in full before any check.
+It also gives the whole body `BODY_TIMEOUT_S` seconds to arrive: a client that sends one byte
+every few seconds would otherwise hold a connection, and a request's memory, for hours.
+A body cut short (too large, too slow) is answered with `Connection: close`, so that the
+rest of it is never read. (A slow request *head* is `cxrlearn.app.connections`'.)
 
 Lesson: lessons/07_app.ipynb
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -40,8 +46,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["DEFAULT_HOSTS", "MULTIPART_SLACK", "SECURITY_HEADERS", "BodyLimit", "Guard",
-           "UploadTooLarge", "host_name", "too_large"]
+__all__ = ["BODY_TIMEOUT_S", "DEFAULT_HOSTS", "MULTIPART_SLACK", "SECURITY_HEADERS",
+           "BodyLimit", "Guard", "UploadTooLarge", "UploadTooSlow", "host_name", "too_large"]
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 """The names of this machine a browser uses for a server on the loopback address."""
@@ -61,6 +67,9 @@ SECURITY_HEADERS = {
 
 MULTIPART_SLACK = 64 * 1024
 """Room for the multipart envelope (boundary lines, part headers) around the file itself."""
+
+BODY_TIMEOUT_S = 30.0
+"""Seconds a request body may take to arrive: 10 MiB at 2.8 Mbit/s, a 2 MB X-ray at 0.6."""
 
 
 def host_name(host: str) -> str:
@@ -90,8 +99,11 @@ def _size(num_bytes: int) -> str:
 
 
 async def _refuse(status: int, message: str, scope: Scope, receive: Receive,
-                  send: Send) -> None:
-    await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+                  send: Send, close: bool = False) -> None:
+    """Answer `{"error": message}`; `close`: and end the connection (a body left unread)."""
+    headers = {"Connection": "close"} if close else None
+    await JSONResponse({"error": message}, status_code=status, headers=headers)(
+        scope, receive, send)
 
 
 class Guard:
@@ -143,20 +155,31 @@ class UploadTooLarge(HTTPException):
         super().__init__(413, too_large(None, max_bytes))
 
 
+class UploadTooSlow(HTTPException):
+    """Raised from `receive` when the body has not arrived in `timeout` seconds (408)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(408, f"the upload took longer than {timeout:g} s to arrive; check "
+                              "the connection and send it again")
+
+
 class BodyLimit:
     """Refuse request bodies larger than `max_bytes` plus the multipart envelope, counting
-    the bytes as they arrive; see the module docstring.
+    the bytes as they arrive, or slower than `timeout` in all; see the module docstring.
 
     Args:
         app: The ASGI app behind the limit.
         max_bytes: Largest upload, in bytes (the file itself).
         slack: Room for the multipart envelope around the file.
+        timeout: Seconds the whole body may take, from the first time the app asks for it.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, slack: int = MULTIPART_SLACK) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, slack: int = MULTIPART_SLACK,
+                 timeout: float = BODY_TIMEOUT_S) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.limit = max_bytes + slack
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -164,18 +187,29 @@ class BodyLimit:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.limit:  # refused before reading
-            await _refuse(413, too_large(int(declared), self.max_bytes), scope, receive, send)
+            await _refuse(413, too_large(int(declared), self.max_bytes), scope, receive, send,
+                          close=True)
             return
         received = 0
         started = False
+        deadline: float | None = None  # set when the app first asks for the body
+        complete = False  # the last part of the body has arrived: no deadline any more
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, complete
+            if complete:  # after the body: the app waits for a disconnect, as long as it likes
+                return await receive()
+            if deadline is None:
+                deadline = time.monotonic() + self.timeout
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except TimeoutError:
+                raise UploadTooSlow(self.timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:  # stop reading: the rest is never asked for
                     raise UploadTooLarge(self.max_bytes)
+                complete = not message.get("more_body", False)
             return message
 
         async def watching_send(message: Message) -> None:
@@ -185,7 +219,7 @@ class BodyLimit:
 
         try:
             await self.app(scope, counting_receive, watching_send)
-        except UploadTooLarge as e:  # if no handler inside answered it already
+        except (UploadTooLarge, UploadTooSlow) as e:  # if no handler inside answered already
             if started:
                 raise
-            await _refuse(413, e.detail, scope, receive, send)
+            await _refuse(e.status_code, e.detail, scope, receive, send, close=True)

@@ -1,8 +1,11 @@
 """Sample X-rays to try: a few of the bundled images, served by name from a fixed list.
 
 The package ships 400 X-rays (`cxrlearn.data.sample_root()`, 100 per class). The page
-offers the first `SAMPLES_PER_CLASS` of each class, so that the app can be tried without
-an X-ray at hand, and shows the class the data set gives each one next to the answer.
+offers the first `SAMPLES_PER_CLASS` of each class *the model knows*, so that the app can
+be tried without an X-ray at hand, and shows the class the data set gives each one next to
+the answer. A model trained on other classes (a student's "Healthy" / "Pneumothorax") is
+offered none: an X-ray of a class it cannot answer, labelled with a name it has never seen,
+would only teach that the network is wrong. The page says so in a sentence instead.
 
 A request names a sample as `/api/samples/{class_name}/{file_name}`. The two names are
 looked up in the list made when the app starts, never joined into a path: `..`, an
@@ -14,6 +17,7 @@ Lesson: lessons/07_app.ipynb
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -32,13 +36,19 @@ class SampleShelf:
     Args:
         root: Folder of `<Class>/<file>.png` (default: the bundled sample).
         per_class: How many files of each class, the first by name.
+        classes: The model's class names: only their folders are offered (None: every
+            folder).
     """
 
-    def __init__(self, root: Path | None = None, per_class: int = SAMPLES_PER_CLASS) -> None:
+    def __init__(self, root: Path | None = None, per_class: int = SAMPLES_PER_CLASS,
+                 classes: Iterable[str] | None = None) -> None:
         root = sample_root() if root is None else root
         self._files: dict[tuple[str, str], Path] = {}
-        classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        for folder in classes:
+        wanted = None if classes is None else set(classes)
+        folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        for folder in folders:
+            if wanted is not None and folder.name not in wanted:
+                continue
             for path in sorted(folder.glob("*.png"))[:per_class]:
                 self._files[(folder.name, path.name)] = path
 

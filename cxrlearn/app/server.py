@@ -41,7 +41,9 @@ the script that starts the server gives each request one core. The library never
 Errors. An expected fault in a request is a JSON answer `{"error": "..."}` with a message
 for a person, and the server keeps serving: an empty upload is 400, a foreign Host header
 400, a cross-site POST 403, an unknown sample 404, too many bytes 413, a file that is not
-a readable X-ray (text, a corrupt image, too many pixels, a DICOM it cannot decode) 422.
+a readable X-ray (text, a corrupt image, too many pixels, a DICOM it cannot decode) 422, a
+body that takes too long to arrive 408. A fault of the server itself (no writable temporary
+folder) is a JSON 500 whose cause is written to the server's log.
 
 A teaching tool, not a diagnostic device.
 
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,7 +67,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrlearn import __version__
-from cxrlearn.app.guard import DEFAULT_HOSTS, BodyLimit, Guard, too_large
+from cxrlearn.app.guard import BODY_TIMEOUT_S, DEFAULT_HOSTS, BodyLimit, Guard, too_large
 from cxrlearn.app.samples import SampleShelf
 from cxrlearn.app.schemas import (
     APP_MAX_PIXELS,
@@ -77,12 +80,13 @@ from cxrlearn.app.schemas import (
     Prediction,
     Sample,
 )
-from cxrlearn.app.service import XrayService, preview_png, read_upload
+from cxrlearn.app.service import ServerFault, XrayService, preview_png, read_upload
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["create_app", "api_probabilities"]
 
 STATIC = Path(__file__).resolve().parent / "static"
+LOG = logging.getLogger("cxrlearn.app")
 
 ERRORS = {400: {"model": ApiError, "description": "Empty upload."},
           413: {"model": ApiError, "description": "Upload larger than max_bytes."},
@@ -97,6 +101,7 @@ def create_app(
     max_pixels: int = APP_MAX_PIXELS,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     allowed_hosts: Iterable[str] = (),
+    body_timeout: float = BODY_TIMEOUT_S,
 ) -> FastAPI:
     """Build the web app around one model; serve it with uvicorn (`cxrlearn app`).
 
@@ -111,6 +116,8 @@ def create_app(
             ones wait.
         allowed_hosts: Host names or addresses the server answers to besides `localhost`,
             `127.0.0.1` and `[::1]` (the names other machines use to reach it).
+        body_timeout: Seconds an upload may take to arrive (default 30,
+            `cxrlearn.app.guard.BODY_TIMEOUT_S`); slower ones get 408.
 
     Returns:
         The FastAPI application; `app.state.service` is its `XrayService`.
@@ -127,7 +134,7 @@ def create_app(
         'Normal'
     """
     service = XrayService(model_path, max_bytes, max_pixels, max_concurrent)
-    samples = SampleShelf()
+    samples = SampleShelf(classes=service.model.class_names)  # only what the model can answer
     app = FastAPI(
         title="cxrlearn",
         version=__version__,
@@ -140,13 +147,23 @@ def create_app(
     app.state.service = service
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # The last middleware added runs first: the guard, then the body limit, then the app.
-    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, timeout=body_timeout)
     app.add_middleware(Guard, allowed_hosts=[*DEFAULT_HOSTS, *allowed_hosts])
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # One error shape for the whole API: {"error": "..."} (FastAPI's is {"detail": ...}).
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+        # A body cut short (413, 408) is left unread: the connection must end with the answer.
+        headers = {"Connection": "close"} if exc.status_code in (408, 413) else None
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                            headers=headers)
+
+    @app.exception_handler(ServerFault)
+    async def server_fault(request: Request, exc: ServerFault) -> JSONResponse:
+        # The server's own trouble (no writable temporary folder): the cause goes to the
+        # log for whoever runs it, and the page gets JSON it can show, not a plain-text 500.
+        LOG.error("%s %s: %s", request.method, request.url.path, exc.cause)
+        return JSONResponse({"error": str(exc)}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -177,7 +194,8 @@ def create_app(
     @app.get("/api/samples", response_model=list[Sample],
              summary="Bundled X-rays to try")
     async def sample_list() -> list[Sample]:
-        """Bundled X-rays to try: the class the data set gives each, and its URL."""
+        """Bundled X-rays to try, of the model's own classes only (none when the bundled
+        sample has none of them): the class the data set gives each, and its URL."""
         return samples.listing()
 
     @app.get("/api/samples/{class_name}/{file_name}", response_class=FileResponse,

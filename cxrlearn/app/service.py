@@ -28,7 +28,6 @@ Lesson: lessons/07_app.ipynb
 from __future__ import annotations
 
 import io
-import math
 import tempfile
 import threading
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cxrlearn.app.card import quality_warning
+from cxrlearn.app.card import quality_warning, read_card
 from cxrlearn.app.schemas import (
     APP_MAX_PIXELS,
     DEFAULT_MAX_BYTES,
@@ -53,12 +52,21 @@ from cxrlearn.errors import CxrlearnError
 from cxrlearn.heatmap import overlay
 from cxrlearn.trained import TrainedModel, open_model
 
-__all__ = ["XrayService", "preview_png", "read_upload"]
+__all__ = ["ServerFault", "XrayService", "preview_png", "read_upload"]
 
 # The first bytes of the files the app decodes (DICOM's "DICM" is at byte 128).
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 NOT_AN_IMAGE = "not a PNG, JPEG or DICOM image"  # load_image's words for the same fault
+
+
+class ServerFault(Exception):
+    """The server, not the upload, is at fault (e.g. no writable temporary folder): the app
+    answers 500 with this message and logs `cause` for whoever runs it."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def read_upload(data: bytes, filename: str, max_pixels: int = APP_MAX_PIXELS) -> np.ndarray:
@@ -80,6 +88,7 @@ def read_upload(data: bytes, filename: str, max_pixels: int = APP_MAX_PIXELS) ->
     Raises:
         CxrlearnError: Not a PNG, JPEG or DICOM image, corrupt, or too large; the message
             names `filename`.
+        ServerFault: The upload cannot be stored: no writable temporary folder.
 
     Shape:
         -> (H, W) float32 in [0, 1]
@@ -90,9 +99,21 @@ def read_upload(data: bytes, filename: str, max_pixels: int = APP_MAX_PIXELS) ->
     if not (data.startswith((PNG_SIGNATURE, JPEG_SIGNATURE)) or data[128:132] == b"DICM"
             or suffix in DICOM_EXTENSIONS):
         raise CxrlearnError(NOT_AN_IMAGE, path=filename)
-    with tempfile.TemporaryDirectory(prefix="cxrlearn-upload-") as tmp:
-        path = Path(tmp) / f"upload{suffix}"
-        path.write_bytes(data)
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="cxrlearn-upload-")
+    except OSError as e:  # no usable folder: TMPDIR gone, read-only or full
+        raise ServerFault("the server cannot store the upload: it has no writable temporary "
+                          "folder; whoever runs it will find the cause in its log",
+                          f"no writable temporary folder ({e}); set TMPDIR to a writable "
+                          "folder and restart the app") from None
+    with tmp:
+        path = Path(tmp.name) / f"upload{suffix}"
+        try:
+            path.write_bytes(data)
+        except OSError as e:  # a full disk
+            raise ServerFault("the server cannot store the upload; whoever runs it will "
+                              "find the cause in its log",
+                              f"writing the upload to {path.parent} failed ({e})") from None
         try:
             return load_image(path, max_pixels=max_pixels)  # PNG, JPEG or DICOM
         except CxrlearnError as e:
@@ -200,15 +221,17 @@ class XrayService:
 def _describe(model: TrainedModel, limits: Limits) -> ModelInfo:
     """`GET /api/model`: what the app tells about its model, its quality included."""
     note = model.missing_network("Grad-CAM")
-    # Plain finite numbers only: JSON has no NaN (a class never predicted can leave one).
-    scores = {k: v for k, v in model.scores.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    # The file's word on its quality, each field checked once (`card.read_card`): plain
+    # finite numbers only, which JSON can carry (a class never predicted can leave a NaN).
+    card = read_card(model.checkpoint, model.path.name)
+    scores = card.scores
     num_classes = len(model.class_names)
     return ModelInfo(file=model.path.name, kind=model.kind, sha256=model.sha256,
                      classes=list(model.class_names), preprocess=model.preprocess.to_dict(),
-                     temperature=model.temperature, epoch=model.epoch, scores=scores,
+                     temperature=model.temperature, epoch=card.epoch, scores=scores,
                      chance=1.0 / num_classes,
                      warning=quality_warning(scores, num_classes, model.path.name,
                                              exported=model.kind != "checkpoint"),
-                     gradcam=note is None, gradcam_note=note, notes=list(model.notes),
+                     gradcam=note is None, gradcam_note=note,
+                     notes=[*model.notes, *card.notes],
                      limits=limits)

@@ -1,7 +1,8 @@
 """`cxrlearn app --model PATH`: the web page and HTTP API on this machine (FastAPI + uvicorn).
 
 The model is loaded before the server starts, so a wrong file is one red line, not a
-server that answers every request with an error; its warning, when its quality is unknown
+server that answers every request with an error, and so is a port in use (one line that
+names `--port`, before any URL is printed); the model's warning, when its quality is unknown
 or near chance, is printed before the server starts. The server answers only to the names
 of this machine's loopback address and to `--host`; a name other machines use to reach it
 must be allowed with `--allowed-host NAME` (the host check of `cxrlearn.app.guard`).
@@ -81,21 +82,26 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise CxrlearnError(f"the app needs {', '.join(missing)}, which "
                             f"{'is' if len(missing) == 1 else 'are'} not installed: "
                             "pip install 'cxrlearn[app]'")
-    import uvicorn  # imported here: the other commands must work without the extra
-
+    # Imported here: the other commands must work without the extra.
     from cxrlearn.app import create_app
+    from cxrlearn.app.connections import bind_port, server_config
 
     wildcard = args.host in ("0.0.0.0", "::", "")
     hosts = [*([] if wildcard else [args.host]), *args.allowed_host]
     limits = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
     # A bad model file fails here, before the server starts.
     app = create_app(args.model, allowed_hosts=hosts, **limits)
+    # The port is taken now, before any URL is printed: a port in use is one line about
+    # --port, not a link to whatever else listens there.
+    sock = bind_port(args.host, args.port)
     info = app.state.service.info
     console.print(f"cxrlearn app: [bold]{escape(info.file)}[/] ({info.kind}, "
                   f"{len(info.classes)} classes)", highlight=False)
     if info.warning:
         console.print(f"[yellow]warning:[/] {escape(info.warning)}", highlight=False,
                       soft_wrap=True)
+    for note in info.notes:  # what the model file says that was left out, and why
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     if info.gradcam_note:
         console.print(f"[yellow]note:[/] {escape(info.gradcam_note)}", highlight=False,
                       soft_wrap=True)
@@ -109,5 +115,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     url = f"http://{'localhost' if args.host in ('127.0.0.1', '::1') else args.host}:{args.port}/"
     console.print(f"open [bold]{url}[/] in a browser (Ctrl-C stops the server). "
                   "A teaching tool, not a diagnostic device.", highlight=False, soft_wrap=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    import uvicorn
+
+    uvicorn.Server(server_config(app)).run(sockets=[sock])
     return 0

@@ -8,6 +8,11 @@
 //    per class, the Grad-CAM overlay. A browser cannot draw DICOM: then the page shows the
 //    image as the server read it (image_png).
 // 3. When the server says no (4xx, {"error": "..."}), show its message.
+// 4. On a small screen the answer is below the image: scroll it into view.
+//
+// Where the answer comes from is one function, `askServer` (send the file, get the JSON
+// answer or an error). Another way to answer (the network run in the browser itself) is
+// another function with the same contract, chosen in `classify`; the drawing is shared.
 //
 // Text from the server or the user's file name goes in with textContent, never innerHTML,
 // so a file called "<img onerror=...>.png" is shown, not run.
@@ -21,6 +26,7 @@ let latest = 0;           // number of the latest request: older answers are ign
 let browserPreview = "";  // "ok", "failed" or "" (not decided yet) for the current image
 let serverPreview = null; // the current answer's image_png
 let previewName = "";     // the current image's file name
+let modelClasses = [];    // the model's class names, from /api/model
 
 const SCORE_NAMES = { macro_f1: "macro-F1", accuracy: "accuracy" };
 
@@ -47,6 +53,7 @@ async function describeModel() {
     const info = await response.json();
     maxBytes = info.limits.max_bytes;
     imageSize = info.preprocess.image_size;
+    modelClasses = info.classes;
     warning = info.warning;
     $("limit").textContent = `, up to ${size(maxBytes)}`;
     $("model").textContent =
@@ -83,6 +90,14 @@ async function listSamples() {
       groups.get(sample.class_name).append(option);
     }
     select.disabled = samples.length === 0;
+    if (samples.length === 0 && modelClasses.length > 0) {
+      // The bundled X-rays are of other classes than this model's: none is offered.
+      $("samples").hidden = true;
+      $("samples-note").textContent =
+        `No sample X-rays to try: the bundled ones are of other classes than this model's ` +
+        `(${modelClasses.join(", ")}). Choose an X-ray of your own.`;
+      $("samples-note").hidden = false;
+    }
   } catch (err) {
     select.disabled = true;
   }
@@ -114,6 +129,7 @@ function showError(message) {
   $("status").hidden = true;
   $("error").textContent = message;
   $("error").hidden = false;
+  bringIntoView($("result-panel"));
 }
 
 function useServerPreview() {
@@ -204,6 +220,31 @@ function showAnswer(answer, label) {
   $("status").hidden = true;
   $("error").hidden = true;
   $("result").hidden = false;
+  bringIntoView($("result-panel"));
+}
+
+function bringIntoView(element) {
+  // On a phone the answer sits under the image, screens below where the user chose it:
+  // scroll its top into view, unless it is in view already (a wide screen, side by side).
+  const box = element.getBoundingClientRect();
+  if (box.top >= 0 && box.top < window.innerHeight / 2) return;
+  const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+  element.scrollIntoView({ block: "start", behavior: still ? "auto" : "smooth" });
+}
+
+async function askServer(file) {
+  // The file -> {answer} or {error}: what the server says (POST /api/predict).
+  const form = new FormData();
+  form.append("file", file, file.name);
+  let response, answer;
+  try {
+    response = await fetch("/api/predict?gradcam=true", { method: "POST", body: form });
+    answer = await response.json();
+  } catch (err) {
+    return { error: "No answer from the server: is `cxrlearn app` running?" };
+  }
+  if (!response.ok) return { error: answer.error || `The server answered ${response.status}.` };
+  return { answer };
 }
 
 async function classify(file, label = null) {
@@ -217,19 +258,10 @@ async function classify(file, label = null) {
   }
   $("status").textContent = `Classifying ${file.name}…`;
   $("status").hidden = false;
-  const form = new FormData();
-  form.append("file", file, file.name);
-  let response, answer;
-  try {
-    response = await fetch("/api/predict?gradcam=true", { method: "POST", body: form });
-    answer = await response.json();
-  } catch (err) {
-    if (request === latest) showError("No answer from the server: is `cxrlearn app` running?");
-    return;
-  }
+  const { answer, error } = await askServer(file);
   if (request !== latest) return;  // the user chose another file meanwhile
-  if (!response.ok) {
-    showError(answer.error || `The server answered ${response.status}.`);
+  if (error) {
+    showError(error);
     return;
   }
   showAnswer(answer, label);
@@ -255,8 +287,8 @@ function setUp() {
     const files = event.dataTransfer.files;
     if (files.length > 0) classify(files[0]);
   });
-  describeModel();
-  listSamples();
+  // The samples are listed once the model's classes are known (the note names them).
+  describeModel().then(listSamples);
 }
 
 document.addEventListener("DOMContentLoaded", setUp);

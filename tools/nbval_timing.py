@@ -1,4 +1,10 @@
-"""pytest settings for the lessons (`pytest --nbval lessons`): a time table per lesson.
+"""A pytest plugin for the lessons' nbval run: a time table per lesson.
+
+    python -m pytest --nbval --nbval-current-env -p tools.nbval_timing lessons
+
+It lives here, loaded with `-p`, and not as lessons/conftest.py, so that lessons/ holds
+the notebooks only: a student opening the folder in JupyterLab sees lessons, not pytest.
+(Run from the repository's root, where `python -m pytest` finds the `tools` folder.)
 
 nbval reports each cell; a student or an instructor wants to know how long each lesson takes
 to run top to bottom. At the end of the run this prints one line per notebook: its cells, and
