@@ -70,6 +70,8 @@ __all__ = [
     "train_one_epoch",
     "recompute_bn_statistics",
     "WeightAverage",
+    "lr_range_test",
+    "suggest_lr",
     "evaluate",
     "predict",
     "fit",
@@ -441,6 +443,51 @@ class WeightAverage:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["network"])
         self.updates = int(state["updates"])
+
+
+def lr_range_test(
+    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+    device: torch.device, start: float = 1e-6, end: float = 1.0, steps: int = 100,
+) -> tuple[list[float], list[float]]:
+    """The learning-rate range test (Smith 2015, arXiv 1506.01186, section 3.3).
+
+    A short run whose learning rate rises exponentially from `start` to `end`, one
+    training step each, recording every step's loss; it stops early once the loss passes
+    four times its lowest value (it diverged). The loss first barely moves (the rate is too
+    small to matter), then falls fastest, then explodes; a good peak learning rate lies in
+    the falling part (`suggest_lr`). It changes the model and the optimizer: run it on a copy.
+
+    Returns:
+        The learning rates tried and the loss of each step's batch.
+    """
+    lrs, losses = [], []
+    model.to(device).train()
+    batches = itertools.cycle(loader)  # as many steps as asked, however small the data
+    for step in range(steps):
+        lr = start * (end / start) ** (step / max(steps - 1, 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = next(batches)
+        loss = train_step(model, x.to(device), y.to(device), loss_fn, optimizer)
+        lrs.append(lr)
+        losses.append(loss)
+        if not math.isfinite(loss) or loss > 4 * min(losses):
+            break
+    return lrs, losses
+
+
+def suggest_lr(lrs: Sequence[float], losses: Sequence[float], smoothing: float = 0.9) -> float:
+    """A peak learning rate from `lr_range_test`: a tenth of the rate at the lowest smoothed
+    loss (fast.ai's rule of thumb: at the minimum the loss is about to explode).
+
+    The losses are smoothed by an exponential moving average with bias correction first,
+    as one batch's loss is noisy.
+    """
+    avg, smooth = 0.0, []
+    for i, loss in enumerate(losses, start=1):
+        avg = smoothing * avg + (1 - smoothing) * loss
+        smooth.append(avg / (1 - smoothing**i))
+    return lrs[min(range(len(smooth)), key=smooth.__getitem__)] / 10
 
 
 @torch.no_grad()

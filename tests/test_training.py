@@ -629,3 +629,20 @@ def test_mixed_batches_train_on_the_blend_of_the_two_losses():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     stats = train_one_epoch(model, [(x, y)], loss_fn, optimizer, torch.device("cpu"), mix=mix)
     assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_lr_range_test_rises_exponentially_and_stops_when_the_loss_explodes():
+    from cxrlearn.training import lr_range_test, suggest_lr
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    loader = DataLoader(_toy_data(6, 0, train_transform()), batch_size=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    lrs, losses = lr_range_test(model, loader, nn.CrossEntropyLoss(), optimizer,
+                                torch.device("cpu"), start=1e-4, end=1e4, steps=41)
+    assert lrs[:3] == pytest.approx([1e-4, 1e-4 * 10 ** 0.2, 1e-4 * 10 ** 0.4])
+    assert len(lrs) == len(losses) < 41  # SGD at lr 1e4 diverges before the end
+    assert losses[-1] > 4 * min(losses) or not math.isfinite(losses[-1])
+    # A hand-made curve: flat, falling, exploding; the lowest point is at lr 10, a tenth is 1.
+    curve_lrs = [10.0 ** k for k in range(-4, 3)]
+    assert suggest_lr(curve_lrs, [2, 2, 2, 1.5, 0.5, 0.1, 50], smoothing=0) == pytest.approx(1.0)
