@@ -1,34 +1,48 @@
-"""How good a model do the CLI's defaults give, from scratch, in a fixed CPU budget?
+"""How good a model do `cxrlearn train`'s defaults give, from scratch, for a fixed budget?
 
-Run: .venv/bin/python benchmarks/accuracy.py --data DIR [--minutes 20] [--image-size 128]
+Run: .venv/bin/python benchmarks/accuracy.py --data DIR [--budget 30] [--image-size 128]
+     [--seeds 0 1 2] [--recipes old new] [--plot FILE] [--test]
 
-Trains ResNet18 from scratch (no pretrained weights) with `cxrlearn train`'s defaults at
-128 px, choosing the number of epochs so that training fits in `--minutes` (measured on a
-first, short timing run of two epochs), evaluates once on its own held-out test split (30
-images per class by default), and prints accuracy and macro-F1 with 95% intervals.
+The budget is counted in epoch-equivalents, the same on every machine: one is the training
+compute of one epoch of ResNet18 at 128 px over the data's training split, and an epoch at
+side s costs (s / 128)^2 of one (progressive resizing's small epochs cost less). The number
+of epochs is the largest whose epochs, at the sides the size schedule gives them, fit the
+budget. Precise BN's forward passes (`--precise-bn`, at most a few batches an epoch) and
+validation are not counted: they train nothing.
 
-Target on a 2-core CPU: macro-F1 >= 0.94 on the 4-class pool within 20 minutes.
+Two recipes, each trained once per seed: `new`, `cxrlearn train`'s defaults, and `old`,
+those defaults as they were before issue 22 (BatchNorm's running statistics used as
+trained, `precise_bn_batches=0`). The table gives each recipe's best validation macro-F1
+(mean and standard deviation over the seeds); the plot (`--plot`) its validation macro-F1
+against the epoch-equivalents spent, mean and range over the seeds. `--test` opens the test
+split of the new recipe's runs once, at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import statistics
 import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from rich.console import Console
-from rich.table import Table
+import matplotlib
 
-from cxrlearn.device import select_device
-from cxrlearn.evaluation.metrics import classification_report
-from cxrlearn.evaluation.uncertainty import report_intervals
-from cxrlearn.runs import RunEvents, RunSettings, train_run
-from cxrlearn.schedule import SizeSchedule
-from cxrlearn.settings import replace_settings
-from cxrlearn.trained import TrainedModel
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from cxrlearn.device import select_device  # noqa: E402
+from cxrlearn.evaluation.metrics import classification_report  # noqa: E402
+from cxrlearn.runs import RunEvents, RunSettings, train_run  # noqa: E402
+from cxrlearn.schedule import SizeSchedule  # noqa: E402
+from cxrlearn.settings import replace_settings  # noqa: E402
+
+REFERENCE_SIDE = 128
+RECIPES = {"new": {}, "old": {"precise_bn_batches": 0}}
+"""Each recipe as its changes to `cxrlearn train`'s defaults."""
 
 
 class _Printer(RunEvents):
@@ -46,100 +60,116 @@ class _Printer(RunEvents):
                            f"{row['seconds']:.0f} s", highlight=False)
 
 
-def epochs_in_budget(probe: TrainedModel, probe_s: float, budget_s: float) -> tuple[int, float]:
-    """The most epochs whose predicted wall time fits `budget_s`, and that time.
+def epoch_cost(side: int) -> float:
+    """One epoch at `side` pixels, in epoch-equivalents: `(side / 128)^2`."""
+    return (side / REFERENCE_SIDE) ** 2
 
-    The probe's last two epochs give training seconds at two image sides (its first epoch
-    also pays for warming up, and is left out); an epoch's training time is modelled as
-    `a + b * side**2` (cost grows with the pixels). Validation time at full size is
-    measured here; what is left of the probe's time is set-up (split, cache, calibration).
+
+def sides(full: int, epochs: int, schedule: SizeSchedule | None) -> list[int]:
+    """The side each epoch of a run trains at."""
+    return [full if schedule is None else schedule.side(full, e, epochs) for e in range(epochs)]
+
+
+def epochs_in_budget(budget: float, full: int, schedule: SizeSchedule | None) -> int:
+    """The most epochs (at least 1) whose cost, summed over their sides, is within `budget`.
+
+    >>> epochs_in_budget(30, 128, None), epochs_in_budget(30, 64, None)
+    (30, 120)
     """
-    with (probe.folder / "history.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    sides = [int(r["image_size"]) for r in rows]
-    secs = [float(r["seconds"]) for r in rows]
-    (s1, s2), (t1, t2) = sides[1:], secs[1:]
-    if s1 == s2:
-        a, b = (t1 + t2) / 2, 0.0
-    else:
-        b = (t2 - t1) / (s2**2 - s1**2)
-        a = t2 - b * s2**2
-    val = probe.dataset("val")  # prepared here; training keeps them in memory
-    t = time.perf_counter()
-    probe.logits(val, select_device())
-    val_s = time.perf_counter() - t
-    full = probe.preprocess.image_size
-    # validations at each epoch's size, and the calibration at full size
-    val_total = val_s * (1 + sum((s / full) ** 2 for s in sides))
-    setup_s = max(0.0, probe_s - sum(secs) - val_total)
-    sizes = probe.checkpoint["config"].get("sizes") if probe.checkpoint else None
-    schedule = SizeSchedule(**sizes) if sizes else None
-
-    def predicted(n: int) -> float:
-        plan = [full if schedule is None else schedule.side(full, e, n) for e in range(n)]
-        # validation runs at the size just trained at (calibration at full size)
-        return setup_s + val_s + sum(a + b * s**2 + val_s * (s / full) ** 2 for s in plan)
-
-    # Epoch times drift by about 7% between the probe and the run on a 2-core machine (an idle
-    # run of 15 epochs predicted at 19.8 min took 21.2): plan for 93% of the budget.
     n = 1
-    while predicted(n + 1) <= 0.93 * budget_s:
+    while sum(map(epoch_cost, sides(full, n + 1, schedule))) <= budget + 1e-9:
         n += 1
-    return n, predicted(n)
+    return n
+
+
+def curve(history: Sequence[dict[str, float]]) -> tuple[list[float], list[float]]:
+    """Epoch-equivalents spent after each epoch, and the validation macro-F1 then."""
+    spent, xs = 0.0, []
+    for row in history:
+        spent += epoch_cost(int(row["image_size"]))
+        xs.append(spent)
+    return xs, [row["val_macro_f1"] for row in history]
+
+
+def plot(curves: dict[str, list[tuple[list[float], list[float]]]], path: Path,
+         title: str) -> None:
+    """Validation macro-F1 against epoch-equivalents: each recipe's mean over its seeds, and
+    the range between the lowest and highest seed shaded."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, runs in curves.items():
+        n = min(len(xs) for xs, _ in runs)
+        xs = runs[0][0][:n]
+        ys = [[f1[i] for _, f1 in runs] for i in range(n)]
+        ax.plot(xs, [statistics.mean(y) for y in ys], label=f"{name} ({len(runs)} seeds)")
+        ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], alpha=0.25)
+    ax.set(xlabel=f"epoch-equivalents (ResNet18 epochs at {REFERENCE_SIDE} px)",
+           ylabel="validation macro-F1", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
     defaults = RunSettings()  # cxrlearn train's, read from their one definition
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--budget", type=float, default=30.0,
+                    help="epoch-equivalents: epochs at side s cost (s/128)^2 each")
     ap.add_argument("--image-size", type=int, default=defaults.preprocess.image_size)
-    ap.add_argument("--out", type=Path, default=None, help="run folder (default: a temp dir)")
-    ap.add_argument("--seed", type=int, default=defaults.train.seed)
-    ap.add_argument("--progressive-resize", type=float, default=defaults.train.sizes.start,
-                    help="starting share of the side (1: off), as cxrlearn train")
-    ap.add_argument("--augment", default=defaults.augment, help="as cxrlearn train")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--out", type=Path, default=None, help="runs folder (default: a temp dir)")
+    ap.add_argument("--plot", type=Path, default=None, help="write the curve here (PNG)")
+    ap.add_argument("--test", action="store_true",
+                    help="open the test split of the new recipe's runs, once, at the end")
     args = ap.parse_args()
     console = Console(width=120)
     out = args.out or Path(tempfile.mkdtemp(prefix="cxr-accuracy-"))
     device = select_device()
-    sizes = None if args.progressive_resize >= 1 else SizeSchedule(args.progressive_resize)
-    base = replace_settings(defaults, data_root=args.data, image_size=args.image_size,
-                            augment=args.augment, seed=args.seed, sizes=sizes)
+    base = replace_settings(defaults, data_root=args.data, image_size=args.image_size)
+    epochs = epochs_in_budget(args.budget, args.image_size, base.train.sizes)
+    console.print(f"budget {args.budget:g} epoch-equivalents: {epochs} epochs at "
+                  f"{sides(args.image_size, epochs, base.train.sizes)} px")
 
-    def settings(epochs: int) -> RunSettings:
-        return replace_settings(base, num_epochs=epochs)
+    curves: dict[str, list[tuple[list[float], list[float]]]] = {}
+    best: dict[str, list[float]] = {}
+    models = {}
+    for name in args.recipes:
+        for seed in args.seeds:
+            settings = replace_settings(base, num_epochs=epochs, seed=seed, **RECIPES[name])
+            model = train_run(settings, out / f"{name}-seed{seed}", device,
+                              events=_Printer(console))
+            curves.setdefault(name, []).append(curve(model.history))
+            best.setdefault(name, []).append(model.scores["val_macro_f1"])
+            models[name, seed] = model
 
-    # 1. time three short epochs (with progressive resizing: two at the smallest size, one at
-    # full size), to know how many epochs fit in the budget
-    t = time.perf_counter()
-    probe = train_run(settings(3), out / "probe", device, events=_Printer(console))
-    probe_s = time.perf_counter() - t
-    epochs, predicted_s = epochs_in_budget(probe, probe_s, args.minutes * 60)
-    console.print(f"probe: 3 epochs in {probe_s:.0f} s; training {epochs} epochs, "
-                  f"predicted {predicted_s / 60:.1f} min")
-
-    # 2. the real run
-    t = time.perf_counter()
-    model = train_run(settings(epochs), out / "run", device, events=_Printer(console))
-    minutes = (time.perf_counter() - t) / 60
-
-    # 3. open the test split once
-    logits, y = model.logits(model.dataset("test"), device)
-    y_pred = torch.argmax(logits, dim=1).numpy()
-    rep = classification_report(y.numpy(), y_pred, list(model.class_names))
-    iv = report_intervals(y.numpy(), y_pred, list(model.class_names), seed=0)
-
-    table = Table(title=f"Accuracy benchmark: {args.data}, {args.image_size} px, from scratch")
-    for col in ("epochs", "train minutes", "best val macro-F1", "test images",
-                "accuracy [95% CI]", "macro-F1 [95% CI]"):
+    table = Table(title=f"{args.data.name}, {args.image_size} px, {args.budget:g} "
+                        f"epoch-equivalents ({epochs} epochs), from scratch")
+    for col in ("recipe", "seeds", "best val macro-F1 per seed", "mean", "sd"):
         table.add_column(col, justify="right")
-    lo, hi = iv["accuracy"]
-    flo, fhi = iv["macro avg"]["f1-score"]
-    table.add_row(str(epochs), f"{minutes:.1f}", f"{model.scores['val_macro_f1']:.3f}",
-                  str(len(y)), f"{rep['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
-                  f"{rep['macro avg']['f1-score']:.3f} [{flo:.3f}, {fhi:.3f}]")
+    for name, scores in best.items():
+        sd = statistics.stdev(scores) if len(scores) > 1 else float("nan")
+        table.add_row(name, " ".join(map(str, args.seeds)),
+                      " ".join(f"{s:.3f}" for s in scores), f"{statistics.mean(scores):.3f}",
+                      f"{sd:.3f}")
     console.print(table)
+    if args.plot is not None:
+        plot(curves, args.plot, f"{args.data.name}, {args.image_size} px")
+        console.print(f"wrote {args.plot}")
+
+    if args.test and "new" in best:  # the test split, opened once, for the chosen recipe
+        for seed in args.seeds:
+            model = models["new", seed]
+            logits, y = model.logits(model.dataset("test"), device)
+            rep = classification_report(y.numpy(), torch.argmax(logits, 1).numpy(),
+                                        list(model.class_names))
+            recalls = " ".join(f"{c} {rep[c]['recall']:.2f}" for c in model.class_names)
+            console.print(f"test, new recipe, seed {seed}: accuracy {rep['accuracy']:.3f} "
+                          f"macro-F1 {rep['macro avg']['f1-score']:.3f}; recall {recalls}",
+                          highlight=False)
 
 
 if __name__ == "__main__":

@@ -91,8 +91,12 @@ from cxrlearn.transforms import Preprocess
 __all__ = ["AUGMENTS", "RunSettings", "RunEvents", "train_run", "stored_settings", "run_lock",
            "Evaluation", "evaluate_run", "EVALUATION_FILES"]
 
-AUGMENTS = ("flip", "flip+affine", "none")
-"""Training augmentations: random left-right flip; plus rotation, zoom and shift; nothing."""
+AUGMENTS = ("flip", "flip+shift", "flip+affine", "none")
+"""Training augmentations: random left-right flip; plus a shift with mirrored borders; plus
+rotation, zoom and shift; nothing."""
+
+SHIFT = 0.0625
+"""`flip+shift`'s largest shift, a share of the side: 8 pixels at 128 px."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +125,9 @@ class RunSettings:
     preprocess: Preprocess = setting(
         default_factory=Preprocess, help="How an X-ray becomes the network's input.")
     augment: str = setting(
-        "flip", help="Training augmentation: flip, a random left-right flip; flip+affine, "
-                     "plus a small rotation, zoom and shift; none, nothing.",
+        "flip", help="Training augmentation: flip, a random left-right flip; flip+shift, plus "
+                     f"a shift of up to {SHIFT:.1%} of the side with mirrored borders; "
+                     "flip+affine, plus a small rotation, zoom and shift; none, nothing.",
         check=one_of(AUGMENTS), flag="--augment", group="training")
     pretrained: str = setting(
         "none", help="Start from random weights (none), torchvision's ImageNet weights "
@@ -268,7 +273,8 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
         if prepared.from_cache:
             events.message(f"prepared images read from the cache {prepared.cache_file}")
         train_data = split_dataset(rows, "train", preprocess, preprocess.train_transform(
-            flip=settings.augment != "none", affine=settings.augment == "flip+affine"),
+            flip=settings.augment != "none", affine=settings.augment == "flip+affine",
+            shift=SHIFT if settings.augment == "flip+shift" else 0.0),
             prepared.images, seed=settings.train.seed)
         val_data = split_dataset(rows, "val", preprocess, preprocess.eval_transform(),
                                  prepared.images)

@@ -27,26 +27,35 @@ Lesson: lessons/03_training_loop_and_devices.ipynb
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlearn import distributed
-from cxrlearn.checkpoint import Resumed, model_state, resume, save_checkpoint, training_state
+from cxrlearn.checkpoint import (
+    Resumed,
+    load_checkpoint,
+    model_state,
+    resume,
+    save_checkpoint,
+    training_state,
+)
 from cxrlearn.errors import CxrlearnError, TrainingDiverged, TrainingInterrupted
 from cxrlearn.evaluation.metrics import confusion_matrix, per_class_scores
 from cxrlearn.schedule import SCHEDULES, SizeSchedule, lr_factor
 from cxrlearn.seeding import seed_everything
 from cxrlearn.settings import Check, above, at_least, check_fields, one_of, setting
-from cxrlearn.transforms import resize
+from cxrlearn.transforms import BatchMix, resize
 
 __all__ = [
     "TrainConfig",
@@ -59,6 +68,10 @@ __all__ = [
     "class_weights",
     "train_loader",
     "train_one_epoch",
+    "recompute_bn_statistics",
+    "WeightAverage",
+    "lr_range_test",
+    "suggest_lr",
     "evaluate",
     "predict",
     "fit",
@@ -122,9 +135,32 @@ class TrainConfig:
     num_workers: int = setting(0, help="The number of data-loading processes.",
                                check=at_least(0), flag="--num-workers", metavar="N",
                                group="hardware")
+    precise_bn_batches: int = setting(
+        8, help="Before each validation, recompute BatchNorm's statistics over N training "
+                "batches (precise BN, Wu & Johnson 2021); 0 validates with the running "
+                "averages kept during training, which lag behind fast-moving weights.",
+        check=at_least(0), flag="--precise-bn", metavar="N", group="training")
+    ema_epochs: float = setting(
+        0.0, help="Validate and keep an exponential moving average (EMA) of the weights over "
+                  "about the last N epochs, its BatchNorm statistics recomputed; 0 is off.",
+        check=at_least(0), flag="--ema-epochs", metavar="N", group="training")
+    mixup: float = setting(
+        0.0, help="MixUp (Zhang et al. 2018): blend pairs of images and their labels by a "
+                  "share drawn from Beta(A, A); 0 is off.",
+        check=at_least(0), flag="--mixup", metavar="A", group="training")
+    cutmix: float = setting(
+        0.0, help="CutMix (Yun et al. 2019): paste a box of another image, its label "
+                  "weighted by the box's area drawn from Beta(A, A); 0 is off. With MixUp "
+                  "too, each batch uses one of them, chosen by a coin.",
+        check=at_least(0), flag="--cutmix", metavar="A", group="training")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.ema_epochs > 0 and self.precise_bn_batches == 0:
+            # An average of weights validated with the live network's BatchNorm statistics
+            # is judged with another network's statistics, and scores badly.
+            raise ValueError("ema_epochs needs precise_bn_batches of at least 1: the averaged "
+                             "network needs BatchNorm statistics of its own")
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> Tensor:
@@ -223,10 +259,15 @@ def train_one_epoch(
     amp: Amp = Amp(),
     image_size: int | None = None,
     on_batch: Callable[[dict[str, float]], None] | None = None,
+    mix: BatchMix | None = None,
+    average: WeightAverage | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`, updating the weights after every batch.
 
-    `image_size` trains on smaller copies of the images (progressive resizing).
+    `image_size` trains on smaller copies of the images (progressive resizing). `mix`
+    blends every batch with a shuffled copy of itself (MixUp or CutMix); the loss is then the
+    same blend of the losses for the two labels, and accuracy counts the image's own label.
+    `average` follows the weights after every step (`WeightAverage`).
 
     Returns:
         `loss` (mean over images), `accuracy`, `images`, `seconds`, `images_per_s`,
@@ -244,10 +285,15 @@ def train_one_epoch(
         if image_size is not None and image_size != x.shape[-1]:
             x = resize(x, image_size)  # (B, C, s, s)
         side = x.shape[-1]
+        if mix is not None:  # each image blended with a partner: x <- share*x + (1-share)*x'
+            x, partner, share = mix(x)
         # 2. forward: scores for every class, then the loss
         with torch.autocast(device.type, dtype=amp.dtype, enabled=amp.dtype is not None):
             logits = model(x)  # (B, K)
-            loss = loss_fn(logits, y)
+            if mix is None:
+                loss = loss_fn(logits, y)
+            else:  # cross-entropy is linear in the target: blending labels blends losses
+                loss = share * loss_fn(logits, y) + (1 - share) * loss_fn(logits, y[partner])
         if distributed.any_rank(not torch.isfinite(loss).item(), device):  # stop together
             raise TrainingDiverged(f"loss became {loss.item()} in batch {batch}; "
                                    "lower the learning rate")
@@ -262,6 +308,8 @@ def train_one_epoch(
         amp.scaler.update()
         if scheduler is not None:
             scheduler.step()  # the learning rate changes every step, not every epoch
+        if average is not None:
+            average.update()
 
         n = y.shape[0]
         total_loss += loss.item() * n
@@ -275,6 +323,171 @@ def train_one_epoch(
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
             "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9),
             "image_size": side}
+
+
+@torch.no_grad()
+def recompute_bn_statistics(
+    model: nn.Module, batches: Iterable[Tensor], device: torch.device,
+    image_size: int | None = None, amp: Amp = Amp(),
+) -> int:
+    """Precise BN: BatchNorm's statistics measured afresh for the weights as they are now.
+
+    In training, BatchNorm normalises with the batch's own mean and variance and keeps a
+    running average of them (`x <- 0.9 x + 0.1 batch`) for evaluation. That average trails
+    the weights: it still remembers batches seen by weights that no longer exist. When the
+    weights move fast (a high learning rate, few steps per epoch, a new image size) the
+    statistics it holds belong to another network, and validation loss jumps tenfold on
+    weights that are fine. Here every BatchNorm forgets its average and takes, instead, the
+    plain mean of the statistics of `batches` (momentum None: a cumulative average, each
+    batch counting the same), computed by forward passes in training mode (Wu & Johnson
+    2021, arXiv 2105.07576, section 5). No weight changes; the cost is one forward pass per
+    batch, about a third of a training step each.
+
+    BatchNorms kept in eval mode (a frozen backbone, `cxrlearn.transfer.freeze_backbone`)
+    keep their statistics.
+
+    Args:
+        model: The network; its train/eval mode is restored afterwards.
+        batches: Training images, augmented as in training, e.g. the first batches of
+            `train_loader`. Shape: each (B, C, H, W).
+        device: Where the model is.
+        image_size: The side to shrink the batches to (the side just trained at).
+        amp: The precision of the forward passes (as in training).
+
+    Returns:
+        The number of batches measured (0 leaves the statistics as they were).
+    """
+    was_training = model.training
+    model.train()
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+             and m.training]
+    kept = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(),
+             m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()  # mean 0, variance 1, no batch seen
+        m.momentum = None  # a cumulative average: batch n counts 1/n
+    n = 0
+    try:
+        for x in batches:
+            x = x.to(device, non_blocking=True)
+            if image_size is not None and image_size != x.shape[-1]:
+                x = resize(x, image_size)  # (B, C, s, s)
+            with torch.autocast(device.type, dtype=amp.dtype, enabled=amp.dtype is not None):
+                model(x)  # in training mode: each BatchNorm adds this batch's statistics
+            n += 1
+    finally:
+        for m, (mean, var, count, momentum) in zip(norms, kept, strict=True):
+            m.momentum = momentum
+            if n == 0:  # nothing measured: keep the old statistics rather than none
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+        model.train(was_training)
+    return n
+
+
+class WeightAverage:
+    """An exponential moving average (EMA) of a network's weights, in a copy of the network.
+
+    After every optimizer step, `update()` moves each averaged weight a little towards the
+    live one: `avg <- d * avg + (1 - d) * w`, with `d = decay` (early on, less: `d` is at
+    most `(1 + n) / (10 + n)` after `n` updates, so that the random initial weights are
+    soon forgotten). Late in a run the weights jitter around a good point; their average
+    lies nearer its centre, and usually validates better than any one of them (Polyak
+    averaging; Izmailov et al. 2018, arXiv 1803.05407, for the same idea as SWA).
+
+    Only the weights are averaged. BatchNorm's running statistics are not weights: averaged,
+    or copied from the live network, they describe the activations of another network, and
+    the averaged network is judged with the wrong statistics. That is why an EMA of the
+    weights alone lost in an earlier screen (benchmarks/README.md): it carried the live
+    network's statistics, gathered at other image sizes too. `fit` therefore recomputes the
+    averaged network's own statistics (`recompute_bn_statistics`) before each validation,
+    and starts the average afresh when the image size changes (progressive resizing).
+
+    Attributes:
+        network: The averaged network (a copy of the model; no gradients).
+        decay: The weight `d` kept at each update, below 1.
+        updates: How many updates it has taken since it (re)started.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must be at least 0 and below 1, got {decay}")
+        self.model, self.decay, self.updates = model, decay, 0
+        self.network = copy.deepcopy(model).requires_grad_(False)
+
+    @classmethod
+    def over_epochs(cls, model: nn.Module, epochs: float, steps_per_epoch: int) -> WeightAverage:
+        """An average whose memory is about `epochs` epochs: `d = 1 - 1 / steps`."""
+        return cls(model, max(0.0, 1 - 1 / max(epochs * steps_per_epoch, 1)))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the averaged weights towards the live ones (after an optimizer step)."""
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, w in zip(self.network.parameters(), self.model.parameters(), strict=True):
+            avg.lerp_(w.detach(), 1 - d)  # avg + (1 - d) * (w - avg)
+
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Start again from the live weights (and statistics)."""
+        self.network.load_state_dict(self.model.state_dict())
+        self.updates = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The averaged network and the update count, for `last.pt`."""
+        return {"network": self.network.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+        self.updates = int(state["updates"])
+
+
+def lr_range_test(
+    model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+    device: torch.device, start: float = 1e-6, end: float = 1.0, steps: int = 100,
+) -> tuple[list[float], list[float]]:
+    """The learning-rate range test (Smith 2015, arXiv 1506.01186, section 3.3).
+
+    A short run whose learning rate rises exponentially from `start` to `end`, one
+    training step each, recording every step's loss; it stops early once the loss passes
+    four times its lowest value (it diverged). The loss first barely moves (the rate is too
+    small to matter), then falls fastest, then explodes; a good peak learning rate lies in
+    the falling part (`suggest_lr`). It changes the model and the optimizer: run it on a copy.
+
+    Returns:
+        The learning rates tried and the loss of each step's batch.
+    """
+    lrs, losses = [], []
+    model.to(device).train()
+    batches = itertools.cycle(loader)  # as many steps as asked, however small the data
+    for step in range(steps):
+        lr = start * (end / start) ** (step / max(steps - 1, 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = next(batches)
+        loss = train_step(model, x.to(device), y.to(device), loss_fn, optimizer)
+        lrs.append(lr)
+        losses.append(loss)
+        if not math.isfinite(loss) or loss > 4 * min(losses):
+            break
+    return lrs, losses
+
+
+def suggest_lr(lrs: Sequence[float], losses: Sequence[float], smoothing: float = 0.9) -> float:
+    """A peak learning rate from `lr_range_test`: a tenth of the rate at the lowest smoothed
+    loss (fast.ai's rule of thumb: at the minimum the loss is about to explode).
+
+    The losses are smoothed by an exponential moving average with bias correction first,
+    as one batch's loss is noisy.
+    """
+    avg, smooth = 0.0, []
+    for i, loss in enumerate(losses, start=1):
+        avg = smoothing * avg + (1 - smoothing) * loss
+        smooth.append(avg / (1 - smoothing**i))
+    return lrs[min(range(len(smooth)), key=smooth.__getitem__)] / 10
 
 
 @torch.no_grad()
@@ -372,29 +585,44 @@ def fit(
                                                      for i in range(len(train_data))]
     loss_fn = make_loss_fn(config, labels, len(names)).to(device)
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, len(train_loader(train_data, config, 0)))
+    steps_per_epoch = len(train_loader(train_data, config, 0))
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     amp = Amp.choose(device, config.amp)
+    average = (WeightAverage.over_epochs(model, config.ema_epochs, steps_per_epoch)
+               if config.ema_epochs > 0 else None)
     run = (resume(resume_from, model, optimizer, scheduler, names, meta) if resume_from
            else Resumed(epoch=0, best=None, since_best=0, history=[]))
+    if resume_from and average is not None:
+        average.load_state_dict(_read(resume_from)["average"])
+    judged = model if average is None else average.network  # the network validated and kept
     best = _Best(config.select_by, config.patience, run.best, run.since_best)
-    checkpoints = _Checkpoints(out, model, optimizer, scheduler, names, meta, config)
+    checkpoints = _Checkpoints(out, model, optimizer, scheduler, names, meta, config,
+                               judged, average)
     ddp_model = distributed.wrap(model, device)  # `model` itself when not distributed
     val_loader = DataLoader(val_data, batch_size=config.batch_size,
                             num_workers=config.num_workers)
     full_side = val_data.preprocess.image_size  # the side the images were prepared at
+    side_of = (lambda e: config.sizes.side(full_side, e, config.num_epochs)  # noqa: E731
+               if config.sizes else None)
     for epoch in range(run.epoch, config.num_epochs):
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        side = config.sizes.side(full_side, epoch, config.num_epochs) if config.sizes else None
+        side = side_of(epoch)
+        if average is not None and epoch > 0 and side != side_of(epoch - 1):
+            average.restart()  # weights tuned for another scale do not average well
         with _stop_cleanly(epoch, out):
             tr = train_one_epoch(
                 ddp_model, train_loader(train_data, config, epoch), loss_fn, optimizer,
                 device, scheduler, amp, side,
-                on_batch=None if on_batch is None else (lambda s, e=epoch: on_batch(e, s)))
-            distributed.broadcast_buffers(model)  # every rank validates rank 0's BN statistics
+                on_batch=None if on_batch is None else (lambda s, e=epoch: on_batch(e, s)),
+                mix=_batch_mix(config, epoch), average=average)
+            if config.precise_bn_batches:  # statistics of these weights, not of past ones
+                recompute_bn_statistics(judged, _bn_batches(train_data, config, epoch),
+                                        device, side, amp)
+            distributed.broadcast_buffers(judged)  # every rank validates rank 0's statistics
             # At the size just trained at: a network trained small scores badly when large.
-            va = evaluate(model, val_loader, loss_fn, device, len(names), side)
+            va = evaluate(judged, val_loader, loss_fn, device, len(names), side)
         row = _history_row(epoch, lr, tr, va, device)
         run.history.append(row)
         improved = best.update(va, at_full_size=side in (None, full_side))
@@ -405,6 +633,24 @@ def fit(
         if best.should_stop():
             break
     return run.history
+
+
+def _batch_mix(config: TrainConfig, epoch: int) -> BatchMix | None:
+    """The epoch's MixUp/CutMix, its draws seeded by (seed, epoch), or None when off."""
+    if config.mixup == 0 and config.cutmix == 0:
+        return None
+    return BatchMix(config.mixup, config.cutmix, np.random.default_rng([config.seed, epoch]))
+
+
+def _bn_batches(train_data: Dataset, config: TrainConfig, epoch: int) -> Iterator[Tensor]:
+    """The images of the epoch's first `precise_bn_batches` training batches (at most one
+    epoch's worth: each costs a forward pass, about a third of a training step)."""
+    loader = train_loader(train_data, config, epoch)
+    return (x for x, _ in itertools.islice(loader, config.precise_bn_batches))
+
+
+def _read(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
+    return checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
 
 
 def _history_row(epoch: int, lr: float, tr: dict[str, float], va: dict[str, float],
@@ -448,9 +694,10 @@ class _Best:
 
 @dataclass(frozen=True)
 class _Checkpoints:
-    """What `fit` writes into `out`: `last.pt` every epoch (`training_state`, to resume from)
-    and `best.pt` when validation improved (`model_state`); rank 0 writes, nobody when `out`
-    is None."""
+    """What `fit` writes into `out`: `last.pt` every epoch (`training_state`, to resume from,
+    with the weight average when there is one) and `best.pt` when validation improved
+    (`model_state` of the network validated: the model, or its average); rank 0 writes,
+    nobody when `out` is None."""
 
     out: Path | None
     model: nn.Module
@@ -459,6 +706,8 @@ class _Checkpoints:
     class_names: list[str]
     meta: dict[str, Any]
     config: TrainConfig
+    judged: nn.Module
+    average: WeightAverage | None = None
 
     def save(self, epoch: int, history: list[dict[str, float]], best: _Best,
              improved: bool) -> None:
@@ -467,10 +716,13 @@ class _Checkpoints:
             return
         if improved:
             save_checkpoint(self.out / "best.pt", model_state(
-                self.model, self.class_names, self.meta, epoch, history, self.config))
-        save_checkpoint(self.out / "last.pt", training_state(
+                self.judged, self.class_names, self.meta, epoch, history, self.config))
+        state = training_state(
             self.model, self.optimizer, self.scheduler, self.class_names, self.meta, epoch,
-            best.score, best.since, history, self.config))
+            best.score, best.since, history, self.config)
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
+        save_checkpoint(self.out / "last.pt", state)
 
 
 @contextmanager

@@ -6,8 +6,12 @@ Every image goes through the same two stages:
    image (`cxrlearn.contrast`), resize it to `S x S` with antialiasing, and round to 8 bits.
    Rounding is like saving the stretched image as a PNG, which the reference project did;
    doing it everywhere (training, evaluation, the exported model) keeps every path identical.
-2. **transform** (per epoch): random flip and affine jitter for training, then repeat the
-   grey channel (or not), then normalise: `x' = (x - mean) / std`.
+2. **transform** (per epoch): random flip, shift or affine jitter for training, then repeat
+   the grey channel (or not), then normalise: `x' = (x - mean) / std`.
+
+One augmentation works on whole batches instead of single images: `BatchMix` (MixUp and
+CutMix) blends each image with another of its batch, and the training loop blends their
+labels' losses the same way (`cxrlearn.training.train_one_epoch`).
 
 Normalisation uses the ImageNet statistics (mean 0.485, 0.456, 0.406; std 0.229, 0.224,
 0.225) because pretrained ResNet weights expect them. A one-channel model uses their
@@ -54,6 +58,8 @@ __all__ = [
     "Resize",
     "RandomHorizontalFlip",
     "RandomAffine",
+    "RandomShift",
+    "BatchMix",
     "ToChannels",
     "Normalize",
     "Compose",
@@ -177,6 +183,86 @@ class RandomAffine:
         )
 
 
+class RandomShift:
+    """Shift the image by up to `fraction` of its side in each direction, filling by mirroring.
+
+    The image is padded by `p = round(fraction * S)` pixels on every side with its own mirror
+    image (reflection padding, as in the fast CIFAR-10 training recipes), then a random
+    `S x S` window is cut out: every output pixel is a real pixel of the X-ray, with no
+    black border for the network to learn from, and no interpolation (a whole-pixel shift
+    does not blur).
+
+    Shape:
+        (C, S, S) -> (C, S, S)
+    """
+
+    def __init__(self, fraction: float = 0.0625) -> None:
+        self.fraction = fraction
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        side_h, side_w = x.shape[-2:]
+        p = min(round(self.fraction * min(side_h, side_w)), min(side_h, side_w) - 1)
+        if p < 1:
+            return x
+        padded = F.pad(x.unsqueeze(0), (p, p, p, p), mode="reflect").squeeze(0)  # (C, S+2p, S+2p)
+        dy, dx = torch.randint(0, 2 * p + 1, (2,), generator=generator).tolist()
+        return padded[..., dy:dy + side_h, dx:dx + side_w]
+
+    def __repr__(self) -> str:
+        return f"RandomShift(fraction={self.fraction})"
+
+
+class BatchMix:
+    """MixUp and CutMix: each image of a batch blended with another image of the same batch.
+
+    MixUp (Zhang et al. 2018, arXiv 1710.09412) takes `share * x + (1 - share) * x'`;
+    CutMix (Yun et al. 2019, arXiv 1905.04899) pastes a box of `x'` into `x`, `share` then
+    being the part of `x` left. `x'` is the batch in a random order and `share` is drawn
+    from Beta(alpha, alpha). The label is blended by the same share; since cross-entropy is
+    linear in the target, the loop blends the two losses instead (`share * loss(y) +
+    (1 - share) * loss(y')`). A network cannot learn such blends by heart, which is the
+    point once a run is long enough to memorise its training set. With both alphas above 0,
+    a coin chooses one of them for each batch.
+
+    Args:
+        mixup: MixUp's alpha; 0 never mixes.
+        cutmix: CutMix's alpha; 0 never cuts.
+        rng: Where every draw comes from (seed it for repeatable runs).
+    """
+
+    def __init__(self, mixup: float, cutmix: float, rng: np.random.Generator) -> None:
+        if mixup < 0 or cutmix < 0 or mixup == cutmix == 0:
+            raise ValueError(f"need alphas >= 0, one of them above 0, got {mixup}, {cutmix}")
+        self.mixup, self.cutmix, self.rng = mixup, cutmix, rng
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor, float]:
+        """Blend a batch.
+
+        Returns:
+            The blended batch, each image's partner (an index into the batch) and the share
+            of each image's own label.
+
+        Shape:
+            x: (B, C, H, W) -> (B, C, H, W), (B,), a float
+        """
+        partner = torch.from_numpy(self.rng.permutation(x.shape[0]))  # (B,)
+        cut = self.mixup == 0 or (self.cutmix > 0 and self.rng.random() < 0.5)
+        share = float(self.rng.beta(*(2 * [self.cutmix if cut else self.mixup])))
+        if not cut:
+            return share * x + (1 - share) * x[partner], partner, share
+        h, w = x.shape[-2:]
+        r = math.sqrt(1 - share)  # a box with (1 - share) of the area, centred anywhere
+        cy, cx = int(self.rng.integers(h)), int(self.rng.integers(w))
+        y0, y1 = max(cy - round(r * h / 2), 0), min(cy + round(r * h / 2), h)
+        x0, x1 = max(cx - round(r * w / 2), 0), min(cx + round(r * w / 2), w)
+        out = x.clone()
+        out[..., y0:y1, x0:x1] = x[partner][..., y0:y1, x0:x1]
+        return out, partner, 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the box, as clipped
+
+    def __repr__(self) -> str:
+        return f"BatchMix(mixup={self.mixup}, cutmix={self.cutmix})"
+
+
 class ToChannels:
     """Repeat a grey image to `num_channels` channels (3 for ImageNet weights, or keep 1).
 
@@ -298,11 +384,15 @@ class Preprocess:
         """Plain data for a checkpoint or JSON: tuples become lists."""
         return to_plain(self)
 
-    def train_transform(self, flip: bool = True, affine: bool = True) -> Compose:
-        """Stage 2 for training with this object's channels, mean and std."""
+    def train_transform(self, flip: bool = True, affine: bool = True,
+                        shift: float = 0.0) -> Compose:
+        """Stage 2 for training with this object's channels, mean and std; `shift` > 0 adds
+        a `RandomShift` of up to that fraction of the side."""
         steps: list = []
         if flip:
             steps.append(RandomHorizontalFlip(0.5))
+        if shift > 0:
+            steps.append(RandomShift(shift))
         if affine:
             steps.append(RandomAffine())
         return Compose([*steps, ToChannels(self.channels), Normalize(self.mean, self.std)])

@@ -88,7 +88,7 @@ def test_train_options_for_size_and_augmentation(tmp_path, data, capsys):
     ("--image-size", "8", "image_size must be between 16 and 2048"),
     ("--progressive-resize", "1.5", "start must be in (0, 1]"),
     ("--channels", "2", "channels must be one of 1, 3"),
-    ("--augment", "mirror", "augment must be one of flip, flip+affine, none"),
+    ("--augment", "mirror", "augment must be one of flip, flip+shift, flip+affine, none"),
     ("--lr", "nan", "not a finite number"),
     ("--lr", "0", "must be above 0"),
     ("--val-fraction", "0", "must be between 0 and 1"),

@@ -75,7 +75,7 @@ def test_a_cxrlearn_0_2_0_config_still_reads(tmp_path):
     ({"classes": "COVID"}, "classes must be a list"),
     ({"sync_bn": 1}, "sync_bn must be true or false"),
     ({"preprocess": {"image_size": 8}}, "image_size must be between 16 and 2048, got 8"),
-    ({"augment": "mirror"}, "augment must be one of flip, flip+affine, none"),
+    ({"augment": "mirror"}, "augment must be one of flip, flip+shift, flip+affine, none"),
     ({"train": None}, "train must not be empty"),
 ])
 def test_bad_stored_values_are_named(data, message):
@@ -109,4 +109,4 @@ def test_the_flags_are_the_settings_that_name_one():
                      "--image-size", "--channels", "--augment", "--pretrained",
                      "--freeze-backbone", "--sync-bn", "--epochs", "--lr", "--batch-size",
                      "--class-weighted", "--progressive-resize", "--patience", "--seed",
-                     "--num-workers"}
+                     "--num-workers", "--precise-bn", "--ema-epochs", "--mixup", "--cutmix"}

@@ -461,3 +461,188 @@ def test_select_device_prefers_cuda_then_mps(monkeypatch):
     assert device.select_device() == torch.device("cpu")
     with pytest.raises(CxrlearnError, match="MPS was requested"):
         device.select_device("mps")
+
+
+# --- precise BN, weight averaging, MixUp/CutMix (issue 22) -----------------------------------
+
+def _bn_input(model: TinyNet, x: torch.Tensor) -> torch.Tensor:
+    return model.conv(x)  # (B, 8, H, W): what the BatchNorm sees
+
+
+def test_precise_bn_is_the_plain_mean_of_the_batch_statistics():
+    from cxrlearn.training import recompute_bn_statistics
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    batches = [torch.randn(5, 3, S, S) * (1 + i) + i for i in range(3)]  # unlike statistics
+    model.bn.running_mean.fill_(7.0)  # stale numbers that must be forgotten
+    model.eval()
+    assert recompute_bn_statistics(model, iter(batches), torch.device("cpu")) == 3
+    with torch.no_grad():
+        acts = [_bn_input(model, x) for x in batches]
+    # By hand: per channel, the mean of the batch means and of the unbiased batch variances.
+    means = torch.stack([a.mean(dim=(0, 2, 3)) for a in acts]).mean(0)
+    variances = torch.stack([a.transpose(0, 1).flatten(1).var(dim=1, unbiased=True)
+                             for a in acts]).mean(0)
+    torch.testing.assert_close(model.bn.running_mean, means)
+    torch.testing.assert_close(model.bn.running_var, variances)
+    assert not model.training and model.bn.momentum == 0.1  # mode and momentum restored
+
+
+def test_precise_bn_keeps_the_statistics_when_given_no_batch_and_spares_frozen_norms():
+    from cxrlearn.training import recompute_bn_statistics
+
+    model = TinyNet()
+    model.bn.running_mean.fill_(3.0)
+    assert recompute_bn_statistics(model, iter([]), torch.device("cpu")) == 0
+    assert torch.equal(model.bn.running_mean, torch.full((8,), 3.0))
+
+    class FrozenNorm(TinyNet):  # as cxrlearn.transfer.freeze_backbone leaves a BatchNorm
+        def train(self, mode: bool = True):
+            super().train(mode)
+            self.bn.eval()
+            return self
+
+    frozen = FrozenNorm()
+    frozen.bn.running_mean.fill_(3.0)
+    recompute_bn_statistics(frozen, iter([torch.randn(4, 3, S, S)]), torch.device("cpu"))
+    assert torch.equal(frozen.bn.running_mean, torch.full((8,), 3.0))
+
+
+def test_stale_statistics_mislead_validation_and_precise_bn_repairs_it():
+    """Weights that moved since the statistics were gathered: scaling the convolution by c > 0
+    changes nothing in training mode (BatchNorm divides the scale out) but misleads running
+    statistics gathered before. Recomputed, the loss is the unscaled network's again."""
+    import copy
+
+    from cxrlearn.training import recompute_bn_statistics
+
+    model, _ = _run(None, num_epochs=8)
+    train = _toy_data(6, 0, train_transform())
+    val = DataLoader(_toy_data(3, 1, eval_transform()), batch_size=8)
+    loss_fn, cpu = nn.CrossEntropyLoss(), torch.device("cpu")
+
+    def batches():
+        return (x for x, _ in DataLoader(train, batch_size=8))
+
+    recompute_bn_statistics(model, batches(), cpu)
+    fresh = evaluate(model, val, loss_fn, cpu, 4)["loss"]
+    for scale in (0.05, 20.0):
+        moved = copy.deepcopy(model)
+        with torch.no_grad():
+            moved.conv.weight.mul_(scale)
+            moved.conv.bias.mul_(scale)
+        stale = evaluate(moved, val, loss_fn, cpu, 4)["loss"]
+        recompute_bn_statistics(moved, batches(), cpu)
+        repaired = evaluate(moved, val, loss_fn, cpu, 4)["loss"]
+        assert abs(stale - fresh) > 0.5 * fresh, scale
+        assert repaired == pytest.approx(fresh, rel=1e-2), scale  # eps: 1e-5
+
+
+def test_fit_validates_with_recomputed_statistics():
+    from cxrlearn.training import recompute_bn_statistics
+
+    model, history = _run(None, num_epochs=2, precise_bn_batches=2)
+    # The last epoch's statistics are those of its first two batches: measured again by hand
+    # on the same batches, they agree.
+    mean = model.bn.running_mean.clone()
+    train = _toy_data(6, 0, train_transform())
+    train.set_epoch(1)
+    from cxrlearn.training import train_loader
+    config = TrainConfig(num_epochs=2, batch_size=8, precise_bn_batches=2)
+    recompute_bn_statistics(model, [x for x, _ in list(train_loader(train, config, 1))[:2]],
+                            torch.device("cpu"))
+    torch.testing.assert_close(model.bn.running_mean, mean)
+
+
+def test_weight_average_follows_the_hand_written_formula():
+    from cxrlearn.training import WeightAverage
+
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.9)
+    expected = 0.0
+    for n, w in enumerate([1.0, 2.0, 4.0, 8.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(w)
+        average.update()
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * w
+        assert average.network.weight[0, 0].item() == pytest.approx(expected)
+    assert not average.network.weight.requires_grad
+    average.restart()
+    assert average.network.weight[0, 0].item() == 8.0 and average.updates == 0
+    assert WeightAverage.over_epochs(model, 2, 5).decay == pytest.approx(0.9)
+
+
+def test_fit_keeps_the_averaged_network_in_best_and_resumes_it_exactly(tmp_path):
+    cfg = {"num_epochs": 4, "ema_epochs": 1.0, "mixup": 0.4, "cutmix": 1.0,
+           "precise_bn_batches": 2}
+    full, h_full = _run(tmp_path / "full", **cfg)
+    best = load_checkpoint(tmp_path / "full" / "best.pt")
+    last = load_checkpoint(tmp_path / "full" / "last.pt")
+    assert torch.equal(last["model"]["conv.weight"], full.conv.weight.detach())
+    assert "average" in last
+    if best["epoch"] == 4:  # best.pt holds the average, not the live weights
+        assert torch.equal(best["model"]["conv.weight"],
+                           last["average"]["network"]["conv.weight"])
+        assert not torch.equal(best["model"]["conv.weight"], full.conv.weight.detach())
+
+    def stop_after_two(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", on_epoch=stop_after_two, **cfg)
+    resumed, h_res = _run(tmp_path / "cut", resume=tmp_path / "cut" / "last.pt", **cfg)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert _metrics(h_full) == _metrics(h_res)
+    cut = load_checkpoint(tmp_path / "cut" / "last.pt")["average"]["network"]
+    for k, v in last["average"]["network"].items():
+        assert torch.equal(v, cut[k]), k
+
+
+def test_an_average_needs_statistics_of_its_own():
+    with pytest.raises(ValueError, match="ema_epochs needs precise_bn_batches"):
+        TrainConfig(ema_epochs=2, precise_bn_batches=0)
+    with pytest.raises(ValueError, match="mixup must be 0 or more"):
+        TrainConfig(mixup=-1)
+
+
+def test_mixed_batches_train_on_the_blend_of_the_two_losses():
+    """One step with a mix: the loss reported is share * CE(y) + (1 - share) * CE(y')."""
+    from cxrlearn.transforms import BatchMix
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    x, y = torch.randn(8, 3, S, S), torch.arange(8) % 4
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    mix = BatchMix(0.4, 0.0, np.random.default_rng(0))
+    xm, partner, share = BatchMix(0.4, 0.0, np.random.default_rng(0))(x)
+    model.train()
+    logits = model(xm)
+    expected = (share * loss_fn(logits, y) + (1 - share) * loss_fn(logits, y[partner])).item()
+    torch.manual_seed(0)
+    model = TinyNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = train_one_epoch(model, [(x, y)], loss_fn, optimizer, torch.device("cpu"), mix=mix)
+    assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_lr_range_test_rises_exponentially_and_stops_when_the_loss_explodes():
+    from cxrlearn.training import lr_range_test, suggest_lr
+
+    torch.manual_seed(0)
+    model = TinyNet()
+    loader = DataLoader(_toy_data(6, 0, train_transform()), batch_size=8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    lrs, losses = lr_range_test(model, loader, nn.CrossEntropyLoss(), optimizer,
+                                torch.device("cpu"), start=1e-4, end=1e4, steps=41)
+    assert lrs[:3] == pytest.approx([1e-4, 1e-4 * 10 ** 0.2, 1e-4 * 10 ** 0.4])
+    assert len(lrs) == len(losses) < 41  # SGD at lr 1e4 diverges before the end
+    assert losses[-1] > 4 * min(losses) or not math.isfinite(losses[-1])
+    # A hand-made curve: flat, falling, exploding; the lowest point is at lr 10, a tenth is 1.
+    curve_lrs = [10.0 ** k for k in range(-4, 3)]
+    assert suggest_lr(curve_lrs, [2, 2, 2, 1.5, 0.5, 0.1, 50], smoothing=0) == pytest.approx(1.0)

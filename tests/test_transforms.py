@@ -190,3 +190,71 @@ def test_a_copy_with_other_channels_takes_their_default_normalisation():
     assert dataclasses.replace(grey, channels=3) == Preprocess(image_size=32)
     chosen = Preprocess(image_size=32, channels=1, mean=(0.5,), std=(0.25,))
     assert dataclasses.replace(chosen, image_size=64).mean == (0.5,)  # a choice is kept
+
+
+def _reflect(k: int, n: int) -> int:
+    """Index k of a line of n pixels mirrored at its ends (without repeating the edge)."""
+    return -k if k < 0 else 2 * (n - 1) - k if k > n - 1 else k
+
+
+def test_random_shift_is_a_window_of_the_mirrored_image():
+    from cxrlearn.transforms import RandomShift
+
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 16, 16)  # every pixel unique
+    out = RandomShift(0.125)(x, torch.Generator().manual_seed(3))
+    dy, dx = torch.randint(0, 5, (2,), generator=torch.Generator().manual_seed(3)).tolist()
+    p = 2  # 0.125 * 16
+    expected = torch.empty_like(x)
+    for i in range(16):
+        for j in range(16):
+            expected[:, i, j] = x[:, _reflect(i + dy - p, 16), _reflect(j + dx - p, 16)]
+    assert torch.equal(out, expected)
+    assert out.shape == x.shape
+    assert torch.equal(RandomShift(0.0)(x), x)  # nothing to shift by
+
+
+def test_random_shift_is_seeded_and_moves_every_image_sometimes():
+    from cxrlearn.transforms import RandomShift
+
+    x = torch.rand(1, 32, 32)
+    a = RandomShift()(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, RandomShift()(x, torch.Generator().manual_seed(0)))
+    g = torch.Generator().manual_seed(1)
+    assert any(not torch.equal(RandomShift()(x, g), x) for _ in range(5))
+
+
+def test_mixup_blends_each_image_with_its_partner():
+    from cxrlearn.transforms import BatchMix
+
+    x = torch.rand(6, 1, 8, 8)
+    out, partner, share = BatchMix(0.4, 0.0, np.random.default_rng(0))(x)
+    assert sorted(partner.tolist()) == list(range(6)) and 0 <= share <= 1
+    torch.testing.assert_close(out, share * x + (1 - share) * x[partner])
+
+
+def test_cutmix_pastes_a_box_whose_area_is_the_partner_share():
+    from cxrlearn.transforms import BatchMix
+
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 1, 16, 16).clone()
+    for seed in range(5):  # each image is one constant: count whose pixels each pixel is
+        out, partner, share = BatchMix(0.0, 1.0, np.random.default_rng(seed))(x)
+        for i in range(4):
+            own = (out[i] == x[i]).float().mean().item()
+            if partner[i] != i:
+                assert own == pytest.approx(share)
+                assert torch.all((out[i] == x[i]) | (out[i] == x[partner[i]]))
+
+
+def test_batch_mix_needs_one_alpha():
+    from cxrlearn.transforms import BatchMix
+
+    with pytest.raises(ValueError, match="one of them above 0"):
+        BatchMix(0.0, 0.0, np.random.default_rng(0))
+
+
+def test_flip_shift_augment_puts_a_shift_in_the_training_transform():
+    from cxrlearn.transforms import Preprocess, RandomShift
+
+    steps = Preprocess(image_size=64).train_transform(shift=0.0625).transforms
+    assert [type(t) for t in steps][:2] == [type(steps[0]), RandomShift]
+    assert not any(isinstance(t, RandomShift) for t in Preprocess().train_transform().transforms)
