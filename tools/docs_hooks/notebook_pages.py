@@ -87,7 +87,9 @@ def caption_alt_texts(soup: BeautifulSoup) -> int:
 
 def fold_solutions(soup: BeautifulSoup) -> int:
     """Wrap each cell tagged `solution` in a closed `<details>`; returns how many."""
-    cells = soup.select(".jp-Cell.celltag_solution")
+    # nbconvert nests a cell's div in another with the same classes: fold the outer one only.
+    cells = [cell for cell in soup.select(".jp-Cell.celltag_solution")
+             if cell.find_parent(class_="celltag_solution") is None]
     for cell in cells:
         details = soup.new_tag("details", attrs={"class": "cxrlearn-solution"})
         summary = soup.new_tag("summary")
