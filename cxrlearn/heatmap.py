@@ -1,7 +1,6 @@
 """Heat maps over X-rays: show where a saliency map (Grad-CAM) points.
 
-A map in [0, 1] is coloured with a colour map (jet by default: blue low, red high) and
-mixed with the grey image:
+A map in [0, 1] is coloured with a colour map and mixed with the grey image:
 
     out = (1 - alpha) * grey + alpha * colour(cam)
 
@@ -11,7 +10,14 @@ resized bilinearly first. Values outside [0, 1] are refused, not clipped: they m
 image was passed after normalisation, or the raw map before min-max scaling, and a
 clipped picture would look plausible and be wrong.
 
-`gradcam_figure` puts image, map and overlay side by side for a report or a notebook.
+The default colour map is `cividis` (Nuñez, Anderton and Renslow, PLoS ONE 13:e0199239,
+2018): dark blue for low, yellow for high, perceptually uniform (equal steps in the map
+look like equal steps in colour) and readable with red-green colour blindness. The once
+usual rainbow map, jet, is neither: its bright cyan and yellow bands invent edges that
+are not in the map, and its red and green look alike to about 1 man in 12.
+
+`gradcam_figure` puts image, map and overlay side by side for a report or a notebook, with a
+colour bar that says which colour is high.
 
 Lesson: lessons/05_grad_cam_with_hooks.ipynb
 """
@@ -30,7 +36,10 @@ from cxrlearn.errors import CxrlearnError
 if TYPE_CHECKING:  # matplotlib is imported by the functions that draw, when they draw
     from matplotlib.figure import Figure
 
-__all__ = ["gradcam_figure", "overlay"]
+__all__ = ["DEFAULT_CMAP", "gradcam_figure", "overlay"]
+
+DEFAULT_CMAP = "cividis"
+"""Perceptually uniform and colour-blind safe; low is dark blue, high is yellow."""
 
 
 def _as_numpy_2d(array: Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -44,7 +53,7 @@ def overlay(
     image: Tensor | np.ndarray,
     cam: Tensor | np.ndarray,
     alpha: float = 0.4,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
 ) -> np.ndarray:
     """Lay a coloured heat map over a grey image.
 
@@ -101,7 +110,7 @@ def gradcam_figure(
     title: str,
     prob: float | None = None,
     alpha: float = 0.4,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
 ) -> Figure:
     """Image, heat map and overlay side by side, titled with the class and probability.
 
@@ -118,7 +127,7 @@ def gradcam_figure(
         cmap: A matplotlib colormap name.
 
     Returns:
-        A matplotlib figure with three panels.
+        A matplotlib figure with three panels and a colour bar.
 
     Shape:
         image: (H, W), cam: (h, w)
@@ -131,8 +140,11 @@ def gradcam_figure(
     axes = fig.subplots(1, 3)
     axes[0].imshow(grey, cmap="gray", vmin=0, vmax=255 if grey.dtype == np.uint8 else 1)
     axes[0].set_title("image")
-    axes[1].imshow(heat, cmap=cmap, vmin=0, vmax=1)
+    shown = axes[1].imshow(heat, cmap=cmap, vmin=0, vmax=1)
     axes[1].set_title("Grad-CAM")
+    # Which colour is high? Without a bar a reader has to guess; the map is rescaled to [0, 1]
+    # per image, so the bar says "relative evidence", not a probability.
+    fig.colorbar(shown, ax=list(axes), shrink=0.8, label="relative evidence")
     axes[2].imshow(overlay(grey, heat, alpha=alpha, cmap=cmap))
     axes[2].set_title("overlay")
     for ax in axes:

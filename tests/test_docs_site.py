@@ -458,3 +458,44 @@ def test_lesson_05s_display_equation_scrolls_at_phone_width(browser):
         assert any(box["wide"] for box in report), "no equation wider than a phone to test"
     finally:
         page.close()
+
+
+def _captions(lesson: Path) -> list[str]:
+    """The words of each figure caption of a lesson (the Markdown under an image), in order."""
+    cells = json.loads(lesson.read_text("utf-8"))["cells"]
+    found = []
+    for before, cell in zip(cells, cells[1:], strict=False):
+        images = sum("image/png" in out.get("data", {}) for out in before.get("outputs", []))
+        text = "".join(cell["source"]).strip()
+        if images and cell["cell_type"] == "markdown" and text.startswith("*Figure:*"):
+            found += [text] * images
+    return found
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.stem)
+def test_lesson_figures_have_their_caption_as_alt_text(pages, lesson):
+    """Issue 27: a screen reader reads the caption, not "No description has been provided"."""
+    images = pages[_lesson_page(lesson)].select(".jp-OutputArea img")
+    captions = _captions(lesson)
+    assert len(images) == len(captions), "every figure has a caption (test_lessons_structure)"
+    for img, caption in zip(images, captions, strict=True):
+        words = " ".join(caption.replace("*Figure:*", "").split())
+        # The alt is the rendered caption's text: Markdown marks gone, the words kept.
+        alt = img.get("alt", "")
+        assert alt and "No description" not in alt
+        assert words.replace("`", "").replace("*", "")[:40] in alt.replace("`", ""), (alt, words)
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.stem)
+def test_lesson_solutions_are_folded_away(pages, lesson):
+    """A worked solution sits in a closed <details>, so the exercise comes before its answer."""
+    cells = json.loads(lesson.read_text("utf-8"))["cells"]
+    solutions = sum("solution" in c.get("metadata", {}).get("tags", []) for c in cells)
+    soup = pages[_lesson_page(lesson)]
+    folded = soup.select("details.cxrlearn-solution")
+    assert solutions and len(folded) == solutions
+    for details in folded:
+        assert "open" not in details.attrs
+        assert details.find("summary").get_text(strip=True).startswith("Worked solution")
+        assert details.select_one(".jp-CodeCell")  # the code is inside, not beside it
+    assert not [c for c in soup.select(".celltag_solution") if not c.find_parent("details")]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.gradcam import CamResult, GradCAM, gradcam_from, minmax_normalise
-from cxrlearn.heatmap import gradcam_figure, overlay
+from cxrlearn.heatmap import DEFAULT_CMAP, gradcam_figure, overlay
 
 NUM_CLASSES = 4
 SIZE = 32  # toy images are SIZE x SIZE; the target layer's map is 8 x 8
@@ -569,7 +569,7 @@ def test_overlay_alpha_one_is_the_colour_map() -> None:
 def test_overlay_mixes_by_alpha() -> None:
     grey = np.full((4, 4), 0.5)
     cam = np.zeros((4, 4))
-    colour = np.array(matplotlib.colormaps["jet"](0.0)[:3])
+    colour = np.array(matplotlib.colormaps[DEFAULT_CMAP](0.0)[:3])
     out = overlay(grey, cam, alpha=0.25)
     np.testing.assert_array_equal(out[0, 0], np.round((0.75 * 0.5 + 0.25 * colour) * 255))
 
@@ -600,7 +600,7 @@ def test_gradcam_figure() -> None:
     assert isinstance(fig, Figure)
     assert fig.get_suptitle() == "COVID (p = 0.88)"
     axes = fig.get_axes()
-    assert len(axes) == 3
+    assert len(axes) == 4  # three panels and the colour bar
     np.testing.assert_array_equal(axes[0].images[0].get_array(), image)
     np.testing.assert_array_equal(axes[1].images[0].get_array(), cam)
     np.testing.assert_array_equal(axes[2].images[0].get_array(), overlay(image, cam))

@@ -144,3 +144,20 @@ def test_figures_save_as_valid_png(tmp_path, name):
         image.load()
         w_in, h_in = fig.get_size_inches()
         assert image.size == (round(w_in * 40), round(h_in * 40))
+
+
+def test_roc_curves_differ_without_colour_and_carry_their_names():
+    """Issue 27: curves told apart by line style and marker (in print, for colour-blind
+    readers), and each class's name written beside its curve, not only in the legend."""
+    y_true, probs = sample_predictions()
+    ax = plot_roc_curves(y_true, probs, NAMES).axes[0]
+    curves = ax.lines[: len(NAMES)]
+    looks = {(str(line.get_linestyle()), line.get_marker()) for line in curves}
+    assert len(looks) == len(NAMES)  # no two classes look alike in grey
+    assert ax.lines[-1].get_linestyle() == ":"  # chance differs from every class
+    assert all(str(line.get_linestyle()) != ":" for line in curves)
+    assert [t.get_text() for t in ax.texts] == list(NAMES)
+    for text, line in zip(ax.texts, curves, strict=True):
+        x, y = text.xy  # the label sits on its own curve
+        assert any(np.isclose(x, xs) and np.isclose(y, ys)
+                   for xs, ys in zip(*line.get_data(), strict=True))

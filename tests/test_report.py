@@ -72,7 +72,8 @@ def test_text_with_intervals():
     assert "accuracy" in lines[-5] and lines[-5].endswith("0.83 [0.76, 0.89]       120")
     assert "0.84 [0.77, 0.89]" in lines[-4]
     assert "[" not in lines[-3]  # weighted avg has no interval
-    assert lines[-1] == "[low, high]: 90% intervals (Wilson for accuracy, bootstrap otherwise)"
+    assert lines[-1] == ("[low, high]: 90% intervals (Wilson; macro-F1: percentile bootstrap, "
+                        "approximate)")
 
 
 def render(table) -> str:
@@ -109,3 +110,20 @@ def test_table_with_intervals_shows_brackets_literally():
 
 def test_docstring_examples():
     assert doctest.testmod(cxrlearn.evaluation.report).failed == 0
+
+
+def test_thirty_of_thirty_prints_a_lower_bound_below_095_in_text_and_table():
+    """Issue 27: wherever the report is printed (the text, the command line's table, the
+    lesson), a class right 30 times of 30 shows an interval, not 1.00 [1.00, 1.00]."""
+    from cxrlearn.evaluation.uncertainty import report_intervals
+
+    names = ["COVID", "Normal"]
+    y_true = np.repeat([0, 1], 30)
+    y_pred = np.r_[np.zeros(30, int), np.ones(25, int), np.zeros(5, int)]
+    report = classification_report(y_true, y_pred, names)
+    intervals = report_intervals(y_true, y_pred, names, n_resamples=100)
+    text = report_text(report, intervals)
+    covid = next(line for line in text.splitlines() if line.strip().startswith("COVID"))
+    assert "1.00 [0.89, 1.00]" in covid and "[1.00, 1.00]" not in text
+    table = render(report_table(report, intervals))
+    assert "1.00 [0.89, 1.00]" in table and "[1.00, 1.00]" not in table

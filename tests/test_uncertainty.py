@@ -123,15 +123,36 @@ def test_report_intervals_reference():
 
 
 def test_report_intervals_rare_class_and_perfect_class():
-    # Class 0 always right (its recall is 1 in every resample); class 2 has one sample,
-    # so many resamples miss it: its recall comes from those that contain it.
+    # Class 0 always right: Wilson, not a collapsed bootstrap [1, 1]; class 2 has one sample:
+    # 1 of 1 says little; class 1 is half right. Precision: class 0 is predicted 15 times,
+    # 10 rightly; class 2 once, rightly.
     y_true = np.array([0] * 10 + [1] * 10 + [2])
     y_pred = np.array([0] * 10 + [1] * 5 + [0] * 5 + [2])
     intervals = report_intervals(y_true, y_pred, ["a", "b", "c"], n_resamples=300, seed=1)
-    assert intervals["a"]["recall"] == (1.0, 1.0)
-    assert intervals["c"]["recall"] == (1.0, 1.0)
-    low, high = intervals["b"]["recall"]
-    assert 0.0 <= low < 0.5 < high <= 1.0
+    assert intervals["a"]["recall"] == wilson_interval(10, 10)
+    assert intervals["c"]["recall"] == wilson_interval(1, 1)
+    assert intervals["b"]["recall"] == wilson_interval(5, 10)
+    assert intervals["a"]["precision"] == wilson_interval(10, 15)
+    assert intervals["b"]["precision"] == wilson_interval(5, 5)
+    assert intervals["c"]["recall"][0] < 0.25  # one image: almost nothing is known
+
+
+def test_thirty_of_thirty_is_not_certain():
+    """Issue 27: a class right 30 times of 30 gets a recall interval of non-zero width, the
+    lower bound below 0.95 (Wilson: 0.886); the percentile bootstrap gives [1, 1]."""
+    y = np.repeat([0, 1], 30)
+    intervals = report_intervals(y, y, ["a", "b"], n_resamples=200)
+    low, high = intervals["a"]["recall"]
+    assert high == 1.0 and 0.88 < low < 0.89
+    assert intervals["a"]["precision"] == (low, high)
+    boot_low, boot_high = bootstrap_interval(y[:30], y[:30], accuracy, n_resamples=200)
+    assert boot_low == boot_high == 1.0  # what the old report printed
+
+
+def test_a_class_never_predicted_has_an_uninformative_precision():
+    intervals = report_intervals([0, 1, 1], [1, 1, 1], ["a", "b"], n_resamples=50)
+    assert intervals["a"]["precision"] == (0.0, 1.0)
+    assert intervals["a"]["recall"] == wilson_interval(0, 1)
 
 
 def test_docstring_examples():

@@ -111,6 +111,21 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str]) -> Figure:
     return fig
 
 
+ROC_STYLES: tuple[tuple[Any, str], ...] = (
+    ("-", "o"), ("--", "s"), ("-.", "^"), ((0, (5, 1, 1, 1, 1, 1)), "D"))
+"""(line style, marker) of the k-th ROC curve, so that curves differ in print and for colour-blind
+readers, not by colour alone; the chance diagonal is dotted."""
+
+
+def _label_point(fpr: np.ndarray, tpr: np.ndarray, k: int, K: int) -> tuple[float, float]:
+    """Where to write a curve's name: its point at a false positive rate spread by class,
+    so that the K names do not sit on one another."""
+    target = 0.05 + 0.5 * k / max(K, 1)  # fpr 0.05, 0.175, 0.3, ... for K = 4
+    i = int(np.searchsorted(fpr, target, side="right")) - 1
+    i = min(max(i, 0), len(fpr) - 1)
+    return float(fpr[i]), float(tpr[i])
+
+
 def plot_roc_curves(
     y_true: np.ndarray | Sequence[int], probs: np.ndarray, class_names: Sequence[str]
 ) -> Figure:
@@ -122,16 +137,24 @@ def plot_roc_curves(
         class_names: The K class names.
 
     Returns:
-        A figure with 1 axes: K curves and the chance diagonal.
+        A figure with 1 axes: K curves (each with its own line style, marker and a label
+        written beside it) and the dotted chance diagonal.
 
     Shape:
         y_true: (N,), probs: (N, K)
     """
     fig = _figure(figsize=(5.5, 5), layout="constrained")
     ax = fig.subplots()
-    for name, (fpr, tpr, _) in zip(class_names, one_vs_rest_roc(y_true, probs), strict=True):
-        ax.plot(fpr, tpr, label=f"{name} (AUC = {auc(fpr, tpr):.3f})")
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance (AUC = 0.5)")
+    curves = one_vs_rest_roc(y_true, probs)
+    for k, (name, (fpr, tpr, _)) in enumerate(zip(class_names, curves, strict=True)):
+        # Told apart without colour too: each class has its own line style and marker, and its
+        # name is written at the end of its curve's steepest rise (a direct label).
+        style = ROC_STYLES[k % len(ROC_STYLES)]
+        (line,) = ax.plot(fpr, tpr, linestyle=style[0], marker=style[1], markevery=0.2,
+                          markersize=5, label=f"{name} (AUC = {auc(fpr, tpr):.3f})")
+        ax.annotate(name, _label_point(fpr, tpr, k, len(class_names)), color=line.get_color(),
+                    fontsize=9, textcoords="offset points", xytext=(6, -4 - 9 * (k % 2)))
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance (AUC = 0.5)")
     ax.set(
         xlabel="False positive rate (1 - specificity)",
         ylabel="True positive rate (sensitivity)",

@@ -63,7 +63,8 @@ def report_caption(intervals: Mapping | None) -> str | None:
     if not intervals:
         return None
     level = intervals.get("confidence", 0.95)
-    return f"[low, high]: {level:.0%} intervals (Wilson for accuracy, bootstrap otherwise)"
+    return (f"[low, high]: {level:.0%} intervals (Wilson; macro-F1: percentile bootstrap, "
+            "approximate)")
 
 
 def report_text(report: Mapping, intervals: Mapping | None = None, digits: int = 2) -> str:

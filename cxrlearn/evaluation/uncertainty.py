@@ -1,4 +1,4 @@
-"""How sure is a test score? Confidence intervals for accuracy, macro-F1 and recall.
+"""How sure is a test score? Confidence intervals for accuracy, recall, precision, macro-F1.
 
 83.33% accuracy on 120 test images is 100 successes in 120 trials, not a property of the
 model: another 120 images would give another number. Two ways to say how far it could move:
@@ -14,8 +14,10 @@ coverage near p = 0 or 1 and for small n. For 100 / 120 it gives [75.7%, 88.9%]:
 images per class, two models 5 points apart are not clearly different.
 
 Percentile bootstrap (Efron, Annals of Statistics 7:1-26, 1979) for scores that are not a
-simple proportion, such as macro-F1: draw N test samples with replacement, many times,
-recompute the score on each draw, and read the interval off the percentiles of those scores.
+simple proportion, such as macro-F1 (a class's recall and precision are proportions and get
+Wilson: a bootstrap of 30 correct of 30 is [1, 1], an interval of zero width): draw N test
+samples with replacement, many times, recompute the score on each draw, and read the interval
+off the percentiles of those scores.
 
 Lesson: lessons/04_evaluation_metrics.ipynb
 """
@@ -127,54 +129,65 @@ def report_intervals(
 ) -> dict:
     """Intervals to show next to a classification report's point values.
 
-    Accuracy gets the Wilson interval; macro-F1 and each class's recall get percentile
-    bootstrap intervals (macro-F1 with zero division as 0.0, like the report; a class's
-    recall only from resamples that contain the class). Pass the result as `intervals`
-    to `cxrlearn.evaluation.report.report_text`.
+    Accuracy and each class's recall and precision are proportions, so they get the Wilson
+    interval: recall = TP / support, precision = TP / (images predicted as the class). A
+    percentile bootstrap of a class that is always right collapses to [1.00, 1.00] (every
+    resample is right too), an interval of zero width from 30 images; Wilson gives about
+    [0.89, 1.00] for 30 of 30. A class never predicted has no precision to estimate: its
+    interval is [0, 1]. Macro-F1 is not a proportion; it gets a percentile bootstrap (zero
+    division as 0.0, like the report), which is what it is: an approximation that can be
+    too narrow when a class is small or perfect, so read it as a rough width.
 
     Args:
         y_true: True class indices in [0, K).
         y_pred: Predicted class indices in [0, K).
         class_names: The K class names, as given to `classification_report`.
         confidence: Coverage of every interval, in (0, 1).
-        n_resamples: Bootstrap resamples.
+        n_resamples: Bootstrap resamples (macro-F1 only).
         seed: Bootstrap seed.
 
     Returns:
         The report's keys, holding `(low, high)` tuples of floats:
         `{"accuracy": (lo, hi), "macro avg": {"f1-score": (lo, hi)},
-        name: {"recall": (lo, hi)}, ..., "confidence": confidence}`.
+        name: {"precision": (lo, hi), "recall": (lo, hi)}, ..., "confidence": confidence}`.
 
     Shape:
         y_true, y_pred: (N,)
+
+    Example:
+        >>> ivs = report_intervals([0] * 30 + [1] * 30, [0] * 30 + [1] * 30, ["a", "b"])
+        >>> low, high = ivs["a"]["recall"]
+        >>> f"[{low:.2f}, {high:.2f}]"
+        '[0.89, 1.00]'
     """
     k = len(class_names)
     y_true = as_labels(y_true, k, "y_true")
     y_pred = as_labels(y_pred, k, "y_pred")
 
-    def macro_f1_and_recalls(t: np.ndarray, p: np.ndarray) -> np.ndarray:
-        cm = confusion_matrix(t, p, k)
-        support = cm.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):  # class not drawn -> NaN recall
-            recall = np.diag(cm) / support  # (K,)
-        return np.r_[per_class_scores(cm)["f1-score"].mean(), recall]  # (1 + K,)
+    def macro_f1(t: np.ndarray, p: np.ndarray) -> float:
+        return float(per_class_scores(confusion_matrix(t, p, k))["f1-score"].mean())
 
     low, high = bootstrap_interval(
-        y_true,
-        y_pred,
-        macro_f1_and_recalls,
-        n_resamples=n_resamples,
-        confidence=confidence,
-        seed=seed,
+        y_true, y_pred, macro_f1, n_resamples=n_resamples, confidence=confidence, seed=seed
     )
+    cm = confusion_matrix(y_true, y_pred, k)  # (K, K) rows true, columns predicted
     intervals: dict = {
         "accuracy": wilson_interval(int((y_true == y_pred).sum()), len(y_true), confidence),
-        "macro avg": {"f1-score": (float(low[0]), float(high[0]))},
+        "macro avg": {"f1-score": (float(low), float(high))},
     }
     for i, name in enumerate(class_names):
-        intervals[name] = {"recall": (float(low[1 + i]), float(high[1 + i]))}
+        hits, support, predicted = int(cm[i, i]), int(cm[i].sum()), int(cm[:, i].sum())
+        intervals[name] = {
+            "precision": _proportion_interval(hits, predicted, confidence),
+            "recall": _proportion_interval(hits, support, confidence),
+        }
     intervals["confidence"] = confidence
     return intervals
+
+
+def _proportion_interval(k: int, n: int, confidence: float) -> tuple[float, float]:
+    """Wilson for k of n; [0, 1] when there are no trials (nothing is known)."""
+    return wilson_interval(k, n, confidence) if n > 0 else (0.0, 1.0)
 
 
 def wilson_interval_z(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -10,6 +10,13 @@ is for the test runner, not for the reader), and puts a download link to the `.i
 the lesson's title: mkdocs-jupyter's `include_source` copies the file next to the page but
 shows no link.
 
+Two things for readers who do not see the lesson the way its author did. A figure's caption is
+the Markdown cell under it, starting "*Figure:*" (tests/test_lessons_structure.py holds every
+lesson to that); nbconvert gives every image the alt text "No description has been provided",
+so the hook gives each image of the cell above a caption the caption's words as its alt text,
+for screen readers. And a worked solution (a cell tagged `solution`) is folded into a
+`<details>` block, "Worked solution", so that a student sees the exercise before its answer.
+
 Checked by tests/test_docs_site.py.
 """
 
@@ -26,6 +33,7 @@ from mkdocs.structure.files import Files
 from mkdocs.structure.pages import Page
 from mkdocs.structure.toc import get_toc
 
+CAPTION = "Figure:"
 HEADINGS = ", ".join(f".jp-MarkdownCell h{level}[id]" for level in range(1, 7))
 # Material's "download" icon (theme/.icons/material/download.svg), inline like its own buttons.
 DOWNLOAD_ICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24">'
@@ -57,6 +65,40 @@ def download_link(notebook_name: str) -> BeautifulSoup:
         f"(<code>{notebook_name}</code>) to run it in JupyterLab.</p>", "html.parser")
 
 
+def caption_alt_texts(soup: BeautifulSoup) -> int:
+    """Give each image of a cell whose next cell is a caption that caption as alt text.
+
+    Returns how many images got one.
+    """
+    given = 0
+    for caption in soup.select(".jp-MarkdownCell"):
+        text = " ".join(caption.get_text(" ").split())
+        if not text.startswith(CAPTION):
+            continue
+        figure_cell = caption.find_previous_sibling(class_="jp-Cell")
+        if figure_cell is None:
+            continue
+        alt = text[len(CAPTION):].strip().replace("¶", "").strip()
+        for img in figure_cell.select(".jp-OutputArea img"):
+            img["alt"] = alt
+            given += 1
+    return given
+
+
+def fold_solutions(soup: BeautifulSoup) -> int:
+    """Wrap each cell tagged `solution` in a closed `<details>`; returns how many."""
+    # nbconvert nests a cell's div in another with the same classes: fold the outer one only.
+    cells = [cell for cell in soup.select(".jp-Cell.celltag_solution")
+             if cell.find_parent(class_="celltag_solution") is None]
+    for cell in cells:
+        details = soup.new_tag("details", attrs={"class": "cxrlearn-solution"})
+        summary = soup.new_tag("summary")
+        summary.string = "Worked solution (try the exercise first)"
+        cell.wrap(details)
+        details.insert(0, summary)
+    return len(cells)
+
+
 def on_page_content(content: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     if not page.file.src_uri.endswith(".ipynb"):
         return content
@@ -64,6 +106,8 @@ def on_page_content(content: str, page: Page, config: MkDocsConfig, files: Files
     for toolbar in soup.select(".celltoolbar"):
         toolbar.decompose()
     page.toc = get_toc(table_of_contents(soup))
+    caption_alt_texts(soup)
+    fold_solutions(soup)
     link = download_link(PurePosixPath(page.file.src_uri).name)
     title = soup.select_one(".jp-MarkdownCell h1")
     if title is None:
