@@ -300,14 +300,15 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
 @contextlib.contextmanager
 def _undone_before_an_epoch(out: Path, new: bool) -> Iterator[None]:
     """A new run that stops before its first epoch is saved (Ctrl-C, bad data) removes what
-    it wrote (`manifest.csv`, `config.json`, the folder if it made it), so that the same
-    command can simply be run again: there is nothing to resume yet."""
+    it wrote (`manifest.csv`, `config.json`, a first `best.pt`, the folder if it made it), so
+    that the same command can simply be run again: there is nothing to resume yet. (A new
+    run's folder held nothing of the user's: `_check_out` saw to that.)"""
     existed = out.exists()
     try:
         yield
     except BaseException:
         if new and not (out / "last.pt").exists():
-            for name in ("manifest.csv", "config.json"):
+            for name in ("manifest.csv", "config.json", "best.pt"):
                 (out / name).unlink(missing_ok=True)
             if not existed:
                 with contextlib.suppress(OSError):  # not empty: something else is in it
@@ -381,7 +382,7 @@ def stored_settings(out: Path) -> RunSettings:
                                 "resume; train a new run (its best.pt still opens)",
                                 path=out / "config.json")
         return RunSettings.from_dict(doc["settings"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise CxrlearnError(f"cannot read the run's settings ({type(e).__name__}: {e})",
                             path=out / "config.json") from None
 

@@ -118,6 +118,7 @@ def sample_run(
     """
     folder = sample_run_folder(settings, cache_dir)
     data_root = settings.data_folder()
+    remove_stale_in(folder.parent)  # what killed lessons left, for any settings
     if _is_whole(folder):
         try:  # The sample is inside the installed package: point at it wherever that is now.
             return open_model(folder, data_root=data_root)
@@ -145,7 +146,6 @@ def _train_into(folder: Path, settings: RunSettings,
     after this process (`cxrlearn.atomic.temporary_folder`), so the next call removes it if
     this process is killed; a damaged run already at `folder` is replaced.
     """
-    remove_stale_in(folder.parent)  # every sample run's leftovers, not only this one's
     with temporary_folder(folder, "the sample run") as tmp:
         built = tmp / folder.name
         train_run(settings, built, torch.device("cpu"),
