@@ -119,16 +119,17 @@ def sample_run(
     folder = sample_run_folder(settings, cache_dir)
     data_root = settings.data_folder()
     remove_stale_in(folder.parent)  # what killed lessons left, for any settings
+    damaged = False
     if _is_whole(folder):
         try:  # The sample is inside the installed package: point at it wherever that is now.
             return open_model(folder, data_root=data_root)
         except CxrlearnError:
-            pass  # a damaged copy (a truncated best.pt): trained again below, and replaced
+            damaged = True  # a truncated best.pt, say: trained again below, and replaced
     problem = cache_dir_problem(folder.parent.parent) or cache_dir_problem(folder.parent)
     if problem is not None:  # no fallback: a network trained elsewhere would be lost
         raise CxrlearnError(f"the cache folder {problem}; set CXRLEARN_CACHE_DIR to a "
                             "writable folder", path=folder.parent.parent)
-    _train_into(folder, settings, on_epoch)
+    _train_into(folder, settings, on_epoch, damaged)
     return open_model(folder, data_root=data_root)
 
 
@@ -138,7 +139,7 @@ def _is_whole(folder: Path) -> bool:
 
 
 def _train_into(folder: Path, settings: RunSettings,
-                on_epoch: Callable[[dict[str, float]], None] | None) -> None:
+                on_epoch: Callable[[dict[str, float]], None] | None, damaged: bool) -> None:
     """Train into a private folder beside `folder`, then rename it into place.
 
     The rename is atomic: a lesson that is interrupted, or two that train at once, never
@@ -152,6 +153,6 @@ def _train_into(folder: Path, settings: RunSettings,
                   cache_dir=folder.parent.parent, events=_EpochEvents(on_epoch))
         # Keep what using the network needs; last.pt (for resuming) is two thirds optimiser.
         (built / "last.pt").unlink()
-        if _is_whole(folder):  # another process finished first: its run is as good as ours
+        if _is_whole(folder) and not damaged:  # another process finished first: as good
             return
         replace_folder(built, folder)
