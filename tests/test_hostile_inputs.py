@@ -1047,6 +1047,174 @@ def _(tmp: Path, world: dict) -> list[str]:
             str(tmp / "cache"), *FAST]
 
 
+
+# --- round 2: twenty more, of our own -------------------------------------------------------
+
+@case("predict on an empty .png", 1, "not a PNG, JPEG or DICOM image")
+def _(tmp: Path, world: dict) -> list[str]:
+    (tmp / "empty.png").write_bytes(b"")
+    return ["predict", str(tmp / "empty.png"), "--model", str(world["run"])]
+
+
+@case("predict on a folder named like an image", 1, "scan.png")
+def _(tmp: Path, world: dict) -> list[str]:
+    (tmp / "scan.png").mkdir()
+    return ["predict", str(tmp / "scan.png"), "--model", str(world["run"])]
+
+
+@case("--model an empty folder", 1, "empty")
+def _(tmp: Path, world: dict) -> list[str]:
+    (tmp / "run").mkdir()
+    return ["predict", str(world["xray"]), "--model", str(tmp / "run")]
+
+
+@case("--model a 0-byte best.pt", 1, "not a checkpoint")
+def _(tmp: Path, world: dict) -> list[str]:
+    (tmp / "best.pt").write_bytes(b"")
+    return ["predict", str(world["xray"]), "--model", str(tmp / "best.pt")]
+
+
+@case("train --data that is a file", 1, "not a folder")
+def _(tmp: Path, world: dict) -> list[str]:
+    (tmp / "data.zip").write_bytes(b"PK")
+    return ["train", "--data", str(tmp / "data.zip"), "--out", str(tmp / "run"), *FAST]
+
+
+@case("train --classes naming a class with no folder", 1, "no folder for class 'Cats'")
+def _(tmp: Path, world: dict) -> list[str]:
+    return ["train", "--data", str(world["data"]), "--out", str(tmp / "run"), "--classes",
+            "COVID", "Cats", *FAST]
+
+
+@case("data check on an empty folder", 1, "no class folders found")
+def _(tmp: Path, world: dict) -> list[str]:
+    (tmp / "data").mkdir()
+    return ["data", "check", str(tmp / "data")]
+
+
+@case("evaluate a run whose manifest.csv is binary", 1, "not a manifest")
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _copy_run(world, tmp)
+    (run / "manifest.csv").write_bytes(b"path,class,split\n\xff\xfe\x00garbage,COVID,test\n")
+    return ["evaluate", "--model", str(run), "--out", str(tmp / "out")]
+
+
+@case("--resume with a damaged config.json", 1, "cannot read the run's settings")
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _copy_run(world, tmp)
+    (run / "config.json").write_text("{not json")
+    return ["train", "--out", str(run), "--resume", "--epochs", "2"]
+
+
+@case("--resume with a config.json nested 100,000 deep", 1, "cannot read the run's settings")
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _copy_run(world, tmp)
+    (run / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    return ["train", "--out", str(run), "--resume", "--epochs", "2"]
+
+
+@case("--resume with a truncated last.pt", 1, "last.pt: not a checkpoint")
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _copy_run(world, tmp)
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:5000])
+    return ["train", "--out", str(run), "--resume", "--epochs", "2"]
+
+
+@case("an export whose temperature is infinite", 1, "temperature inf out of range")
+def _(tmp: Path, world: dict) -> list[str]:
+    def edit(doc: dict) -> str:
+        return json.dumps(doc).replace(f'"temperature": {json.dumps(doc["temperature"])}',
+                                       '"temperature": Infinity')
+    return ["predict", str(world["xray"]), "--model",
+            str(_export_with_json(world, tmp, "model.pt", edit))]
+
+
+@case("an export whose cxrlearn.json is not UTF-8", 1, "cannot read the file")
+def _(tmp: Path, world: dict) -> list[str]:
+    crafted = _rewrite_zip(world["run"] / "model.pt", tmp / "model.pt", lambda entry, data:
+                           b"\xff\xfe" + data if entry.endswith("cxrlearn.json") else data)
+    return ["predict", str(world["xray"]), "--model", str(crafted)]
+
+
+@case("an export naming 1,001 classes", 1, "class_names must be 2 to 1000 names")
+def _(tmp: Path, world: dict) -> list[str]:
+    def edit(doc: dict) -> dict:
+        doc["class_names"] = [f"c{n}" for n in range(1001)]
+        return doc
+    return ["predict", str(world["xray"]), "--model",
+            str(_export_with_json(world, tmp, "model.pt", edit))]
+
+
+@case("an export whose input shape has three numbers", 1, "is not [B, C, H, W]")
+def _(tmp: Path, world: dict) -> list[str]:
+    def edit(doc: dict) -> dict:
+        doc["input"]["shape"] = [1, 64, 64]
+        return doc
+    return ["predict", str(world["xray"]), "--model",
+            str(_export_with_json(world, tmp, "model.pt2", edit))]
+
+
+@case("a .pt2 whose weights config is a list", 1, "not a mapping")
+def _(tmp: Path, world: dict) -> list[str]:
+    crafted = _rewrite_zip(world["run"] / "model.pt2", tmp / "model.pt2", lambda entry, data:
+                           b'{"config": [1, 2]}' if entry.endswith("model_weights_config.json")
+                           else data)
+    return ["predict", str(world["xray"]), "--model", str(crafted)]
+
+
+@case("a checkpoint whose history row holds text", 1, "history must be a list of")
+def _(tmp: Path, world: dict) -> list[str]:
+    return ["predict", str(world["xray"]), "--model", str(_checkpoint_with(
+        world, tmp, lambda c: c["history"][0].update(val_loss="low")))]
+
+
+@case("a checkpoint whose epoch is negative", 1, "epoch must be a whole number")
+def _(tmp: Path, world: dict) -> list[str]:
+    return ["predict", str(world["xray"]), "--model",
+            str(_checkpoint_with(world, tmp, lambda c: c.update(epoch=-3)))]
+
+
+@case("a checkpoint whose format marker is a number", 1, "made by another program")
+def _(tmp: Path, world: dict) -> list[str]:
+    torch.save(dict(load_checkpoint(world["run"] / "best.pt"), format=7), tmp / "best.pt")
+    return ["predict", str(world["xray"]), "--model", str(tmp / "best.pt")]
+
+
+@case("a manifest listing one image twice in train", 1, "(train) is already listed")
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _manifest_with_repeat(world, tmp, "train", "train")
+    return ["evaluate", "--model", str(run), "--out", str(tmp / "out")]
+
+
+@case("a manifest naming an image by two spellings", 1, "is already listed")
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _copy_run(world, tmp)
+    rows = (run / "manifest.csv").read_text().splitlines()
+    path, cls, _ = next(r for r in rows[1:] if r.endswith(",train")).split(",")
+    with (run / "manifest.csv").open("a") as f:
+        f.write(f"./{path.replace('/', '//')},{cls},test\n")
+    return ["evaluate", "--model", str(run), "--out", str(tmp / "out")]
+
+
+@case("a kill-leftover lock from a huge PID", 0, "best validation macro-F1")
+def _(tmp: Path, world: dict) -> list[str]:
+    (tmp / "run").mkdir()
+    (tmp / "run" / ".cxrlearn.lock").write_text("99999999999999999999")  # no such process
+    return ["train", "--data", str(world["data"]), "--out", str(tmp / "run"), *FAST]
+
+
+@case("predict with an image name that holds a line break", 0, "Predictions of")
+def _(tmp: Path, world: dict) -> list[str]:
+    shutil.copy(world["xray"], tmp / "two\nlines.png")
+    return ["predict", str(tmp / "two\nlines.png"), "--model", str(world["run"])]
+
+
+@case("train --out whose parent is a file", 1, "Not a directory")
+def _(tmp: Path, world: dict) -> list[str]:
+    (tmp / "afile").write_text("mine")
+    return ["train", "--data", str(world["data"]), "--out", str(tmp / "afile" / "run"), *FAST]
+
+
 # --- the table, run (last: every case above is registered by now) -------------------------
 
 @pytest.mark.parametrize("entry", CASES, ids=[c.name for c in CASES])
