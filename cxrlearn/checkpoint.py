@@ -175,8 +175,8 @@ def check_checkpoint(ckpt: Any, path: str | Path = "checkpoint") -> None:
     if "history" in ckpt and epoch > len(history):
         raise _damaged(f"epoch {epoch} is past the history's {len(history)} epochs", path)
     for field in ("scores", "test_scores"):
-        if field in ckpt and not _is_row(ckpt[field], finite=True):
-            raise _damaged(f"{field} must be {{name: finite number}}, got "
+        if field in ckpt and not _is_row(ckpt[field], finite=False):
+            raise _damaged(f"{field} must be {{name: number}}, got "
                            f"{_short(ckpt[field])}", path)
 
 
@@ -193,8 +193,9 @@ def is_real(value: Any, finite: bool = True) -> bool:
 
 
 def _is_row(row: Any, finite: bool) -> bool:
-    """A history row or a set of scores: names to numbers. In the history a validation
-    loss may legitimately be infinite (a network that diverged); scores are finite."""
+    """A history row or a set of scores: names to numbers that are floats. NaN and
+    infinities are allowed (a score that is unknown, a validation loss that diverged); what
+    reads them shows them as such. 10**400, text, lists and booleans are not numbers here."""
     return isinstance(row, dict) and all(isinstance(k, str) and is_real(v, finite)
                                          for k, v in row.items())
 
