@@ -31,6 +31,8 @@ Lesson: lessons/03_training_loop_and_devices.ipynb
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +42,20 @@ import torch
 from torch import nn
 
 from cxrlearn.atomic import write_atomic
+from cxrlearn.data.folder import MAX_CLASSES
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.seeding import rng_state, set_rng_state
 from cxrlearn.transforms import Preprocess
 
-__all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "save_checkpoint", "load_checkpoint",
-           "check_checkpoint", "check_architecture", "training_state",
-           "model_state", "Resumed", "resume"]
+__all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "MAX_DEPTH", "save_checkpoint",
+           "load_checkpoint", "check_checkpoint", "check_architecture", "check_depth",
+           "is_real", "training_state", "model_state", "Resumed", "resume"]
 
 CHECKPOINT_FORMAT = "cxrlearn-checkpoint-v1"
-MAX_CLASSES = 1000
-"""Most classes a checkpoint may name (ImageNet's count): more is a damaged file."""
+_FORMAT = re.compile(r"cxrlearn-checkpoint-v(\d{1,6})")
+MAX_DEPTH = 32
+"""Deepest nesting of lists and dicts that metadata may have (a checkpoint's is 5 deep, an
+export's `cxrlearn.json` 3): deeper is a crafted file, refused before it is walked."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -141,9 +146,14 @@ def check_checkpoint(ckpt: Any, path: str | Path = "checkpoint") -> None:
         CxrlearnError: The first problem found, naming the file and the field.
     """
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = _FORMAT.fullmatch(str(ckpt.get("format"))) if isinstance(ckpt, dict) else None
+        if found and int(found[1]) > 1:
+            raise CxrlearnError(f"made by a newer cxrlearn (format v{int(found[1])}); upgrade "
+                                "cxrlearn to read it (pip install -U cxrlearn)", path=path)
         raise CxrlearnError(
             "not a cxrlearn checkpoint (made by another program, or a bare state dict)",
             path=path)
+    check_depth(ckpt, path, "checkpoint")
     names = ckpt.get("class_names", ["a", "b"])
     if (not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names)
             or not 2 <= len(names) <= MAX_CLASSES or len(set(names)) != len(names)):
@@ -155,11 +165,63 @@ def check_checkpoint(ckpt: Any, path: str | Path = "checkpoint") -> None:
         raise _damaged("model must be a dict of tensors", path)
     if not isinstance(ckpt.get("meta", {}), dict):
         raise _damaged("meta must be a dict", path)
+    history = ckpt.get("history", [])
+    if not isinstance(history, list) or not all(_is_row(row, finite=False) for row in history):
+        raise _damaged(f"history must be a list of {{name: number}} rows, got "
+                       f"{_short(history)}", path)
     epoch = ckpt.get("epoch", 0)
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise _damaged(f"epoch must be a whole number, got {_short(epoch)}", path)
-    if not isinstance(ckpt.get("history", []), list):
-        raise _damaged("history must be a list", path)
+    if "history" in ckpt and epoch > len(history):
+        raise _damaged(f"epoch {epoch} is past the history's {len(history)} epochs", path)
+    for field in ("scores", "test_scores"):
+        if field in ckpt and not _is_row(ckpt[field], finite=False):
+            raise _damaged(f"{field} must be {{name: number}}, got "
+                           f"{_short(ckpt[field])}", path)
+
+
+def is_real(value: Any, finite: bool = True) -> bool:
+    """True for an int or float (not a bool) that is a float too: 10**400 is not; with
+    `finite`, NaN and infinities are not either."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(number) or not finite
+
+
+def _is_row(row: Any, finite: bool) -> bool:
+    """A history row or a set of scores: names to numbers that are floats. NaN and
+    infinities are allowed (a score that is unknown, a validation loss that diverged); what
+    reads them shows them as such. 10**400, text, lists and booleans are not numbers here."""
+    return isinstance(row, dict) and all(isinstance(k, str) and is_real(v, finite)
+                                         for k, v in row.items())
+
+
+def check_depth(value: Any, path: str | Path, what: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse metadata nested deeper than `limit` lists and dicts.
+
+    Walked with a stack, not recursion: a crafted file nested 100,000 deep would otherwise
+    end in RecursionError, here or in whoever reads it next.
+
+    Raises:
+        CxrlearnError: Too deep, naming `path` and `what` ("checkpoint", "cxrlearn.json").
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise CxrlearnError(f"damaged {what}: nested more than {limit} levels deep",
+                                path=path)
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _damaged(problem: str, path: str | Path) -> CxrlearnError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from os import PathLike
 
-__all__ = ["CxrlearnError", "TrainingDiverged", "TrainingInterrupted"]
+__all__ = ["CxrlearnError", "Terminated", "TrainingDiverged", "TrainingInterrupted"]
 
 
 class CxrlearnError(Exception):
@@ -36,4 +36,17 @@ class TrainingDiverged(CxrlearnError):
 
 
 class TrainingInterrupted(CxrlearnError):
-    """Ctrl-C stopped the run; checkpoints of finished epochs were kept."""
+    """Ctrl-C or SIGTERM stopped the run; checkpoints of finished epochs were kept.
+
+    Attributes:
+        signal_number: The signal that stopped it: 2 (SIGINT, Ctrl-C) or 15 (SIGTERM). The
+            command line exits with 128 + it, the shell's convention (130, 143).
+    """
+
+    signal_number: int = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `docker stop`, a cluster's scheduler), raised where Ctrl-C's
+    KeyboardInterrupt would be, so that both stop a run the same way (`cxrlearn.cli`
+    installs the handler that raises it)."""

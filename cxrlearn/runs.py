@@ -248,7 +248,7 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
     main = distributed.is_main()
     last = _check_out(out, settings, resume)  # last.pt, read once, when resuming
     lock = run_lock(out) if main else contextlib.nullcontext()
-    with lock:
+    with _undone_before_an_epoch(out, new=main and not resume), lock:
         scan = scan_folder(settings.data_folder(), settings.classes)
         _check_scan(scan, events)
         preprocess = settings.preprocess
@@ -272,6 +272,8 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
                                       progress=advance)
         if prepared.from_cache:
             events.message(f"prepared images read from the cache {prepared.cache_file}")
+        if prepared.cache_problem:
+            events.message(f"warning: no prepared-image cache kept: {prepared.cache_problem}")
         train_data = split_dataset(rows, "train", preprocess, preprocess.train_transform(
             flip=settings.augment != "none", affine=settings.augment == "flip+affine",
             shift=SHIFT if settings.augment == "flip+shift" else 0.0),
@@ -299,6 +301,25 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
         events.message(f"temperature fitted on the validation split: "
                        f"T = {trained.temperature:.2f}")
         return trained
+
+
+@contextlib.contextmanager
+def _undone_before_an_epoch(out: Path, new: bool) -> Iterator[None]:
+    """A new run that stops before its first epoch is saved (Ctrl-C, bad data) removes what
+    it wrote (`manifest.csv`, `config.json`, a first `best.pt`, the folder if it made it), so
+    that the same command can simply be run again: there is nothing to resume yet. (A new
+    run's folder held nothing of the user's: `_check_out` saw to that.)"""
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        if new and not (out / "last.pt").exists():
+            for name in ("manifest.csv", "config.json", "best.pt"):
+                (out / name).unlink(missing_ok=True)
+            if not existed:
+                with contextlib.suppress(OSError):  # not empty: something else is in it
+                    out.rmdir()
+        raise
 
 
 def _check_out(out: Path, settings: RunSettings, resume: bool) -> dict[str, Any] | None:
@@ -357,7 +378,9 @@ def stored_settings(out: Path) -> RunSettings:
             missing, unreadable or from cxrlearn 0.1.
     """
     if not (out / "last.pt").is_file():
-        raise CxrlearnError("nothing to resume: no last.pt in the run folder", path=out)
+        raise CxrlearnError("nothing to resume: no last.pt in the run folder (no epoch of "
+                            "it was finished); start the run again without --resume",
+                            path=out)
     try:
         doc = json.loads((out / "config.json").read_text())
         if isinstance(doc, dict) and "settings" not in doc:
@@ -365,7 +388,7 @@ def stored_settings(out: Path) -> RunSettings:
                                 "resume; train a new run (its best.pt still opens)",
                                 path=out / "config.json")
         return RunSettings.from_dict(doc["settings"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise CxrlearnError(f"cannot read the run's settings ({type(e).__name__}: {e})",
                             path=out / "config.json") from None
 

@@ -21,7 +21,9 @@ different, and after ten epochs a few predictions differ: the lessons assert wha
 any such network and never promise exact scores.
 
 The cache folder is `cxrlearn.data.default_cache_dir()` (set `CXRLEARN_CACHE_DIR` to move
-it); deleting it is always safe.
+it); deleting it is always safe. The cache heals itself: a run whose `best.pt` or
+`manifest.csv` is missing or damaged is trained again and replaces it, and the half-trained
+folders of lessons that were killed (their process is gone) are removed on the next call.
 
 Lesson: lessons/04_evaluation_metrics.ipynb
 """
@@ -30,8 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,10 @@ from typing import Any
 import torch
 
 import cxrlearn
+from cxrlearn.atomic import remove_stale_in, replace_folder, temporary_folder
 from cxrlearn.data import default_cache_dir
+from cxrlearn.data.cache import cache_dir_problem
+from cxrlearn.errors import CxrlearnError
 from cxrlearn.runs import RunEvents, RunSettings, train_run
 from cxrlearn.settings import replace_settings, to_plain
 from cxrlearn.trained import TrainedModel, open_model
@@ -108,33 +111,48 @@ def sample_run(
     Returns:
         The trained model (`cxrlearn.trained.TrainedModel`): its network, split
         (`dataset(part)`), history and chosen epoch.
+
+    Raises:
+        CxrlearnError: The cache folder cannot be used (a file, not writable); the message
+            says to set `CXRLEARN_CACHE_DIR`.
     """
     folder = sample_run_folder(settings, cache_dir)
-    if not (folder / "best.pt").is_file():
-        _train_into(folder, settings, on_epoch)
-    # The sample is inside the installed package: point at it wherever that is now.
-    return open_model(folder, data_root=settings.data_folder())
+    data_root = settings.data_folder()
+    remove_stale_in(folder.parent)  # what killed lessons left, for any settings
+    damaged = False
+    if _is_whole(folder):
+        try:  # The sample is inside the installed package: point at it wherever that is now.
+            return open_model(folder, data_root=data_root)
+        except CxrlearnError:
+            damaged = True  # a truncated best.pt, say: trained again below, and replaced
+    problem = cache_dir_problem(folder.parent.parent) or cache_dir_problem(folder.parent)
+    if problem is not None:  # no fallback: a network trained elsewhere would be lost
+        raise CxrlearnError(f"the cache folder {problem}; set CXRLEARN_CACHE_DIR to a "
+                            "writable folder", path=folder.parent.parent)
+    _train_into(folder, settings, on_epoch, damaged)
+    return open_model(folder, data_root=data_root)
+
+
+def _is_whole(folder: Path) -> bool:
+    """Has the folder what using the run needs? (`open_model` then checks `best.pt`.)"""
+    return (folder / "best.pt").is_file() and (folder / "manifest.csv").is_file()
 
 
 def _train_into(folder: Path, settings: RunSettings,
-                on_epoch: Callable[[dict[str, float]], None] | None) -> None:
+                on_epoch: Callable[[dict[str, float]], None] | None, damaged: bool) -> None:
     """Train into a private folder beside `folder`, then rename it into place.
 
     The rename is atomic: a lesson that is interrupted, or two that train at once, never
-    leave a half-written run where `sample_run` would load it.
+    leave a half-written run where `sample_run` would load it. The private folder is named
+    after this process (`cxrlearn.atomic.temporary_folder`), so the next call removes it if
+    this process is killed; a damaged run already at `folder` is replaced.
     """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        train_run(settings, tmp, torch.device("cpu"),
+    with temporary_folder(folder, "the sample run") as tmp:
+        built = tmp / folder.name
+        train_run(settings, built, torch.device("cpu"),
                   cache_dir=folder.parent.parent, events=_EpochEvents(on_epoch))
         # Keep what using the network needs; last.pt (for resuming) is two thirds optimiser.
-        (tmp / "last.pt").unlink()
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first: its run is as good as ours
-            if not (folder / "best.pt").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (built / "last.pt").unlink()
+        if _is_whole(folder) and not damaged:  # another process finished first: as good
+            return
+        replace_folder(built, folder)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,7 +51,7 @@ from cxrlearn.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from cxrlearn.errors import CxrlearnError, TrainingDiverged, TrainingInterrupted
+from cxrlearn.errors import CxrlearnError, Terminated, TrainingDiverged, TrainingInterrupted
 from cxrlearn.evaluation.metrics import confusion_matrix, per_class_scores
 from cxrlearn.schedule import SCHEDULES, SizeSchedule, lr_factor
 from cxrlearn.seeding import seed_everything
@@ -578,6 +579,9 @@ def fit(
         raise CxrlearnError(f"training needs at least 2 training and 1 validation images, "
                             f"got {len(train_data)} and {len(val_data)}")
     seed_everything(config.seed)
+    # Set explicitly, the thread count also turns off MKL's dynamic threading, which may use
+    # fewer threads on a busy machine and so sum in another order (docs: determinism).
+    torch.set_num_threads(torch.get_num_threads())
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -727,17 +731,27 @@ class _Checkpoints:
 
 @contextmanager
 def _stop_cleanly(epoch: int, out: Path | None) -> Iterator[None]:
-    """Turn a NaN loss or Ctrl-C inside an epoch into an error that says what was kept."""
+    """Turn a NaN loss, Ctrl-C or SIGTERM inside an epoch into an error that says what was
+    kept.
+
+    The epoch in progress is abandoned: `last.pt` holds the last finished one, and resuming
+    from it ends exactly where an uninterrupted run would. SIGTERM arrives here as
+    `Terminated` (a KeyboardInterrupt) when the command line installed its handler.
+    """
     kept = f"{out / 'last.pt'} holds epoch {epoch}" if out and epoch > 0 else None
     try:
         yield
     except TrainingDiverged as e:
         raise TrainingDiverged(f"epoch {epoch + 1}: {e.message}"
                                + (f"; {kept}" if kept else "")) from None
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(f"interrupted in epoch {epoch + 1}: "
-                                  + (f"{kept}; continue with resume" if kept
-                                     else "no epoch was finished")) from None
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        stopped = TrainingInterrupted(
+            f"{how} in epoch {epoch + 1}: "
+            + (f"{kept}; continue with --resume" if kept
+               else "no epoch was finished, nothing was kept; run the same command again"))
+        stopped.signal_number = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        raise stopped from None
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor, loss_fn: nn.Module,

@@ -24,6 +24,7 @@ Lesson: lessons/02_resnet18_blocks.ipynb
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -235,12 +236,29 @@ def _read_state_dict(path: Path) -> Mapping[str, Tensor]:
         raise CxrlearnError("no such file; pass the path of a .pth state dict", path=path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # not a refusal: damaged bytes
+            raise CxrlearnError(f"not a readable PyTorch checkpoint ({_first_line(err)})",
+                                path=path) from None
+        # PyTorch's message is eight lines that end by suggesting weights_only=False, which
+        # would run whatever code the file holds: never passed on.
+        raise CxrlearnError(
+            "holds pickled Python objects, not only tensors, and cxrlearn never unpickles "
+            "those (they could run code); save a plain state dict: "
+            "torch.save(model.state_dict(), PATH)",
+            path=path,
+        ) from None
     except Exception as err:  # a damaged pickle can fail in many ways (IndexError too)
         raise CxrlearnError(
-            f"not a readable PyTorch checkpoint, truncated or another kind of file ({err})",
+            f"not a readable PyTorch checkpoint, truncated or another kind of file "
+            f"({_first_line(err)})",
             path=path,
-        ) from err
+        ) from None
     return _check_state_dict(state, path)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def _check_state_dict(state: object, where: str | Path) -> Mapping[str, Tensor]:

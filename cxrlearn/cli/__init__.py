@@ -11,8 +11,12 @@ checkpoint or an exported file (`cxrlearn.trained.open_model`).
 
 Expected faults (`CxrlearnError`, a full disk, a file that cannot be written) are printed
 as one red line and exit with status 1, without a traceback; anything else is a bug and
-keeps its traceback. Ctrl-C exits with status 130, the shell's convention, also in the
-middle of training.
+keeps its traceback. Ctrl-C exits with status 130 and SIGTERM (`kill`, `docker stop`, a
+cluster's scheduler) with 143, the shell's conventions; in training both abandon the epoch in
+progress and keep the last finished one in `last.pt`, to resume from.
+
+Printing never fails on the terminal's encoding: on a latin-1 or ASCII terminal a character
+it cannot show comes out as `?` (and rich draws tables with ASCII lines).
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +44,7 @@ from rich.progress import (
 )
 
 from cxrlearn import __version__
-from cxrlearn.errors import CxrlearnError, TrainingInterrupted
+from cxrlearn.errors import CxrlearnError, Terminated, TrainingInterrupted
 
 __all__ = ["COMMANDS", "main", "build_parser", "progress_bar", "check_outputs", "positive_int",
            "nonnegative_int", "positive_float", "fraction", "port"]
@@ -47,7 +54,8 @@ COMMANDS = ("demo", "train", "evaluate", "gradcam", "export", "predict", "app", 
 
 # Operating-system faults a user can fix: a full disk, a read-only or forbidden folder.
 USER_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-               errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST}
+               errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG,
+               errno.ELOOP, errno.ENOTEMPTY, errno.EFBIG}
 
 
 def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
@@ -80,37 +88,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(file=_Printable(sys.stdout))
     err = Console(file=_Printable(sys.stderr), stderr=True)
     try:
-        return int(args.func(args, console) or 0)
+        with _sigterm_raises():
+            return int(args.func(args, console) or 0)
     except CxrlearnError as e:
-        if isinstance(e, TrainingInterrupted):  # Ctrl-C in training, with what was kept
+        if isinstance(e, TrainingInterrupted):  # Ctrl-C or SIGTERM in training, what was kept
             err.print(f"[yellow]interrupted:[/] {escape(e.message)}", highlight=False,
                       soft_wrap=True)
-            return 130
+            return 128 + int(e.signal_number)
         # escape: a path such as "scans[v2]" would otherwise be read as rich markup.
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(_one_line(str(e)))}", highlight=False,
+                  soft_wrap=True)
         return 1
     except OSError as e:
         if e.errno not in USER_FAULTS:
             raise
         where = f"{e.filename}: " if e.filename else ""
-        err.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}",
+        err.print(f"[bold red]error:[/] {escape(_one_line(where + (e.strerror or str(e))))}",
                   highlight=False, soft_wrap=True)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if isinstance(e, Terminated):
+            err.print("[yellow]terminated[/] (SIGTERM)")
+            return 128 + signal.SIGTERM
         err.print("[yellow]interrupted[/]")
-        return 130
+        return 128 + signal.SIGINT
+
+
+def _one_line(text: str) -> str:
+    """The message on one line, even when a file name or a quoted text in it holds breaks."""
+    return " ".join(text.splitlines())
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM raises `Terminated` (a KeyboardInterrupt), so that a
+    `kill` stops training as Ctrl-C does: the epoch in progress is abandoned, `last.pt` keeps
+    the last finished one, and the exit status is 143. Without this handler SIGTERM would
+    end the process at once, wherever it was."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 class _Printable:
-    """A text stream that writes any file name: bytes that are not UTF-8 (they reach Python
-    as lone surrogates) come out as `\\xe9` escapes instead of an encoding error."""
+    """A text stream that writes any file name on any terminal.
+
+    Bytes of a file name that are not UTF-8 (they reach Python as lone surrogates) come out
+    as `\\xe9` escapes, and characters the terminal's encoding lacks (a latin-1 or ASCII
+    terminal, `LANG=C`) as `?`, instead of a UnicodeEncodeError in the middle of a table.
+    """
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
         raw = text.encode("utf-8", "surrogateescape")  # the file name's own bytes back
-        return self._stream.write(raw.decode("utf-8", "backslashreplace"))
+        text = raw.decode("utf-8", "backslashreplace")
+        encoding = getattr(self._stream, "encoding", None) or "utf-8"
+        try:
+            text = text.encode(encoding, "replace").decode(encoding)
+        except LookupError:  # an encoding Python does not know: keep ASCII only
+            text = text.encode("ascii", "replace").decode("ascii")
+        return self._stream.write(text)
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, flush, encoding, ...
         return getattr(self._stream, name)

@@ -6,7 +6,13 @@ every epoch, so we compute them once into one uint8 array `(N, S, S)` and keep i
 `.npz` file. The file name carries a hash of everything that decides its content: the
 files (path, size, modification time), the image size, the stretch percentiles and the
 cache format version. Change any of them and a new file is made; nothing stale is reused,
-and a damaged file (cut short by a full disk, say) is made again.
+and a damaged file (cut short by a full disk, say) is made again. A cache file is read only
+after its declared sizes were checked against what it should hold: a small crafted file
+that would inflate to gigabytes is made again too, never loaded.
+
+A cache folder that cannot be used (a file, read-only, on a read-only home) is not an error
+for training: the images are prepared in memory and `PreparedImages.cache_problem` says why
+no cache was kept, so that the caller can warn.
 
 Bad files: with `skip_bad=True`, an unreadable image is left out, reported in the result,
 and the run goes on; otherwise the first one stops everything with its name.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +38,8 @@ from cxrlearn.data.images import load_image
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.transforms import Preprocess
 
-__all__ = ["PreparedImages", "cache_key", "default_cache_dir", "prepare_images"]
+__all__ = ["PreparedImages", "cache_key", "cache_dir_problem", "default_cache_dir",
+           "prepare_images"]
 
 _FORMAT_VERSION = 1
 
@@ -41,11 +49,36 @@ def default_cache_dir() -> Path:
 
     `$CXRLEARN_CACHE_DIR` if set, else `$XDG_CACHE_HOME/cxrlearn`, else
     `~/.cache/cxrlearn`. Everything in it can be deleted; it is made again when needed.
+
+    Raises:
+        CxrlearnError: None of them is set and the home folder cannot be found.
     """
     if os.environ.get("CXRLEARN_CACHE_DIR"):
         return Path(os.environ["CXRLEARN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no $HOME and no password entry (a bare container)
+        raise CxrlearnError("no home folder to keep a cache in; set CXRLEARN_CACHE_DIR to a "
+                            "writable folder") from None
     return Path(base) / "cxrlearn"
+
+
+def cache_dir_problem(folder: str | Path) -> str | None:
+    """Why `folder` cannot hold a cache ("is a file, not a folder"), or None when it can.
+
+    The folder is created if needed, and a probe file is written and removed: permissions
+    alone do not tell (a read-only file system, or a user such as root who ignores them).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"is not writable ({e.strerror or e})"
+    return None
 
 
 @dataclass
@@ -58,6 +91,8 @@ class PreparedImages:
         bad: `(path, problem)` for each skipped file.
         cache_file: The `.npz` file used, or None without a cache folder.
         from_cache: True when the images were read from an existing cache file.
+        cache_problem: Why no cache file was kept although a cache folder was given (it
+            cannot be written), or None.
     """
 
     images: np.ndarray
@@ -65,6 +100,7 @@ class PreparedImages:
     bad: list[tuple[Path, str]] = field(default_factory=list)
     cache_file: Path | None = None
     from_cache: bool = False
+    cache_problem: str | None = None
 
 
 def cache_key(paths: Sequence[str | Path], preprocess: Preprocess) -> str:
@@ -89,8 +125,10 @@ def _read_cache(cache_file: Path, paths: Sequence[str | Path],
 
     A cache file can be cut short by a full disk or a killed process on another machine
     that shares the folder; it is only ever a copy, so a damaged one is rebuilt, not an error.
+    The sizes its arrays declare are checked before any is read (`_check_declared`).
     """
     try:
+        _check_declared(cache_file, len(paths), image_size)
         with np.load(cache_file, allow_pickle=False) as z:
             images, kept = z["images"], z["kept"].tolist()
             bad = [(Path(paths[i]), str(m)) for i, m in zip(z["bad_index"], z["bad_msg"],
@@ -103,6 +141,40 @@ def _read_cache(cache_file: Path, paths: Sequence[str | Path],
     except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile):
         cache_file.unlink(missing_ok=True)
         return None
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+_MAX_MESSAGE = 4096  # characters of one bad file's message, more than any of ours
+
+
+def _check_declared(cache_file: Path, count: int, image_size: int) -> None:
+    """Refuse a cache file whose arrays declare more than `count` images could need.
+
+    An `.npz` is a zip of `.npy` files, each with a header giving its dtype and shape.
+    Deflate compresses zeros a thousandfold: a 1 MB file can unpack to 1 GiB. Both the zip's
+    uncompressed sizes and the headers' shapes are read (a few hundred bytes) and compared
+    with the most that `count` images of `image_size` pixels need.
+
+    Raises:
+        ValueError: A member is missing, unexpected, or declares too much.
+    """
+    per_member = {"images.npy": count * image_size * image_size, "kept.npy": count * 8,
+                  "bad_index.npy": count * 8, "bad_msg.npy": count * 4 * _MAX_MESSAGE}
+    with zipfile.ZipFile(cache_file) as z:
+        infos = {i.filename: i for i in z.infolist()}
+        if set(infos) != set(per_member):
+            raise ValueError(f"members {sorted(infos)[:5]}")
+        for name, most in per_member.items():
+            if infos[name].file_size > most + 4096:  # + the .npy header
+                raise ValueError(f"{name} declares {infos[name].file_size} bytes")
+            with z.open(name) as f:
+                read_header = _HEADER_READERS.get(np.lib.format.read_magic(f))
+                if read_header is None:
+                    raise ValueError(f"{name} has an unknown .npy version")
+                shape, _, dtype = read_header(f)
+            if dtype.hasobject or int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > most:
+                raise ValueError(f"{name} declares shape {shape}")
 
 
 def prepare_images(
@@ -131,7 +203,9 @@ def prepare_images(
     Shape:
         -> images (N_kept, S, S)
     """
-    cache_file, image_size = None, preprocess.image_size
+    cache_file, image_size, problem = None, preprocess.image_size, None
+    if cache_dir is not None and (problem := cache_dir_problem(cache_dir)) is not None:
+        problem, cache_dir = f"{cache_dir} {problem}", None  # go on in memory
     if cache_dir is not None:
         key = cache_key(paths, preprocess)
         cache_file = Path(cache_dir) / f"prepared-{image_size}px-{key}.npz"
@@ -168,6 +242,7 @@ def prepare_images(
                 bad_index=np.array(bad_index, dtype=np.int64),
                 bad_msg=np.array([m for _, m in bad], dtype=str),
             ), "the cache")
-        except CxrlearnError:  # a full disk: the cache is only a copy, go on without it
-            cache_file = None
-    return PreparedImages(images, kept, bad, cache_file, from_cache=False)
+        except CxrlearnError as e:  # a full disk: the cache is only a copy, go on without it
+            cache_file, problem = None, str(e)
+    return PreparedImages(images, kept, bad, cache_file, from_cache=False,
+                          cache_problem=problem)

@@ -25,7 +25,12 @@ from pathlib import Path
 from cxrlearn.data.images import is_image_file
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["CLASS_NAMES", "DISPLAY_NAMES", "FolderScan", "scan_folder"]
+__all__ = ["CLASS_NAMES", "DISPLAY_NAMES", "MAX_CLASSES", "FolderScan", "scan_folder"]
+
+MAX_CLASSES = 1000
+"""Most classes a data folder, a checkpoint or an export may have (ImageNet's count): more is
+a mistake (a folder of patients, one sub-folder each) or a damaged file. Checked when the
+folder is scanned, before any training, and again when a checkpoint is read."""
 
 CLASS_NAMES: tuple[str, ...] = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 """The COVID-19 Radiography Database's four classes, in their order (label 0..3)."""
@@ -104,7 +109,7 @@ def scan_folder(root: str | Path, classes: list[str] | tuple[str, ...] | None = 
 
     Raises:
         CxrlearnError: `root` is missing or not a folder, a requested class has no folder
-            or no images, or no sub-folder holds an image.
+            or no images, no sub-folder holds an image, or more than `MAX_CLASSES` do.
     """
     root = Path(root)
     if not root.exists():
@@ -145,6 +150,10 @@ def scan_folder(root: str | Path, classes: list[str] | tuple[str, ...] | None = 
         raise CxrlearnError("no class folders found: expected one sub-folder of images per "
                             "class, such as COVID/, Normal/ (the folder name is the class)",
                             path=root)
+    if len(found) > MAX_CLASSES:
+        raise CxrlearnError(f"{len(found)} class folders, more than the {MAX_CLASSES} a "
+                            "classifier here may have; is this a folder of patients or of "
+                            "studies? Arrange it as one sub-folder per class", path=root)
     names = tuple(sorted(found))
     items = [(p, label) for label, name in enumerate(names) for p in found[name]]
     return FolderScan(root=root, class_names=names, items=items, unknown=sorted(unknown),

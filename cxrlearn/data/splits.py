@@ -157,14 +157,16 @@ def read_manifest(
 
     Raises:
         CxrlearnError: The file is missing, lacks the columns, names an unknown class or
-            split, lists an image outside `root` (an absolute path, or one with `..`), or
-            an image that does not exist.
+            split, lists an image outside `root` (an absolute path, or one with `..`), an
+            image that does not exist, or one image twice (in two splits, a test image
+            would have been trained on or chosen the epoch: every score would be flattered).
     """
     path, root = Path(path), Path(root)
     if not path.is_file():
         raise CxrlearnError("manifest not found", path=path)
     index = {name: i for i, name in enumerate(class_names)}
     rows: list[SplitRow] = []
+    seen: dict[Path, tuple[int, str]] = {}  # image (links resolved) -> its line and split
     # utf-8-sig: a spreadsheet that re-saved the CSV may have put a byte-order mark in front.
     with path.open(newline="", encoding="utf-8-sig") as f:
         try:
@@ -190,6 +192,13 @@ def read_manifest(
                 image = root / relative
                 if not image.is_file():
                     raise CxrlearnError(f"line {line}: image {image} does not exist", path=path)
+                first = seen.setdefault(image.resolve(), (line, rec["split"]))
+                if first[0] != line:
+                    raise CxrlearnError(
+                        f"line {line}: image {rec['path']!r} ({rec['split']}) is already "
+                        f"listed on line {first[0]} ({first[1]}); each image belongs to one "
+                        "split only, or the scores measure images the network has seen",
+                        path=path)
                 rows.append(SplitRow(image, index[rec["class"]], rec["split"]))
         except (UnicodeDecodeError, csv.Error) as e:
             raise CxrlearnError(f"not a manifest: not a UTF-8 CSV file ({e})", path=path) from None

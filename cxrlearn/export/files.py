@@ -1,8 +1,9 @@
 """Writing the three kinds of file, each checked against the Python pipeline before it counts.
 
 Every writer follows the same steps: wrap the network in `EndToEndModel`, convert it
-(script it, or trace it with `torch.export`), save it to a temporary file next to the
-target with `cxrlearn.json` inside, load that file back with the loader an app would use,
+(script it, or trace it with `torch.export`), serialise it in memory with `cxrlearn.json`
+inside, write it to a temporary file next to the target (a full disk is then Python's
+OSError, not an abort inside PyTorch's C++ writer), load it back with the loader an app would use,
 and compare its probabilities with `eager_probs` on real X-rays (the parity check):
 
     max |p_file - p_python| <= atol    (1e-5 by default)
@@ -23,6 +24,7 @@ Lesson: lessons/06_torchscript_export.ipynb
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -223,16 +225,22 @@ def export_model(
              CLASS_NAMES_NAME: "".join(f"{c}\n" for c in names)}
     save, notes = _saver(wrapper, file_format, images, extra, path)
 
-    # Saved, loaded back and checked in a private folder, then renamed into place. The file
-    # in it has the final name because the savers name the archive's root folder after it.
+    # Serialised in memory first: a disk that fills in the middle of the C++ writer aborts
+    # the whole process (exit -6), while a full disk under Python's own write is an OSError.
+    # Then written, loaded back and checked in a private folder, and renamed into place.
+    data = save()
     with temporary_folder(path) as tmp_dir:
-        _check_free_space(path, wrapper)
+        _check_free_space(path, len(data))
         tmp = tmp_dir / path.name
         try:
-            save(tmp)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
         except OSError as e:
             raise CxrlearnError(f"could not write the file ({e.strerror or e}); nothing was "
                                 "written", path=path) from None
+        del data
         graph = _load_graph(tmp, file_format)  # safe: this process wrote it just now
         found = _network_sha256(graph, file_format)
         if found is not None and found != meta.weights_sha256:
@@ -247,11 +255,9 @@ def export_model(
     return ExportResult(path, meta, worst, n, tuple(notes))
 
 
-def _check_free_space(path: Path, wrapper: EndToEndModel) -> None:
-    """Refuse to start an export that cannot fit: a full disk in the middle of
-    `torch.jit.save` can abort the whole process, not only raise."""
-    needed = sum(t.numel() * t.element_size() for t in wrapper.state_dict().values())
-    needed = needed * 2 + (16 << 20)  # the file, a margin for its archive and code
+def _check_free_space(path: Path, size: int) -> None:
+    """Refuse to write `size` bytes where they cannot fit, before writing any."""
+    needed = size + (16 << 20)  # a margin for the file system's own bookkeeping
     free = shutil.disk_usage(path.parent).free
     if free < needed:
         raise CxrlearnError(f"not enough free disk space: the file needs about "
@@ -260,8 +266,9 @@ def _check_free_space(path: Path, wrapper: EndToEndModel) -> None:
 
 
 def _saver(wrapper: EndToEndModel, file_format: str, images: list[np.ndarray],
-           extra: dict[str, str], path: Path) -> tuple[Callable[[Path], None], list[str]]:
-    """Convert the wrapper for `file_format`; return the function that saves it, and notes."""
+           extra: dict[str, str], path: Path) -> tuple[Callable[[], bytes], list[str]]:
+    """Convert the wrapper for `file_format`; return the function that serialises it (to
+    bytes, in memory), and notes."""
     notes: list[str] = []
     if file_format == "export":
         # An example batch of 2: torch.export treats a size of 1 as a constant, not a symbol.
@@ -273,13 +280,19 @@ def _saver(wrapper: EndToEndModel, file_format: str, images: list[np.ndarray],
         except Exception as e:  # torch.export reports unsupported code with many error types
             raise CxrlearnError(f"torch.export could not capture the model ({_reason(e)})",
                                 path=path) from None
-        return lambda tmp: torch.export.save(program, str(tmp), extra_files=extra), notes
+        def save_program() -> bytes:
+            buffer = io.BytesIO()
+            torch.export.save(program, buffer, extra_files=extra)
+            return buffer.getvalue()
+        return save_program, notes
     with upstream_deprecation("`torch.jit.script`"):
         module = torch.jit.script(wrapper)
     if file_format == "torchscript":
-        def save_script(tmp: Path) -> None:
+        def save_script() -> bytes:
+            buffer = io.BytesIO()
             with upstream_deprecation("`torch.jit.save`"):
-                torch.jit.save(module, str(tmp), _extra_files=extra)
+                torch.jit.save(module, buffer, _extra_files=extra)
+            return buffer.getvalue()
         return save_script, notes
     if not hasattr(module, "_save_for_lite_interpreter"):
         raise CxrlearnError("this PyTorch cannot write lite-interpreter files; use the "
@@ -292,9 +305,9 @@ def _saver(wrapper: EndToEndModel, file_format: str, images: list[np.ndarray],
         notes.append(f"optimize_for_mobile skipped ({_reason(e)}); the lite file holds the "
                      "unoptimised scripted graph, which gives the same results")
 
-    def save_lite(tmp: Path) -> None:
+    def save_lite() -> bytes:
         with upstream_deprecation("Lite Interpreter"):
-            module._save_for_lite_interpreter(str(tmp), _extra_files=extra)
+            return bytes(module._save_to_buffer_for_lite_interpreter(_extra_files=extra))
     return save_lite, notes
 
 

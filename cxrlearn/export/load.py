@@ -25,6 +25,7 @@ Lesson: lessons/06_torchscript_export.ipynb
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import pickle
@@ -40,6 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cxrlearn.checkpoint import MAX_DEPTH, check_depth
+from cxrlearn.data.folder import MAX_CLASSES
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.evaluation.calibration import plausible_temperature
 from cxrlearn.transforms import Preprocess
@@ -142,6 +145,14 @@ class ExportMetadata:
         """
         try:
             doc = json.loads(text)
+        except RecursionError:  # json.loads recurses once per level of nesting
+            raise CxrlearnError(f"damaged cxrlearn.json inside: nested more than {MAX_DEPTH} "
+                                "levels deep; export the model again", path=path) from None
+        except ValueError as e:
+            raise CxrlearnError(f"damaged cxrlearn.json inside ({type(e).__name__}: {e}); "
+                                "export the model again", path=path) from None
+        check_depth(doc, path, "cxrlearn.json")
+        try:
             if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
                 found = doc.get("format") if isinstance(doc, dict) else None
                 raise CxrlearnError(f"not a {EXPORT_FORMAT} file (format marker {found!r})",
@@ -151,19 +162,29 @@ class ExportMetadata:
                                     "longer supports; export the checkpoint again", path=path)
             names = doc["class_names"]
             if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-                    or not 2 <= len(names) <= 1000):
-                raise ValueError(f"class_names must be 2 to 1000 names, got {names!r:.60}")
+                    or not 2 <= len(names) <= MAX_CLASSES):
+                raise ValueError(f"class_names must be 2 to {MAX_CLASSES} names, got "
+                                 f"{names!r:.60}")
             if doc["file_format"] not in FILE_FORMATS:
                 raise ValueError(f"unknown file_format {doc['file_format']!r:.40}")
             temperature = float(doc["temperature"])
             if not plausible_temperature(temperature):
                 raise ValueError(f"temperature {temperature} out of range")
+            preprocess = Preprocess.from_dict(doc)
             shape = doc["input"]["shape"]
-            fixed = all(isinstance(v, int) for v in shape[2:])
+            if not isinstance(shape, list) or len(shape) != 4:
+                raise ValueError(f"input shape {shape!r:.60} is not [B, C, H, W]")
+            fixed = all(isinstance(v, int) and not isinstance(v, bool) for v in shape[2:])
+            if fixed:  # a size the network could not take, or one that allocates gigabytes
+                for side in shape[2:]:
+                    try:  # the one definition of a valid image side: Preprocess's
+                        dataclasses.replace(preprocess, image_size=side)
+                    except ValueError as e:
+                        raise ValueError(f"input shape {shape[2]} x {shape[3]}: {e}") from None
             return cls(
                 file_format=str(doc["file_format"]),
                 class_names=tuple(names),
-                preprocess=Preprocess.from_dict(doc),
+                preprocess=preprocess,
                 temperature=temperature,
                 weights_sha256=str(doc["weights_sha256"]),
                 input_size=(int(shape[2]), int(shape[3])) if fixed else None,
@@ -171,7 +192,7 @@ class ExportMetadata:
                 cxrlearn_version=str(doc["cxrlearn_version"]),
                 torch_version=str(doc["torch_version"]),
             )
-        except (ValueError, KeyError, TypeError, IndexError) as e:  # JSONDecodeError too
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
             raise CxrlearnError(f"damaged cxrlearn.json inside ({type(e).__name__}: {e}); "
                                 "export the model again", path=path) from None
 
@@ -276,8 +297,14 @@ class _DataUnpickler(pickle.Unpickler):
             torch.empty(0, dtype=pid[1].dtype)
 
 
-def _flatten(obj: object, prefix: str = "") -> dict[str, Tensor]:
-    """`{"model.conv1.weight": tensor, ...}` from the tree of placeholders `data.pkl` gave."""
+def _flatten(obj: object, prefix: str = "", depth: int = 0) -> dict[str, Tensor]:
+    """`{"model.conv1.weight": tensor, ...}` from the tree of placeholders `data.pkl` gave.
+
+    Raises:
+        ValueError: The tree is deeper than `MAX_DEPTH` (a crafted file).
+    """
+    if depth > MAX_DEPTH:
+        raise ValueError(f"modules nested more than {MAX_DEPTH} levels deep")
     state = obj.state if isinstance(obj, _Inert) else obj
     if not isinstance(state, dict):
         return {}
@@ -286,7 +313,7 @@ def _flatten(obj: object, prefix: str = "") -> dict[str, Tensor]:
         if isinstance(value, Tensor):
             found[prefix + str(key)] = value
         elif isinstance(value, _Inert):
-            found.update(_flatten(value, f"{prefix}{key}."))
+            found.update(_flatten(value, f"{prefix}{key}.", depth + 1))
     return found
 
 
@@ -322,11 +349,14 @@ def read_weights(path: str | Path, metadata: ExportMetadata) -> dict[str, Tensor
                 return _read(z, f"{root}/data/{key}", path)
 
             tree = _DataUnpickler(_read(z, entry, path), record).load()
+            return _flatten(tree)
+    except RecursionError:  # the unpickler recurses on nested objects; _flatten stops sooner
+        raise CxrlearnError(f"damaged export: its data is nested more than {MAX_DEPTH} levels "
+                            "deep; export the model again", path=path) from None
     except (pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError,
-            zipfile.BadZipFile, RuntimeError) as e:
+            AttributeError, IndexError, zipfile.BadZipFile, RuntimeError) as e:
         raise CxrlearnError(f"cannot read the weights as data ({e}); cxrlearn does not run "
                             "a model file's code, export the model again", path=path) from None
-    return _flatten(tree)
 
 
 def _read_program_weights(z: zipfile.ZipFile, names: list[str],
@@ -338,7 +368,17 @@ def _read_program_weights(z: zipfile.ZipFile, names: list[str],
                             "another layout?)", path=path)
     root = entry.split("/")[0]
     weights: dict[str, Tensor] = {}
-    for name, spec in json.loads(_read(z, entry, path))["config"].items():
+    try:
+        config = json.loads(_read(z, entry, path))["config"]
+    except RecursionError:
+        raise ValueError(f"its weights config is nested more than {MAX_DEPTH} levels deep") \
+            from None
+    if not isinstance(config, dict):
+        raise ValueError(f"its weights config is {type(config).__name__}, not a mapping")
+    for name, spec in config.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("tensor_meta", {}), dict):
+            raise CxrlearnError(f"damaged export: weight {name!r:.40} is described by "
+                                f"{type(spec).__name__}, not a mapping", path=path)
         if spec.get("use_pickle", True):
             raise CxrlearnError(f"the weight {name!r:.40} is pickled, and cxrlearn unpickles "
                                 "nothing from a model file; export the model again", path=path)
