@@ -82,10 +82,16 @@ def sample_run_folder(settings: RunSettings = SAMPLE_SETTINGS,
 
 
 class _EpochEvents(RunEvents):
-    def __init__(self, on_epoch: Callable[[dict[str, float]], None] | None) -> None:
-        self.on_epoch = on_epoch
+    """`events`, with `on_epoch` also called after every epoch."""
+
+    def __init__(self, on_epoch: Callable[[dict[str, float]], None] | None,
+                 events: RunEvents | None) -> None:
+        self.on_epoch, self.events = on_epoch, events or RunEvents()
+        self.start, self.message = self.events.start, self.events.message
+        self.progress, self.batch = self.events.progress, self.events.batch
 
     def epoch(self, row: dict[str, float]) -> None:
+        self.events.epoch(row)
         if self.on_epoch is not None:
             self.on_epoch(row)
 
@@ -94,6 +100,7 @@ def sample_run(
     settings: RunSettings = SAMPLE_SETTINGS,
     cache_dir: str | Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    events: RunEvents | None = None,
 ) -> TrainedModel:
     """The sample network's run: loaded from the cache, or trained there first.
 
@@ -104,6 +111,9 @@ def sample_run(
             `sample_settings`.
         cache_dir: Cache folder; default `cxrlearn.data.default_cache_dir()`.
         on_epoch: Called with each epoch's history row, when training (not when loading).
+        events: Where training's progress goes (`cxrlearn.runs.RunEvents`); in a notebook,
+            `cxrlearn.runs.NotebookProgress()` prints a line per step and per epoch, with
+            the time left. Default: nowhere.
 
     Returns:
         The trained model (`cxrlearn.trained.TrainedModel`): its network, split
@@ -111,13 +121,12 @@ def sample_run(
     """
     folder = sample_run_folder(settings, cache_dir)
     if not (folder / "best.pt").is_file():
-        _train_into(folder, settings, on_epoch)
+        _train_into(folder, settings, _EpochEvents(on_epoch, events))
     # The sample is inside the installed package: point at it wherever that is now.
     return open_model(folder, data_root=settings.data_folder())
 
 
-def _train_into(folder: Path, settings: RunSettings,
-                on_epoch: Callable[[dict[str, float]], None] | None) -> None:
+def _train_into(folder: Path, settings: RunSettings, events: RunEvents) -> None:
     """Train into a private folder beside `folder`, then rename it into place.
 
     The rename is atomic: a lesson that is interrupted, or two that train at once, never
@@ -128,7 +137,7 @@ def _train_into(folder: Path, settings: RunSettings,
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         train_run(settings, tmp, torch.device("cpu"),
-                  cache_dir=folder.parent.parent, events=_EpochEvents(on_epoch))
+                  cache_dir=folder.parent.parent, events=events)
         # Keep what using the network needs; last.pt (for resuming) is two thirds optimiser.
         (tmp / "last.pt").unlink()
         try:
