@@ -338,7 +338,8 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
     out, events = Path(out), events or RunEvents()
     main = distributed.is_main()
     last = _check_out(out, settings, resume)  # last.pt, read once, when resuming
-    events.start(settings.train.num_epochs)
+    # getattr: events written before `start` existed (duck-typed, not RunEvents) still work
+    getattr(events, "start", lambda n: None)(settings.train.num_epochs)
     lock = run_lock(out) if main else contextlib.nullcontext()
     cleanup = _left_clean(out) if main and not resume else contextlib.nullcontext()
     with cleanup, lock:

@@ -145,6 +145,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise CxrlearnError("data folder not found (given with --data)", path=args.data)
     model = open_model(args.model, data_root=args.data)
     model.require_network("evaluation")  # before any file is written
+    _ = model.split  # a split whose images are gone is the first thing to say
     out = args.out if args.out is not None else model.folder
     # An earlier evaluation's files, in the run folder as anywhere else, are the user's
     # until they say otherwise.

@@ -184,7 +184,7 @@ def _print_table(console: Console, path: Path, kind: str, class_names: tuple[str
         table.add_row(escape(r["file"]), escape(r["prediction"]), *cells)
     console.print(table)
     if legend is not None:
-        console.print(f"columns: {escape(legend)}", highlight=False, soft_wrap=True)
+        console.print(f"columns: {escape(legend)}", highlight=False)  # wraps between words
     for note in notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     for r in results:

@@ -156,6 +156,9 @@ class RichEvents:
         self._finished: list[float] = []    # durations of the epochs finished here
         self._last_end: float | None = None  # when the previous epoch ended
 
+    def start(self, num_epochs: int) -> None:
+        self.num_epochs = num_epochs
+
     def message(self, text: str) -> None:
         if text.startswith("warning:"):
             self.console.print(f"[yellow]warning:[/]{escape(text[len('warning:'):])}",
