@@ -320,7 +320,8 @@ def test_export_on_a_full_disk_is_refused_before_writing(world, tmp_path, capsys
     (run / "model.pt").write_bytes(b"the previous export")
     usage = shutil.disk_usage(run)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1 << 20))
-    assert main(["export", "--model", str(run)]) == 1
+    # --overwrite: without it the previous export is refused before the disk is looked at
+    assert main(["export", "--model", str(run), "--overwrite"]) == 1
     assert "not enough free disk space" in capsys.readouterr().out
     assert (run / "model.pt").read_bytes() == b"the previous export"
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
