@@ -142,7 +142,7 @@ def test_only_the_test_split_writes_its_scores_beside_the_checkpoint(run, tmp_pa
 
 def test_a_model_without_its_network_is_refused(run, tmp_path):
     exported_like = dataclasses.replace(open_model(run), network=None)
-    with pytest.raises(CxrlearnError, match="needs the checkpoint"):
+    with pytest.raises(CxrlearnError, match="evaluation needs a checkpoint"):
         evaluate_run(exported_like, tmp_path, CPU)
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
