@@ -20,12 +20,14 @@ and leaves a run folder that `cxrlearn.trained.open_model` reads back:
 Nothing a user made is lost. A new run needs an empty or new folder; a run folder is locked
 while a process trains into it; a resumed run keeps its own settings (a conflicting one is
 refused before anything is written) and a finished run is extended only when asked for more
-epochs. `RunEvents` is how the run reports progress: the command line prints it, the
-library and the lessons stay quiet.
+epochs. `RunEvents` is how the run reports progress: the library stays quiet, the command
+line draws bars, and a notebook passes `NotebookProgress()`, which prints one line per slow
+step and per epoch, with the epoch's time and the whole run's time left (`run_eta`).
 
 `evaluate_run(model, out, device)` is the other half, what `cxrlearn evaluate` does: the
 report of one part of the split, with its intervals and figures, written beside the run
-(`report.json`, `predictions.csv`, four plots) and returned as an `Evaluation`.
+(`report.json`, `predictions.csv`, four plots) and returned as an `Evaluation`. It reads the
+checkpoint and never writes it: the test scores go into `test_scores.json` beside it.
 
 Lesson: lessons/04_evaluation_metrics.ipynb
 """
@@ -38,8 +40,10 @@ import io
 import json
 import math
 import os
+import shutil
+import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +92,9 @@ from cxrlearn.training import TrainConfig, fit
 from cxrlearn.transfer import freeze_backbone, load_imagenet_weights
 from cxrlearn.transforms import Preprocess
 
-__all__ = ["AUGMENTS", "RunSettings", "RunEvents", "train_run", "stored_settings", "run_lock",
-           "Evaluation", "evaluate_run", "EVALUATION_FILES"]
+__all__ = ["AUGMENTS", "RunSettings", "RunEvents", "NotebookProgress", "run_eta", "clock_text",
+           "train_run", "stored_settings", "run_lock", "Evaluation", "evaluate_run",
+           "EVALUATION_FILES"]
 
 AUGMENTS = ("flip", "flip+shift", "flip+affine", "none")
 """Training augmentations: random left-right flip; plus a shift with mirrored borders; plus
@@ -174,9 +179,13 @@ class RunSettings:
 class RunEvents:
     """What `train_run` reports as it goes. This one says nothing; the CLI prints.
 
-    Override any method: `message` for one line of news, `progress` for a slow step of
-    known size (a context manager yielding `advance(n)`), `batch` and `epoch` from `fit`.
+    Override any method: `start` once with the number of epochs, `message` for one line of
+    news, `progress` for a slow step of known size (a context manager yielding
+    `advance(n)`), `batch` and `epoch` from `fit`.
     """
+
+    def start(self, num_epochs: int) -> None:
+        """Once, before the first slow step: the run will end at epoch `num_epochs`."""
 
     def message(self, text: str) -> None:
         """One line of news (a warning starts with "warning:")."""
@@ -191,6 +200,93 @@ class RunEvents:
 
     def epoch(self, row: dict[str, float]) -> None:
         """After every epoch, with its history row."""
+
+
+def run_eta(epoch: int, batch: int, batches: int, epoch_seconds: float,
+            finished: Sequence[float], num_epochs: int) -> float:
+    """Seconds left in the whole run, estimated in the middle of an epoch.
+
+    Finished epochs (`finished`, their durations, validation included) give the time per
+    epoch; before one has finished, the epoch in progress is extrapolated from its
+    batches. The rest of this epoch and every epoch after it are then that long.
+
+    Args:
+        epoch: The epoch in progress, from 0.
+        batch: Training batches done in it, from 1.
+        batches: Training batches per epoch.
+        epoch_seconds: Time since the epoch began.
+        finished: Durations of the epochs finished so far, in seconds.
+        num_epochs: Epochs in the whole run.
+
+    Example:
+        >>> run_eta(0, 5, 10, 50.0, [], 3)  # 100 s per epoch: 50 s left here, then 2 more
+        250.0
+    """
+    if finished:
+        per_epoch = sum(finished) / len(finished)
+        this_epoch = per_epoch * (1 - batch / batches)
+    else:
+        per_epoch = epoch_seconds * batches / max(batch, 1)
+        this_epoch = per_epoch - epoch_seconds
+    return max(0.0, this_epoch) + per_epoch * max(0, num_epochs - epoch - 1)
+
+
+def clock_text(seconds: float) -> str:
+    """`0:01:05` for 65 seconds, as rich and `datetime.timedelta` show a duration."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class NotebookProgress(RunEvents):
+    """Progress as plain printed lines, for a notebook or a log: `train_run(...,
+    events=NotebookProgress())`, `sample_run(events=NotebookProgress())`.
+
+    One line when a slow step starts and when it ends, one per epoch with its scores, how
+    long it took and the time left in the whole run. No bar redraws itself, so what a cell
+    printed reads the same afterwards; its times differ from run to run, so a lesson marks
+    such a cell for nbval to ignore.
+
+    Args:
+        clock: Seconds, for the durations (a test passes a fake one).
+        write: Where each line goes; default `print`.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 write: Callable[[str], None] = print) -> None:
+        self.clock, self.write = clock, write
+        self.num_epochs = 0
+        self._finished: list[float] = []
+        self._epoch_start: float | None = None
+
+    def start(self, num_epochs: int) -> None:
+        self.num_epochs = num_epochs
+
+    def message(self, text: str) -> None:
+        self.write(text)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        begun = self.clock()
+        self.write(f"{description}: {total} ...")
+        yield lambda n: None
+        self.write(f"{description}: done in {clock_text(self.clock() - begun)}")
+        self._epoch_start = self.clock()  # training begins after the slow steps
+
+    def batch(self, epoch: int, stats: dict[str, float]) -> None:
+        if self._epoch_start is None:
+            self._epoch_start = self.clock()
+
+    def epoch(self, row: dict[str, float]) -> None:
+        now = self.clock()
+        took = now - (self._epoch_start if self._epoch_start is not None else now)
+        self._finished.append(took)
+        self._epoch_start = now
+        done = int(row["epoch"])
+        total = max(self.num_epochs, done)
+        left = run_eta(done - 1, 1, 1, 0.0, self._finished, total)
+        self.write(f"epoch {done}/{total}: train loss {row['train_loss']:.3f}, val macro-F1 "
+                   f"{row['val_macro_f1']:.3f} | {clock_text(took)}, run eta "
+                   f"{clock_text(left)}")
 
 
 @contextlib.contextmanager
@@ -247,6 +343,8 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
     out, events = Path(out), events or RunEvents()
     main = distributed.is_main()
     last = _check_out(out, settings, resume)  # last.pt, read once, when resuming
+    # getattr: events written before `start` existed (duck-typed, not RunEvents) still work
+    getattr(events, "start", lambda n: None)(settings.train.num_epochs)
     lock = run_lock(out) if main else contextlib.nullcontext()
     with _undone_before_an_epoch(out, new=main and not resume), lock:
         scan = scan_folder(settings.data_folder(), settings.classes)
@@ -305,20 +403,21 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
 
 @contextlib.contextmanager
 def _undone_before_an_epoch(out: Path, new: bool) -> Iterator[None]:
-    """A new run that stops before its first epoch is saved (Ctrl-C, bad data) removes what
-    it wrote (`manifest.csv`, `config.json`, a first `best.pt`, the folder if it made it), so
-    that the same command can simply be run again: there is nothing to resume yet. (A new
-    run's folder held nothing of the user's: `_check_out` saw to that.)"""
+    """A new run refused or stopped before its first epoch is saved (Ctrl-C, bad data, too
+    few images) removes what it wrote, so that the same command can simply be run again:
+    there is nothing to resume yet. The folder goes if the run made it (everything in it is
+    the run's); in a folder that existed (empty: `_check_out` saw to that) the files it wrote
+    go. Once `last.pt` exists the run can be resumed, and everything stays."""
     existed = out.exists()
     try:
         yield
     except BaseException:
-        if new and not (out / "last.pt").exists():
-            for name in ("manifest.csv", "config.json", "best.pt"):
-                (out / name).unlink(missing_ok=True)
+        if new and not (out / "last.pt").exists() and out.is_dir():
             if not existed:
-                with contextlib.suppress(OSError):  # not empty: something else is in it
-                    out.rmdir()
+                shutil.rmtree(out, ignore_errors=True)
+            else:
+                for name in ("manifest.csv", "config.json", "best.pt"):
+                    (out / name).unlink(missing_ok=True)
         raise
 
 
@@ -524,7 +623,9 @@ def evaluate_run(model: TrainedModel, out: str | Path, device: torch.device, *,
     `report.json` (`Evaluation.to_dict`), `predictions.csv` (one row per image: path, true
     and predicted class, the probabilities to 6 decimals) and four figures (confusion
     matrix, ROC curves, reliability diagram, the most confident mistakes). Evaluating the
-    test split also stores its accuracy and macro-F1 in the checkpoint, for the app.
+    test split also writes its accuracy and macro-F1 beside the checkpoint, in
+    `test_scores.json`, for the app (`TrainedModel.save_test_scores`); the checkpoint itself
+    is only read.
 
     Args:
         model: A checkpoint in its run folder (`open_model(run_folder)`), so that it has
@@ -585,7 +686,7 @@ def evaluate_run(model: TrainedModel, out: str | Path, device: torch.device, *,
         notes=notes, files=tuple(out / name for name in EVALUATION_FILES))
     _write_evaluation(result, out, data, y_true, y_pred, probs, names)
     if split == "test":
-        model.update_checkpoint(test_scores={
+        model.save_test_scores({
             "test_accuracy": float(report["accuracy"]),
             "test_macro_f1": float(report["macro avg"]["f1-score"]),
             "test_images": len(y_true)})

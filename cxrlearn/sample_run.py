@@ -85,10 +85,16 @@ def sample_run_folder(settings: RunSettings = SAMPLE_SETTINGS,
 
 
 class _EpochEvents(RunEvents):
-    def __init__(self, on_epoch: Callable[[dict[str, float]], None] | None) -> None:
-        self.on_epoch = on_epoch
+    """`events`, with `on_epoch` also called after every epoch."""
+
+    def __init__(self, on_epoch: Callable[[dict[str, float]], None] | None,
+                 events: RunEvents | None) -> None:
+        self.on_epoch, self.events = on_epoch, events or RunEvents()
+        self.start, self.message = self.events.start, self.events.message
+        self.progress, self.batch = self.events.progress, self.events.batch
 
     def epoch(self, row: dict[str, float]) -> None:
+        self.events.epoch(row)
         if self.on_epoch is not None:
             self.on_epoch(row)
 
@@ -97,6 +103,7 @@ def sample_run(
     settings: RunSettings = SAMPLE_SETTINGS,
     cache_dir: str | Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    events: RunEvents | None = None,
 ) -> TrainedModel:
     """The sample network's run: loaded from the cache, or trained there first.
 
@@ -107,6 +114,9 @@ def sample_run(
             `sample_settings`.
         cache_dir: Cache folder; default `cxrlearn.data.default_cache_dir()`.
         on_epoch: Called with each epoch's history row, when training (not when loading).
+        events: Where training's progress goes (`cxrlearn.runs.RunEvents`); in a notebook,
+            `cxrlearn.runs.NotebookProgress()` prints a line per step and per epoch, with
+            the time left. Default: nowhere.
 
     Returns:
         The trained model (`cxrlearn.trained.TrainedModel`): its network, split
@@ -129,7 +139,7 @@ def sample_run(
     if problem is not None:  # no fallback: a network trained elsewhere would be lost
         raise CxrlearnError(f"the cache folder {problem}; set CXRLEARN_CACHE_DIR to a "
                             "writable folder", path=folder.parent.parent)
-    _train_into(folder, settings, on_epoch, damaged)
+    _train_into(folder, settings, _EpochEvents(on_epoch, events), damaged)
     return open_model(folder, data_root=data_root)
 
 
@@ -138,8 +148,8 @@ def _is_whole(folder: Path) -> bool:
     return (folder / "best.pt").is_file() and (folder / "manifest.csv").is_file()
 
 
-def _train_into(folder: Path, settings: RunSettings,
-                on_epoch: Callable[[dict[str, float]], None] | None, damaged: bool) -> None:
+def _train_into(folder: Path, settings: RunSettings, events: RunEvents,
+                damaged: bool) -> None:
     """Train into a private folder beside `folder`, then rename it into place.
 
     The rename is atomic: a lesson that is interrupted, or two that train at once, never
@@ -150,7 +160,7 @@ def _train_into(folder: Path, settings: RunSettings,
     with temporary_folder(folder, "the sample run") as tmp:
         built = tmp / folder.name
         train_run(settings, built, torch.device("cpu"),
-                  cache_dir=folder.parent.parent, events=_EpochEvents(on_epoch))
+                  cache_dir=folder.parent.parent, events=events)
         # Keep what using the network needs; last.pt (for resuming) is two thirds optimiser.
         (built / "last.pt").unlink()
         if _is_whole(folder) and not damaged:  # another process finished first: as good

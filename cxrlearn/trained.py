@@ -16,6 +16,11 @@ calibrated probabilities for a raw X-ray (`probs`), whatever the file. Each kind
 has a *reader* (`_READERS`, tried in order); a new format, such as ONNX, is one more
 reader that returns the same `TrainedModel`, never a new kind of object.
 
+Opening a model never changes it. What is learned about a checkpoint later, its test
+scores (`cxrlearn evaluate`), is written beside it in `test_scores.json`
+(`save_test_scores`), under the sha256 of its weights, and `TrainedModel.scores` reads it
+from there: a checkpoint replaced since it was evaluated does not inherit the old scores.
+
 Some things need the eager network, which only a checkpoint holds: Grad-CAM (`explain`),
 evaluation (`logits`), `export`, and `update_checkpoint`. An exported file gives
 probabilities only, and every one of those is refused in one place with one wording
@@ -28,6 +33,8 @@ Lesson: lessons/04_evaluation_metrics.ipynb
 from __future__ import annotations
 
 import copy
+import json
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +59,10 @@ from cxrlearn.resnet import resnet18
 from cxrlearn.training import predict
 from cxrlearn.transforms import Preprocess
 
-__all__ = ["TrainedModel", "Explanation", "open_model"]
+__all__ = ["TrainedModel", "Explanation", "open_model", "TEST_SCORES_FILE"]
+
+TEST_SCORES_FILE = "test_scores.json"
+"""Beside a checkpoint: its test scores, by the checkpoint's file name (`save_test_scores`)."""
 
 
 @dataclass(frozen=True)
@@ -186,14 +196,60 @@ class TrainedModel:
     @property
     def scores(self) -> dict[str, float]:
         """What is known of the model's quality: the chosen epoch's validation scores, and
-        `test_*` scores once `cxrlearn evaluate` has run on the test split."""
+        `test_*` scores once `cxrlearn evaluate` has run on the test split (read from
+        `test_scores.json` beside the checkpoint; a checkpoint of cxrlearn 0.3 or earlier
+        may hold them itself)."""
         if self.checkpoint is None:
             return {}
         scores = dict(self.checkpoint.get("scores") or {})
         if not scores and self.history and self.epoch:
             row = self.history[self.epoch - 1]
             scores = {k: v for k, v in row.items() if k.startswith("val_")}
-        return {**scores, **(self.checkpoint.get("test_scores") or {})}
+        return {**scores, **(self.checkpoint.get("test_scores") or {}),
+                **self._saved_test_scores()}
+
+    def save_test_scores(self, scores: dict[str, float]) -> Path:
+        """Write the test scores of this checkpoint beside it, in `test_scores.json`: the
+        checkpoint itself is never changed by what is learned about it.
+
+        The file holds one entry per checkpoint file name (`best.pt`, `last.pt`), with the
+        sha256 of the weights it was measured on; the other entries are kept.
+
+        Returns:
+            The file written.
+
+        Raises:
+            CxrlearnError: The model is an exported file, not a checkpoint.
+        """
+        from cxrlearn.atomic import write_atomic
+
+        entry = {"weights_sha256": weights_sha256(
+            self.require_network("test scores").state_dict()), **scores}
+        path = self.folder / TEST_SCORES_FILE
+        doc = {**self._read_test_scores_file(), self.path.name: entry}
+        text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+        write_atomic(path, lambda f: f.write(text.encode()))
+        return path
+
+    def _read_test_scores_file(self) -> dict[str, Any]:
+        """`test_scores.json` as a dict; empty when missing or damaged (it only adds)."""
+        try:
+            doc = json.loads((self.folder / TEST_SCORES_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def _saved_test_scores(self) -> dict[str, float]:
+        """This checkpoint's entry of `test_scores.json`, if it was measured on these
+        weights; only finite numbers are taken."""
+        if self.network is None or not (self.folder / TEST_SCORES_FILE).is_file():
+            return {}
+        entry = self._read_test_scores_file().get(self.path.name)
+        if not isinstance(entry, dict) or entry.get("weights_sha256") != self.sha256:
+            return {}
+        return {k: v for k, v in entry.items() if k.startswith("test_")
+                and isinstance(v, int | float) and not isinstance(v, bool)
+                and math.isfinite(v)}
 
     @property
     def sha256(self) -> str:
@@ -317,8 +373,9 @@ class TrainedModel:
                             **options)
 
     def update_checkpoint(self, **values: Any) -> None:
-        """Store plain values (a fitted `temperature`, `test_scores`) in the checkpoint file,
-        atomically, keeping everything else in it; and in this object.
+        """Store plain values (a fitted `temperature`) in the checkpoint file, atomically,
+        keeping everything else in it; and in this object. Only training calls it: what
+        is learned by reading a model goes beside it (`save_test_scores`).
 
         Raises:
             CxrlearnError: The model is an exported file, not a checkpoint.

@@ -215,7 +215,8 @@ def _download_state_dict(
     except OSError as err:  # urllib's URLError and HTTPError are OSErrors
         raise CxrlearnError(
             f"could not download ({err}); without internet, copy the file to this machine "
-            "and pass its path as source",
+            "and give its path: cxrlearn train --pretrained FILE (in Python, "
+            "load_imagenet_weights(model, FILE))",
             path=url,
         ) from err
     except Exception as err:  # a damaged pickle can fail in many ways (IndexError too)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -68,8 +71,10 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def evaluated(trained) -> dict:
+    best = trained["run"] / "best.pt"
+    before = best.read_bytes()
     rc, printed = _quiet_main(["evaluate", "--model", str(trained["run"])])
-    return {"rc": rc, "printed": printed, **trained}
+    return {"rc": rc, "printed": printed, "best_before": before, **trained}
 
 
 def _predictions(folder: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -95,7 +100,8 @@ def test_evaluate_prints_the_report(evaluated):
     assert f"test split, {n_test} images" in printed
     for text in ("precision", "recall", "f1-score", "support", "macro avg", "weighted avg",
                  "95% intervals", "accuracy (Wilson)", "one-vs-rest", "calibration: ECE",
-                 "wrote report.json, predictions.csv and 4 plots", *CLASS_NAMES):
+                 "wrote report.json, predictions.csv, confusion_matrix.png, roc_curves.png, "
+                 "reliability.png, confident_mistakes.png", *CLASS_NAMES):
         assert text in printed, text
     # The intervals table shows the accuracy as a percentage: the counted one.
     assert re.search(rf"accuracy \(Wilson\)\W+{re.escape(f'{accuracy:.2%}')}", printed)
@@ -195,21 +201,70 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
-def test_test_scores_are_stored_for_the_app(evaluated):
-    best = load_checkpoint(evaluated["run"] / "best.pt")
+def test_evaluate_never_changes_the_model(evaluated):
+    """A command that reads a model leaves its bytes, and so its sha256, as they were."""
+    after = (evaluated["run"] / "best.pt").read_bytes()
+    assert hashlib.sha256(after).hexdigest() == \
+        hashlib.sha256(evaluated["best_before"]).hexdigest()
+    assert after == evaluated["best_before"]
+    assert "test_scores" not in load_checkpoint(evaluated["run"] / "best.pt")
+
+
+def test_test_scores_are_written_beside_the_model_for_the_app(evaluated):
+    from cxrlearn.app.card import quality_warning
+
     result = json.loads((evaluated["run"] / "report.json").read_text())
-    assert best["test_scores"]["test_macro_f1"] == result["report"]["macro avg"]["f1-score"]
-    assert best["test_scores"]["test_images"] == result["n"]
-    assert "optimizer" not in best  # the update kept best.pt lean
-    assert open_model(evaluated["run"]).scores["test_accuracy"] == result["report"]["accuracy"]
+    saved = json.loads((evaluated["run"] / "test_scores.json").read_text())["best.pt"]
+    assert saved["test_macro_f1"] == result["report"]["macro avg"]["f1-score"]
+    assert saved["test_images"] == result["n"]
+    model = open_model(evaluated["run"])
+    assert saved["weights_sha256"] == model.sha256
+    assert model.scores["test_accuracy"] == result["report"]["accuracy"]
+    assert model.scores["test_macro_f1"] == saved["test_macro_f1"]
+    # The app's model card reads them from there: a test macro-F1 below the validation one
+    # is the one it judges by.
+    card = quality_warning({**model.scores, "val_macro_f1": 1.0, "test_macro_f1": 0.0}, 4,
+                           "best.pt")
+    assert card is not None and "on the test images" in card
+    # Another checkpoint (last.pt) has no entry: the scores are not lent to it.
+    assert "test_accuracy" not in open_model(evaluated["run"] / "last.pt").scores
+
+
+def test_test_scores_of_other_weights_are_not_believed(evaluated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(evaluated["run"], run)
+    doc = json.loads((run / "test_scores.json").read_text())
+    doc["best.pt"]["weights_sha256"] = "0" * 64  # measured on a best.pt since replaced
+    (run / "test_scores.json").write_text(json.dumps(doc))
+    assert "test_accuracy" not in open_model(run).scores
+
+
+def test_evaluating_the_run_folder_again_needs_overwrite(evaluated, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(evaluated["run"], run)
+    report = (run / "report.json").read_bytes()
+    assert main(["evaluate", "--model", str(run)]) == 1
+    assert "already holds report.json" in _error_line(capsys)
+    assert (run / "report.json").read_bytes() == report
+
+
+def test_old_checkpoint_option_names_model(evaluated):
+    done = subprocess.run([sys.executable, "-m", "cxrlearn", "evaluate", "--model",
+                           str(evaluated["run"]), "--checkpoint", "last.pt"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "cxrlearn evaluate: error: --checkpoint is gone; use --model PATH with the file "
+        "itself, e.g. --model runs/NAME/last.pt"]
 
 
 def test_missing_run_folder_is_one_line(tmp_path, capsys):
     missing = tmp_path / "no-such-run"
     assert main(["evaluate", "--model", str(missing)]) == 1
     assert _error_line(capsys) == f"error: {missing}: no such file or folder"
-    assert main(["evaluate", "--run", str(missing)]) == 1  # cxrlearn 0.1's flag still works
-    assert _error_line(capsys) == f"error: {missing}: no such file or folder"
+    with pytest.raises(SystemExit) as exit_:  # cxrlearn 0.1's flag: one line naming --model
+        main(["evaluate", "--run", str(missing)])
+    assert exit_.value.code == 2 and "--run is gone; use --model PATH" in _error_line(capsys)
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, trained, capsys):
@@ -217,7 +272,9 @@ def test_missing_checkpoint_is_one_line(tmp_path, trained, capsys):
     run.mkdir()
     shutil.copy(trained["run"] / "manifest.csv", run / "manifest.csv")
     assert main(["evaluate", "--model", str(run)]) == 1
-    assert _error_line(capsys) == f"error: {run / 'best.pt'}: no such file or folder"
+    assert _error_line(capsys) == (f"error: {run}: not a run folder: it holds no best.pt "
+                                   "(train into it with cxrlearn train --out, or name a "
+                                   "model file)")
 
 
 def test_data_given_with_data_must_exist(tmp_path, trained, capsys):
@@ -272,7 +329,7 @@ def test_a_checkpoint_of_another_run_is_named_as_such(evaluated, tmp_path, capsy
              "meta": {**best["meta"], "arch": {**best["meta"]["arch"], "num_classes": 3}}}
     save_checkpoint(evaluated["run"] / "other.pt", three)
     try:
-        assert main(["evaluate", "--model", str(evaluated["run"]), "--checkpoint", "other.pt",
+        assert main(["evaluate", "--model", str(evaluated["run"] / "other.pt"),
                      "--out", str(tmp_path / "o")]) == 1
         line = _error_line(capsys)
         assert "other.pt is for the classes" in line and "belongs to another run" in line

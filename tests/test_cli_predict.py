@@ -78,16 +78,24 @@ def test_export_writes_the_three_files(run_dir, model):
 
 
 def test_export_out_and_format_errors(run_dir, tmp_path, capsys):
-    assert cli.main(["export", "--model", str(run_dir), "--out", str(tmp_path / "x.bin")]) == 0
+    # --out is a path: the format's suffix is added to a path without one, and a suffix
+    # that is no format's is refused (cxrlearn 0.3 replaced it silently).
+    assert cli.main(["export", "--model", str(run_dir), "--out", str(tmp_path / "x.bin")]) == 1
+    assert ".bin is not the suffix of an export format" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    assert cli.main(["export", "--model", str(run_dir), "--out", str(tmp_path / "x")]) == 0
     assert "x.pt (torchscript" in capsys.readouterr().out
-    assert (tmp_path / "x.pt").is_file() and not (tmp_path / "x.bin").exists()
+    assert (tmp_path / "x.pt").is_file()
     with pytest.raises(SystemExit):
         cli.main(["export", "--model", str(run_dir), "--format", "onnx"])
     assert "unknown format onnx" in capsys.readouterr().err
     assert cli.main(["export", "--model", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "not a run folder: it holds no best.pt" in err and "Traceback" not in err
-    assert cli.main(["export", "--run", str(run_dir), "--out", str(tmp_path / "y.pt")]) == 0
+    with pytest.raises(SystemExit) as exit_:  # the old spelling: one line naming the new one
+        cli.main(["export", "--run", str(run_dir), "--out", str(tmp_path / "y.pt")])
+    assert exit_.value.code == 2 and "use --model" in capsys.readouterr().err
+    assert not (tmp_path / "y.pt").exists()
 
 
 @pytest.mark.parametrize("name", ["model.pt", "model.ptl", "best.pt", "."])

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import torch
 
-from cxrlearn.checkpoint import load_checkpoint
 from cxrlearn.data import CLASS_NAMES, sample_root
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.evaluation.metrics import UndefinedMetricWarning, classification_report
@@ -42,8 +41,9 @@ def run(tmp_path_factory) -> Path:
         (data / name).mkdir(parents=True)
         for src in sorted((sample_root() / name).glob("*.png"))[:8]:
             shutil.copy(src, data / name / src.name)
-    settings = RunSettings(data_root=data, preprocess=Preprocess(32), test_per_class=2,
-                           val_fraction=0.3, train=TrainConfig(num_epochs=1, batch_size=8))
+    settings = RunSettings(data_root=data, preprocess=Preprocess(image_size=32),
+                           test_per_class=2, val_fraction=0.3,
+                           train=TrainConfig(num_epochs=1, batch_size=8))
     train_run(settings, base / "run", CPU, cache_dir=base / "cache")
     return base / "run"
 
@@ -123,16 +123,20 @@ def test_progress_goes_to_events_and_nothing_is_printed(run, tmp_path, capsys):
     assert captured.out == captured.err == ""
 
 
-def test_only_the_test_split_stores_its_scores_in_the_checkpoint(run, tmp_path):
+def test_only_the_test_split_writes_its_scores_beside_the_checkpoint(run, tmp_path):
+    """Beside it, in test_scores.json: the checkpoint itself is only read (issue 24)."""
     model = open_model(run)
-    before = load_checkpoint(run / "best.pt").get("test_scores")
+    checkpoint = (run / "best.pt").read_bytes()
+    (run / "test_scores.json").unlink(missing_ok=True)
     evaluate_run(model, tmp_path / "val", CPU, split="val")
-    assert load_checkpoint(run / "best.pt").get("test_scores") == before
+    assert not (run / "test_scores.json").exists()
     result = evaluate_run(model, tmp_path / "test", CPU)
-    stored = load_checkpoint(run / "best.pt")["test_scores"]
-    assert stored == {"test_accuracy": result.report["accuracy"],
+    stored = json.loads((run / "test_scores.json").read_text())["best.pt"]
+    assert stored == {"weights_sha256": model.sha256,
+                      "test_accuracy": result.report["accuracy"],
                       "test_macro_f1": result.report["macro avg"]["f1-score"],
                       "test_images": result.n}
+    assert (run / "best.pt").read_bytes() == checkpoint
     assert open_model(run).scores["test_macro_f1"] == result.report["macro avg"]["f1-score"]
 
 

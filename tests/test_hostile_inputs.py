@@ -320,7 +320,8 @@ def test_export_on_a_full_disk_is_refused_before_writing(world, tmp_path, capsys
     (run / "model.pt").write_bytes(b"the previous export")
     usage = shutil.disk_usage(run)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1 << 20))
-    assert main(["export", "--model", str(run)]) == 1
+    # --overwrite: without it the previous export is refused before the disk is looked at
+    assert main(["export", "--model", str(run), "--overwrite"]) == 1
     assert "not enough free disk space" in capsys.readouterr().out
     assert (run / "model.pt").read_bytes() == b"the previous export"
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
@@ -493,15 +494,13 @@ def _(tmp: Path, world: dict) -> list[str]:
     best.update(model=resnet18(num_classes=3).state_dict(), class_names=list(CLASS_NAMES[:3]))
     best["meta"]["arch"]["num_classes"] = 3
     save_checkpoint(run / "three.pt", best)
-    return ["evaluate", "--model", str(run), "--checkpoint", "three.pt", "--out",
-            str(tmp / "out")]
+    return ["evaluate", "--model", str(run / "three.pt"), "--out", str(tmp / "out")]
 
 
 @case("an exported file where evaluate expects a checkpoint", 1,
       "evaluation needs a checkpoint (best.pt, or its run folder)")
 def _(tmp: Path, world: dict) -> list[str]:
-    return ["evaluate", "--model", str(world["run"]), "--checkpoint", "model.pt", "--out",
-            str(tmp / "out")]
+    return ["evaluate", "--model", str(world["run"] / "model.pt"), "--out", str(tmp / "out")]
 
 
 @case("random bytes where a checkpoint is expected", 1, "not a checkpoint: not a PyTorch file")
@@ -1216,6 +1215,68 @@ def _(tmp: Path, world: dict) -> list[str]:
 
 
 # --- the table, run (last: every case above is registered by now) -------------------------
+
+
+
+# --- nothing of the user's replaced (issue 26: files overwritten) -------------------------
+
+def _same_bytes(path: Path, expected: bytes) -> bool:
+    return path.read_bytes() == expected
+
+
+@case("export --out onto the checkpoint it reads", 1, "is the model being read",
+      lambda tmp, world: _same_bytes(tmp / "run" / "best.pt",
+                                     (world["run"] / "best.pt").read_bytes()))
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _copy_run(world, tmp)
+    return ["export", "--model", str(run), "--out", str(run / "best.pt")]
+
+
+@case("export --out onto the checkpoint it reads, even with --overwrite", 1,
+      "never replaced, even with --overwrite",
+      lambda tmp, world: _same_bytes(tmp / "run" / "best.pt",
+                                     (world["run"] / "best.pt").read_bytes()))
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _copy_run(world, tmp)
+    return ["export", "--model", str(run), "--out", str(run / "best"), "--overwrite"]
+
+
+@case("export --out DIR/thesis beside the user's thesis.pt", 1,
+      "thesis.pt: already exists; choose another path, or replace it with --overwrite",
+      lambda tmp, world: (tmp / "thesis.pt").read_text() == "my thesis")
+def _(tmp: Path, world: dict) -> list[str]:
+    (tmp / "thesis.pt").write_text("my thesis")
+    return ["export", "--model", str(world["run"]), "--out", str(tmp / "thesis")]
+
+
+@case("predict --gradcam DIR beside the user's IMG_gradcam.png", 1,
+      "already holds IMG_gradcam.png",
+      lambda tmp, world: (tmp / "figs" / "IMG_gradcam.png").read_text() == "mine")
+def _(tmp: Path, world: dict) -> list[str]:
+    shutil.copy(world["xray"], tmp / "IMG.png")
+    (tmp / "figs").mkdir()
+    (tmp / "figs" / "IMG_gradcam.png").write_text("mine")
+    return ["predict", str(tmp / "IMG.png"), "--model", str(world["run"]), "--gradcam",
+            str(tmp / "figs")]
+
+
+@case("evaluate again into the run folder", 1, "already holds report.json",
+      lambda tmp, world: (tmp / "run" / "report.json").read_text() == "mine")
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _copy_run(world, tmp)
+    (run / "report.json").write_text("mine")
+    return ["evaluate", "--model", str(run)]
+
+
+@case("gradcam again into the run folder's gradcam/", 1, "already holds",
+      lambda tmp, world: (tmp / "run" / "gradcam" / "IMG_gradcam.png").read_text() == "mine")
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _copy_run(world, tmp)
+    shutil.copy(world["xray"], tmp / "IMG.png")
+    (run / "gradcam").mkdir()
+    (run / "gradcam" / "IMG_gradcam.png").write_text("mine")
+    return ["gradcam", str(tmp / "IMG.png"), "--model", str(run)]
+
 
 @pytest.mark.parametrize("entry", CASES, ids=[c.name for c in CASES])
 def test_case(entry: Case, world, tmp_path, capsys, monkeypatch):

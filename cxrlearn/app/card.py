@@ -4,7 +4,9 @@ Bars of percentages look authoritative whatever the network learned: an untraine
 answering 30 / 33 / 18 / 18 % looks, on a page, much like a good one. So the app shows what
 the model file knows about its own quality, next to every answer: the validation scores of
 the epoch training kept (`best.pt` stores them), the test scores once `cxrlearn evaluate` has
-run, and chance, 1/K for K classes. And it warns, in words, when
+run (written beside the checkpoint, in `test_scores.json`, since evaluating never changes
+the model file; `cxrlearn.trained.TrainedModel.scores` reads both), and chance, 1/K for K
+classes. And it warns, in words, when
 
     no macro-F1 is known                                 (an exported file carries none), or
     min(val_macro_f1, test_macro_f1) < 1/K + NEAR_CHANCE_MARGIN        (1/K + 0.15)

@@ -6,8 +6,19 @@ with rich. Heavy imports (torch, matplotlib) happen inside `run`, and only the c
 run has its arguments built, so `cxrlearn --help` and `cxrlearn data check` start in a
 fraction of a second.
 
-Every command names a trained model the same way, `--model PATH`: a run folder, a
-checkpoint or an exported file (`cxrlearn.trained.open_model`).
+One vocabulary, defined here once: every command that uses a trained model takes
+`--model PATH` (`add_model_argument`: a run folder, a checkpoint or an exported file, opened
+with `cxrlearn.trained.open_model`); every command that runs the network takes `--device`
+(`add_device_argument`); every command that writes refuses to replace an existing file
+unless it is given `--overwrite` (`add_overwrite_argument`, `check_outputs`,
+`check_new_file`), and says which file it would replace. Old spellings (`--run`,
+`--checkpoint`) are a one-line error that names the new one; an unknown option gets the
+nearest known one ("did you mean --epochs?"); a bare `cxrlearn` lists the commands.
+
+The command starts with OpenMP's threads waiting passively (`OMP_WAIT_POLICY=PASSIVE`,
+unless the user chose a policy): by default they spin while they wait, which on a laptop
+with a browser beside the training makes every step several times slower
+(benchmarks/threads.py measures it; benchmarks/README.md records the numbers).
 
 Expected faults (`CxrlearnError`, a full disk, a file that cannot be written) are printed
 as one red line and exit with status 1, without a traceback; anything else is a bug and
@@ -22,8 +33,10 @@ it cannot show comes out as `?` (and rich draws tables with ASCII lines).
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -46,7 +59,9 @@ from rich.progress import (
 from cxrlearn import __version__
 from cxrlearn.errors import CxrlearnError, Terminated, TrainingInterrupted
 
-__all__ = ["COMMANDS", "main", "build_parser", "progress_bar", "check_outputs", "positive_int",
+__all__ = ["COMMANDS", "main", "build_parser", "progress_bar", "check_outputs", "check_new_file",
+           "add_model_argument", "add_device_argument", "add_overwrite_argument",
+           "suggest_option", "longest_word", "class_headers", "positive_int",
            "nonnegative_int", "positive_float", "fraction", "port"]
 
 # Sub-command modules, in the order `cxrlearn --help` lists them.
@@ -68,8 +83,9 @@ def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
         prog="cxrlearn",
         description="Chest X-ray classification, built to be learned. "
         "A teaching tool, not a diagnostic device.",
-    )
-    parser.add_argument("--version", action="version", version=f"cxrlearn {__version__}")
+        epilog="Run cxrlearn COMMAND --help for the options of one command.")
+    parser.add_argument("--version", action="version", version=f"cxrlearn {__version__}",
+                        help="Print the version and exit.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"cxrlearn.cli.{name}")
@@ -83,8 +99,16 @@ def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before torch is imported (the commands import it when they run): OpenMP reads the
+    # policy once, when it starts. A user's own choice is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
+    parser = build_parser([command] if command in COMMANDS else [])
+    if not argv:  # a bare `cxrlearn`: what it can do, not a usage error
+        parser.print_help()
+        return 0
+    _refuse_typos(parser, argv)
+    args = parser.parse_args(argv)
     console = Console(file=_Printable(sys.stdout))
     err = Console(file=_Printable(sys.stderr), stderr=True)
     try:
@@ -139,6 +163,104 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
+def _command_parser(parser: argparse.ArgumentParser,
+                    argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command `argv` names: `train`'s, `data check`'s, ..."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        words = [a for a in argv if not a.startswith("-")]
+        chosen = next((subs[0].choices[w] for w in words if subs and w in subs[0].choices),
+                      None)
+        if chosen is None:
+            return parser
+        parser = chosen
+
+
+def suggest_option(parser: argparse.ArgumentParser, given: str) -> str | None:
+    """The option of `parser` nearest to a mistyped one (`--epocs` -> `--epochs`), or None.
+
+    Example:
+        >>> p = argparse.ArgumentParser(); _ = p.add_argument("--image-size")
+        >>> suggest_option(p, "--image_size")
+        '--image-size'
+    """
+    known = [o for a in parser._actions if a.help != argparse.SUPPRESS
+             for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(given, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _refuse_typos(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """Exit 2 with one line for an option the command does not know, naming the nearest.
+
+    Checked before argparse parses: argparse would report a required option missing first,
+    or the top-level usage, and never suggest. A prefix of a known option (`--epoch`) is
+    argparse's to accept.
+    """
+    command = _command_parser(parser, argv)
+    options = [o for a in command._actions for o in a.option_strings]
+    for arg in argv:
+        if arg == "--":
+            return
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--") or any(o.startswith(name) for o in options):
+            continue
+        guess = suggest_option(command, name)
+        hint = f"; did you mean {guess}?" if guess else ""
+        command.exit(2, f"{command.prog}: error: unknown option {name}{hint} "
+                        f"({command.prog} --help lists them)\n")
+
+
+# The one vocabulary of the commands: a model, a device, what may be replaced.
+
+MODEL_HELP = ("The trained model: a run folder (its best.pt), a checkpoint (best.pt or "
+              "last.pt), or a file written by cxrlearn export (.pt, .ptl, .pt2).")
+DEVICE_HELP = ("Where the network runs: auto (CUDA, else Apple MPS, else the CPU), cpu, "
+               "cuda, cuda:N or mps. Default: auto.")
+
+
+class _Renamed(argparse.Action):
+    """An option of an older cxrlearn: one line that names what replaced it, exit 2."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, use: str = "",
+                 **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.use = use
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        parser.exit(2, f"{parser.prog}: error: {option_string} is gone; {self.use}\n")
+
+
+def add_model_argument(p: argparse.ArgumentParser, required: bool = True,
+                       extra: str = "") -> None:
+    """`--model PATH`, the same in every command, and the old spellings' one-line error.
+
+    Args:
+        p: The command's parser.
+        required: Whether the command needs it (`cxrlearn app` explains itself without it).
+        extra: A sentence added to the help: what this command does with the model.
+    """
+    p.add_argument("--model", type=Path, required=required, metavar="PATH",
+                   help=f"{MODEL_HELP} {extra}".strip())
+    p.add_argument("--run", action=_Renamed, dest="_renamed_run",
+                   use="use --model PATH (a run folder, a checkpoint or an exported file)")
+    p.add_argument("--checkpoint", action=_Renamed, dest="_renamed_checkpoint",
+                   use="use --model PATH with the file itself, e.g. --model runs/NAME/last.pt")
+
+
+def add_device_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--device`, the same in every command that runs the network."""
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+
+
+def add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """`--overwrite`: `what` (e.g. "report files") may replace files of the same names."""
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"Replace {what} that already exist. Without it, nothing is "
+                        "replaced and the command names what it would replace.")
+
+
 class _Printable:
     """A text stream that writes any file name on any terminal.
 
@@ -179,7 +301,7 @@ def progress_bar(console: Console, *extra_columns: TextColumn) -> Progress:
     )
 
 
-def check_outputs(out: Path, names: list[str] | tuple[str, ...], overwrite: bool) -> None:
+def check_outputs(out: Path, names: Sequence[str], overwrite: bool) -> None:
     """Refuse to replace a user's files: the outputs that exist need `--overwrite`.
 
     Raises:
@@ -187,11 +309,61 @@ def check_outputs(out: Path, names: list[str] | tuple[str, ...], overwrite: bool
     """
     if out.exists() and not out.is_dir():
         raise CxrlearnError("exists and is not a folder", path=out)
-    taken = [n for n in names if (out / n).exists()]
+    taken = [n for n in names if (out / n).exists() or (out / n).is_symlink()]
     if taken and not overwrite:
         raise CxrlearnError(f"already holds {', '.join(taken[:3])}"
                             f"{', ...' if len(taken) > 3 else ''}; choose another folder, or "
                             "replace them with --overwrite", path=out)
+
+
+def check_new_file(path: Path, overwrite: bool, reading: Sequence[Path] = ()) -> None:
+    """Refuse to write `path` over an existing file without `--overwrite`, and ever over a
+    file the command is reading (`reading`: the model itself), even with it.
+
+    Raises:
+        CxrlearnError: Which file, and why it stays.
+    """
+    if any(_same_file(path, r) for r in reading):
+        raise CxrlearnError("is the model being read; it is never replaced, even with "
+                            "--overwrite: choose another output path", path=path)
+    if path.is_dir():
+        raise CxrlearnError("is a folder; give a file path", path=path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise CxrlearnError("already exists; choose another path, or replace it with "
+                            "--overwrite", path=path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def longest_word(texts: Sequence[str]) -> int:
+    """The length of the longest word in `texts`: the narrowest column that wraps them
+    between words and never cuts one (rich cuts a word that is wider than its column)."""
+    return max((len(w) for t in texts for w in t.split()), default=1)
+
+
+def class_headers(names: Sequence[str], room: int) -> tuple[list[str], list[int], str | None]:
+    """Headers and widths for one column per class in `room` columns of text, and a legend.
+
+    Each name is a header when every column fits at the width of its longest word (headers
+    wrap between words); otherwise the columns are numbered `1`, `2`, ... and the legend
+    (`1 = Healthy, 2 = Pneumothorax with spaces`) says which is which. Either way no class
+    name is cut.
+
+    Returns:
+        The headers, the width of each column's text, and the legend (None when the
+        headers are the names).
+    """
+    widths = [max(5, longest_word([n])) for n in names]  # 5: "0.123"
+    if sum(w + 3 for w in widths) <= room:  # + 3: padding and border
+        return list(names), widths, None
+    keys = [str(i + 1) for i in range(len(names))]
+    return keys, [5] * len(names), ", ".join(f"{k} = {n}" for k, n in zip(keys, names,
+                                                                             strict=True))
 
 
 # Argument types: a bad value is argparse's one-line error (exit 2), before any work.

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
-from cxrlearn.cli import port, positive_int
+from cxrlearn.cli import add_model_argument, port, positive_int
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["HELP", "add_parser", "missing_app_packages"]
 
-HELP = "serve a web page and HTTP API that classify uploaded X-rays"
+HELP = "Serve a web page and HTTP API that classify uploaded X-rays."
 
 # Package (as pip names it) -> the modules it may provide; python-multipart was imported
 # as `multipart` before version 0.0.13 and as `python_multipart` since.
@@ -51,19 +50,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Start a local web app: upload a chest X-ray, see the class probabilities "
                     "and the Grad-CAM overlay. Needs `pip install 'cxrlearn[app]'`. "
                     "A teaching tool, not a diagnostic device.")
-    p.add_argument("--model", type=Path, default=None, metavar="PATH",
-                   help="a run folder or its checkpoint (best.pt) for probabilities and "
-                        "Grad-CAM, or an exported model.pt/.ptl/.pt2 for probabilities only")
+    add_model_argument(p, required=False,
+                       extra="A checkpoint gives probabilities and Grad-CAM, an exported "
+                             "file probabilities only.")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=port, default=8000, help="port (default 8000)")
+                   help="The address to listen on. Default: 127.0.0.1, this machine only.")
+    p.add_argument("--port", type=port, default=8000, help="The port. Default: 8000.")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="a host name or address clients use to reach the app, besides "
-                        "localhost, 127.0.0.1, [::1] and --host (repeatable); requests "
-                        "naming any other host are refused, against DNS rebinding")
+                   help="A host name or address clients use to reach the app, besides "
+                        "localhost, 127.0.0.1, [::1] and --host (repeatable). Requests "
+                        "naming any other host are refused, against DNS rebinding.")
     p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
-                   help="largest image accepted, in pixels, checked before decoding "
-                        "(default 4096 x 4096 = 16777216)")
+                   help="The largest image accepted, in pixels, checked before decoding. "
+                        "Default: 4096 x 4096 = 16777216.")
     p.set_defaults(func=run)
 
 

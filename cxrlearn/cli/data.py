@@ -20,7 +20,7 @@ from cxrlearn.errors import CxrlearnError
 
 __all__ = ["HELP", "add_parser"]
 
-HELP = "inspect a data folder or copy the bundled sample"
+HELP = "Inspect a data folder, or copy the bundled sample."
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,15 +29,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     c = data_sub.add_parser(
         "check",
-        help="count images per class, find unreadable files and duplicates across classes",
+        help="Count images per class, find unreadable files and duplicates across classes, "
+             "and warn about classes too small for cxrlearn train's split.",
     )
-    c.add_argument("dir", type=Path, help="folder with one sub-folder per class")
+    c.add_argument("dir", type=Path, help="The folder with one sub-folder per class.")
     c.add_argument("--max-distance", type=int, default=12,
-                   help="difference-hash bits (of 256) within which two images are copies")
+                   help="Difference-hash bits (of 256) within which two images are copies. "
+                        "Default: 12.")
     c.set_defaults(func=run_check)
 
-    s = data_sub.add_parser("sample", help="copy the bundled sample (400 X-rays) to PATH")
-    s.add_argument("path", type=Path, help="new or empty folder to copy into")
+    s = data_sub.add_parser("sample", help="Copy the bundled sample (400 X-rays) to PATH.")
+    s.add_argument("path", type=Path, help="A new or empty folder to copy into.")
     s.set_defaults(func=run_sample)
 
 
@@ -82,11 +84,39 @@ def run_check(args: argparse.Namespace, console: Console) -> int:
     for entry in scan.unknown:
         console.print(f"[yellow]warning:[/] {escape(str(entry))}: not a class folder, ignored",
                       soft_wrap=True)
+    for warning in split_warnings(scan.counts()):
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False,
+                      soft_wrap=True)
     problems = [(path, problem) for path, _, problem in bad] + scan.problems
     for path, problem in problems:
         console.print(f"[red]bad file:[/] {escape(str(path))}: {escape(problem)}",
                       highlight=False, soft_wrap=True)
     return 1 if problems else 0
+
+
+def split_warnings(counts: dict[str, int]) -> list[str]:
+    """What `cxrlearn train` would refuse with its default split: one sentence per class
+    too small for it, with the largest `--test-per-class` that would work."""
+    from dataclasses import fields
+
+    from cxrlearn.data.splits import split_shortfall
+    from cxrlearn.runs import RunSettings  # the defaults' one definition (imports torch)
+
+    defaults = {f.name: f.default for f in fields(RunSettings)}
+    test, val = defaults["test_per_class"], defaults["val_fraction"]
+    warnings = []
+    for name, n in counts.items():
+        problem = split_shortfall(n, test, val)
+        if problem is None:
+            continue
+        fits = next((t for t in range(test - 1, 0, -1) if split_shortfall(n, t, val) is None),
+                    None)
+        fix = (f"hold out fewer with --test-per-class {fits} (or less), or add images"
+               if fits else "add images")
+        warnings.append(f"class {name!r} has {n} images: {problem} (cxrlearn train's default "
+                        f"split: {test} test images per class, then {val:.0%} of the rest "
+                        f"for validation), so cxrlearn train would refuse it; {fix}")
+    return warnings
 
 
 def run_sample(args: argparse.Namespace, console: Console) -> int:

@@ -23,15 +23,16 @@ from cxrlearn.cli.train import add_training_arguments
 
 __all__ = ["HELP", "DEMO_EPOCHS", "add_parser"]
 
-HELP = "run the whole pipeline on the bundled sample (CPU, minutes)"
+HELP = "Run the whole pipeline on the bundled sample (on a CPU, in minutes)."
 DEMO_EPOCHS = 15
 GRADCAM_PER_CLASS = 2
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help=HELP, description=__doc__.splitlines()[0])
+    p = sub.add_parser("demo", help=HELP, description=" ".join(
+        __doc__.split("\n\n")[1].split()))
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="run folder (default: a new runs/demo-DATE-TIME)")
+                   help="The run folder, new or empty. Default: a new runs/demo-DATE-TIME.")
     add_training_arguments(p, demo_settings())
     p.set_defaults(func=run)
 
@@ -50,8 +51,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from cxrlearn.cli.train import RichEvents, settings_from_args
     from cxrlearn.data import load_image
     from cxrlearn.device import select_device
-    from cxrlearn.runs import train_run
-    from cxrlearn.trained import open_model
+    from cxrlearn.runs import EVALUATION_FILES, train_run
+    from cxrlearn.trained import TEST_SCORES_FILE, open_model
 
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     console.print(Panel.fit(
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     console.print(f"everything is in [bold]{escape(str(out))}[/] "
                   f"({time.perf_counter() - start:.0f} s):")
     for name in ("manifest.csv", "config.json", "history.csv", "learning_curves.png",
-                 "best.pt", "last.pt", "report.json", "predictions.csv", "confusion_matrix.png",
-                 "gradcam/", "model.pt"):
-        console.print(f"  {escape(str(out / name))}", highlight=False)
+                 "best.pt", "last.pt", *EVALUATION_FILES, TEST_SCORES_FILE, "gradcam/",
+                 "model.pt"):
+        console.print(f"  {escape(str(out / name))}", highlight=False, soft_wrap=True)
     return 0

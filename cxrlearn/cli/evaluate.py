@@ -3,7 +3,8 @@
 Reproduces the reference project's report (per-class precision, recall, F1 and support,
 accuracy, macro and weighted averages, confusion matrix) and adds what reading it honestly
 needs: 95% intervals, one-vs-rest AUCs, sensitivity and specificity, and calibration. The
-test scores are also stored in the checkpoint, so that the app can show them.
+model is only read, never changed: the test scores are written beside it, in
+`test_scores.json`, where the app's model card finds them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from cxrlearn.cli import check_outputs, positive_int
+from cxrlearn.cli import (
+    add_device_argument,
+    add_model_argument,
+    add_overwrite_argument,
+    check_outputs,
+    longest_word,
+    positive_int,
+)
 from cxrlearn.errors import CxrlearnError
 
 if TYPE_CHECKING:  # the library (torch, numpy) is imported when a command runs, not before
@@ -26,27 +34,24 @@ if TYPE_CHECKING:  # the library (torch, numpy) is imported when a command runs,
 
 __all__ = ["HELP", "add_parser", "evaluate_model", "print_evaluation", "report_table"]
 
-HELP = "report on the held-out test split of a run"
+HELP = "Report on the held-out test split of a run."
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help=HELP, description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, metavar="RUN",
-                   help="the run folder (from cxrlearn train), or a checkpoint in it")
-    p.add_argument("--run", type=Path, dest="model", help=argparse.SUPPRESS)  # cxrlearn 0.1
-    p.add_argument("--checkpoint", default="best.pt", metavar="NAME",
-                   help="which checkpoint of the run folder (default best.pt)")
+    p = sub.add_parser("evaluate", help=HELP, description=" ".join(
+        __doc__.split("\n\n")[1].split()))
+    add_model_argument(p, extra="It must be a checkpoint in its run folder (best.pt, or "
+                                "runs/NAME/last.pt), which holds the split.")
     p.add_argument("--split", default="test", choices=("test", "val", "train"),
-                   help="which part of the run's split (default test)")
+                   help="Which part of the run's split to evaluate. Default: test.")
     p.add_argument("--data", type=Path, default=None, metavar="DIR",
-                   help="the data folder, if it moved since training")
+                   help="The data folder, if it moved since training.")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="output folder (default: the run folder)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace report files that already exist in --out")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+                   help="The folder for the report's files. Default: the run folder.")
+    add_overwrite_argument(p, "report files")
+    add_device_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
-                   help="images per forward pass (default 64)")
+                   help="Images per forward pass. Default: 64.")
     p.set_defaults(func=run)
 
 
@@ -67,7 +72,9 @@ def report_table(report: dict, intervals: dict | None = None, digits: int = 2,
     caption = report_caption(intervals)
     # Text() cells, not strings: rich would read "[0.76, 0.89]" or "[low, high]" as markup.
     table = Table(title=title, caption=None if caption is None else Text(caption))
-    table.add_column("", justify="right", style="bold")
+    # Class names wrap between words, never cut (rich cuts a word wider than its column).
+    table.add_column("", justify="right", style="bold",
+                     min_width=longest_word([name for name, _ in classes]))
     for header in HEADERS:
         table.add_column(header, justify="right")
     for i, (name, cells) in enumerate(classes):
@@ -97,7 +104,8 @@ def print_evaluation(result: Evaluation, console: Console) -> None:
     console.print(_intervals_table(rep, intervals))
     extra = Table(title="one-vs-rest")
     for col in ("class", "sensitivity", "specificity", "AUC"):
-        extra.add_column(col, justify="right")
+        extra.add_column(col, justify="right",
+                         min_width=longest_word(list(result.auc)) if col == "class" else None)
     for n in result.auc:
         extra.add_row(escape(n), f"{result.sensitivity[n]:.3f}", f"{result.specificity[n]:.3f}",
                       f"{result.auc[n]:.3f}")
@@ -107,10 +115,13 @@ def print_evaluation(result: Evaluation, console: Console) -> None:
     console.print(f"calibration: ECE {result.ece['before_temperature']:.3f} before, "
                   f"{result.ece['after_temperature']:.3f} after temperature "
                   f"T = {result.temperature:.2f}")
-    plots = sum(path.suffix == ".png" for path in result.files)
     folder = result.files[0].parent
-    console.print(f"wrote report.json, predictions.csv and {plots} plots to "
-                  f"[bold]{escape(str(folder))}[/]", highlight=False)
+    console.print(f"wrote {', '.join(p.name for p in result.files)} to "
+                  f"[bold]{escape(str(folder))}[/]", highlight=False, soft_wrap=True)
+    if result.split == "test":
+        console.print(f"test scores written beside the model, for the app: "
+                      f"{escape(str(result.checkpoint.parent / 'test_scores.json'))}",
+                      highlight=False, soft_wrap=True)
 
 
 def _intervals_table(rep: dict, intervals: dict) -> Table:
@@ -130,17 +141,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from cxrlearn.runs import EVALUATION_FILES
     from cxrlearn.trained import open_model
 
-    if args.model is None:
-        raise CxrlearnError("name the run to evaluate: cxrlearn evaluate --model runs/NAME")
     if args.data is not None and not args.data.is_dir():
         raise CxrlearnError("data folder not found (given with --data)", path=args.data)
-    path = args.model / args.checkpoint if args.model.is_dir() else args.model
-    model = open_model(path, data_root=args.data)
+    model = open_model(args.model, data_root=args.data)
     model.require_network("evaluation")  # before any file is written
+    _ = model.split  # a split whose images are gone is the first thing to say
     out = args.out if args.out is not None else model.folder
-    # The run folder's own report files are replaced by a new evaluation; a folder the
-    # user named may hold their own files of those names.
-    check_outputs(out, EVALUATION_FILES, overwrite=args.overwrite or args.out is None)
+    # An earlier evaluation's files, in the run folder as anywhere else, are the user's
+    # until they say otherwise.
+    check_outputs(out, EVALUATION_FILES, overwrite=args.overwrite)
     evaluate_model(model, args.split, out, select_device(args.device), console,
                    args.batch_size)
     return 0

@@ -1,4 +1,11 @@
-"""`cxrlearn export --model runs/NAME`: write a run's best model as self-contained files."""
+"""`cxrlearn export --model runs/NAME`: write a trained model as self-contained files.
+
+Each format has its suffix (`FORMATS`), and the suffix of the file written is always the
+format's: `--out DIR/thesis` writes `DIR/thesis.pt`, `--out DIR/thesis.pt` the same file,
+and with several formats each gets its own (`DIR/thesis.pt`, `DIR/thesis.ptl`); a suffix
+that belongs to no format is refused. No file is replaced without `--overwrite`, and the
+model being read never is, even with it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from cxrlearn.cli import add_model_argument, add_overwrite_argument, check_new_file
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["HELP", "FORMATS", "add_parser", "parse_formats"]
+__all__ = ["HELP", "FORMATS", "add_parser", "parse_formats", "output_paths"]
 
-HELP = "write a run's best.pt as a self-contained TorchScript/mobile/.pt2 file"
+HELP = "Write a trained model as a self-contained TorchScript, mobile or .pt2 file."
 # The export formats and their suffixes (cxrlearn.export.FILE_FORMATS, without torch).
 FORMATS = {"torchscript": ".pt", "lite": ".ptl", "export": ".pt2"}
 
@@ -31,35 +39,56 @@ def parse_formats(text: str) -> tuple[str, ...]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export", help=HELP,
-        description="Export the best checkpoint of a run with its preprocessing, class names "
-                    "and temperature inside. Each file is loaded back and checked against the "
+        description="Export a checkpoint with its preprocessing, class names and "
+                    "temperature inside. Each file is loaded back and checked against the "
                     "Python pipeline on sample X-rays before it is kept.")
-    p.add_argument("--model", type=Path, metavar="RUN",
-                   help="the run folder, or a checkpoint (best.pt)")
-    p.add_argument("--run", type=Path, dest="model", help=argparse.SUPPRESS)  # cxrlearn 0.1
+    add_model_argument(p, extra="It must be a checkpoint or its run folder: an exported "
+                                "file holds no network to export again.")
     p.add_argument("--format", type=parse_formats, default=("torchscript",), dest="formats",
-                   help="comma-separated: torchscript (.pt), lite (.ptl, PyTorch Mobile), "
-                        "export (.pt2, torch.export) (default torchscript)")
+                   help="Comma-separated formats: torchscript (.pt), lite (.ptl, PyTorch "
+                        "Mobile), export (.pt2, torch.export). Default: torchscript.")
     p.add_argument("--out", type=Path, default=None, metavar="PATH",
-                   help="output path; its suffix is set per format "
-                        "(default RUN/model.pt, .ptl, .pt2)")
+                   help="The file to write. Its suffix is the format's: a path without one "
+                        "gets it (DIR/thesis writes DIR/thesis.pt), and with several formats "
+                        "each file gets its own. Default: model.pt (and .ptl, .pt2) beside "
+                        "the checkpoint.")
+    add_overwrite_argument(p, "files")
     p.set_defaults(func=run)
+
+
+def output_paths(out: Path, formats: tuple[str, ...]) -> list[Path]:
+    """The file each format writes for `--out` (see the module docstring).
+
+    Raises:
+        CxrlearnError: `out` has a suffix that is no format's, or (with one format)
+            another format's.
+    """
+    suffixes = set(FORMATS.values())
+    if out.suffix and out.suffix not in suffixes:
+        raise CxrlearnError(f"{out.suffix} is not the suffix of an export format; name the "
+                            f"file with {', '.join(FORMATS[f] for f in formats)} or without a "
+                            "suffix", path=out)
+    if len(formats) == 1 and out.suffix and out.suffix != FORMATS[formats[0]]:
+        raise CxrlearnError(f"a {formats[0]} file is written as {FORMATS[formats[0]]}; name "
+                            f"it {out.with_suffix(FORMATS[formats[0]]).name}", path=out)
+    stem = out.with_suffix("") if out.suffix in suffixes else out
+    return [stem.with_name(stem.name + FORMATS[name]) for name in formats]
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
     from cxrlearn.trained import open_model
 
-    if args.model is None:
-        raise CxrlearnError("name the run to export: cxrlearn export --model runs/NAME")
     model = open_model(args.model)  # fails early, once, with the file's own message
     model.require_network("export")  # before any file is written
-    base = args.out if args.out is not None else model.folder / "model"
-    if base.is_dir():
+    out = args.out if args.out is not None else model.folder / "model"
+    if out.is_dir():
         raise CxrlearnError("--out is a folder; give a file path such as DIR/model.pt",
-                            path=base)
+                            path=out)
+    paths = output_paths(out, args.formats)
+    for path in paths:  # every refusal before the first file is written
+        check_new_file(path, args.overwrite, reading=[model.path])
     failed = 0
-    for name in args.formats:
-        path = base.with_suffix(FORMATS[name])
+    for name, path in zip(args.formats, paths, strict=True):
         with console.status(f"exporting {name} to {escape(str(path))}"):
             try:
                 result = model.export(path, name)

@@ -23,7 +23,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cxrlearn.cli import check_outputs, progress_bar
+from cxrlearn.cli import (
+    add_device_argument,
+    add_model_argument,
+    add_overwrite_argument,
+    check_outputs,
+    progress_bar,
+)
 from cxrlearn.errors import CxrlearnError
 
 if TYPE_CHECKING:  # a name for the annotations only: `cxrlearn --help` imports no torch
@@ -31,22 +37,22 @@ if TYPE_CHECKING:  # a name for the annotations only: `cxrlearn --help` imports 
 
 __all__ = ["HELP", "add_parser", "write_overlays", "overlay_name"]
 
-HELP = "write Grad-CAM overlays: where did the model look?"
+HELP = "Write Grad-CAM overlays: where did the model look?"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("gradcam", help=HELP, description=__doc__.splitlines()[0])
+    p = sub.add_parser("gradcam", help=HELP, description=" ".join(
+        __doc__.split("\n\n")[1].split()))
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
-                   help="PNG, JPEG or DICOM X-rays")
-    p.add_argument("--model", type=Path, required=True, metavar="PATH",
-                   help="a run folder or its checkpoint (best.pt); exported files have no "
-                        "layer to hook")
+                   help="PNG, JPEG or DICOM X-rays.")
+    add_model_argument(p, extra="It must be a checkpoint or its run folder: an exported "
+                                "file has no layer to hook.")
     p.add_argument("--target", default=None, metavar="CLASS",
-                   help="explain this class for every image (default: the predicted class)")
+                   help="Explain this class for every image. Default: the predicted class.")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="output folder (default: gradcam/ in the run folder)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace overlays that already exist in --out")
+                   help="The folder for the overlays. Default: gradcam/ beside the model.")
+    add_overwrite_argument(p, "overlays")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -143,16 +149,20 @@ def _target_index(model: Any, target: str | None) -> int | None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    from cxrlearn.device import select_device
     from cxrlearn.trained import open_model
 
     model = open_model(args.model)
     _target_index(model, args.target)  # its errors before the progress bar starts
+    model.require_network("Grad-CAM").to(select_device(args.device))
     out_dir = args.out if args.out is not None else model.folder / "gradcam"
+    taken: set[str] = set()  # refused before the progress bar starts, too
+    check_outputs(out_dir, [overlay_name(p, taken) for p in args.images], args.overwrite)
     with progress_bar(console) as progress:
         task = progress.add_task("Grad-CAM", total=len(args.images))
         results = write_overlays(model, args.images, out_dir, args.target,
                                  on_image=lambda: progress.advance(task),
-                                 overwrite=args.overwrite or args.out is None)
+                                 overwrite=args.overwrite)
 
     caption = ("probabilities without calibration (no temperature in the checkpoint)"
                if model.temperature == 1.0 else

@@ -18,15 +18,15 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from cxrlearn.cli import _number, progress_bar
+from cxrlearn.cli import _number, add_device_argument, progress_bar
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["HELP", "add_parser", "add_setting_flags", "add_training_arguments", "RichEvents",
            "settings_from_args", "epoch_line"]
 
-HELP = "train ResNet18 on a data folder and write a run folder"
+HELP = "Train ResNet18 on a data folder and write a run folder."
 
 
 def add_setting_flags(p: argparse.ArgumentParser, defaults: Any,
@@ -94,9 +94,7 @@ def add_training_arguments(p: argparse.ArgumentParser, defaults: Any) -> None:
     """The model, training and hardware flags, shared by `train` and `demo`; `defaults` are
     the `RunSettings` a new run of that command takes."""
     hardware = add_setting_flags(p, defaults, ("model", "training", "hardware"))["hardware"]
-    hardware.add_argument("--device", default="auto",
-                          help="Where to train: auto (CUDA, else Apple MPS, else the CPU), "
-                               "cpu, cuda, cuda:N or mps. Default: auto.")
+    add_device_argument(hardware)
     hardware.add_argument("--cache-dir", type=Path, metavar="DIR",
                           help="The prepared-image cache. Default: $CXRLEARN_CACHE_DIR, else "
                                "~/.cache/cxrlearn.")
@@ -106,7 +104,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from cxrlearn.runs import RunSettings
 
     about = " ".join(__doc__.split("\n\n")[1].split())  # the docstring's second paragraph
-    p = sub.add_parser("train", help=HELP, description=f"{HELP}. {about}")
+    p = sub.add_parser("train", help=HELP, description=f"{HELP} {about}")
     defaults = RunSettings()
     add_setting_flags(p, defaults, ("data",))
     r = p.add_argument_group("run folder")
@@ -138,12 +136,28 @@ def settings_from_args(args: argparse.Namespace, defaults: Any) -> Any:
 
 
 class RichEvents:
-    """`cxrlearn.runs.RunEvents` for a terminal: messages, progress bars, one line per epoch."""
+    """`cxrlearn.runs.RunEvents` for a terminal: messages, progress bars, one line per epoch.
 
-    def __init__(self, console: Console, num_epochs: int) -> None:
+    The epoch's bar shows the time since that epoch began and the time left in the whole
+    run (`run_eta`), measured here rather than by rich: rich's clock stops when a task
+    first completes, and one task reused for every epoch would then show the first
+    epoch's time for ever. Each epoch's line ends with how long it took and the run's
+    time left.
+    """
+
+    def __init__(self, console: Console, num_epochs: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console
         self.num_epochs = num_epochs
+        self.clock = clock
         self._bar: Any = None
+        self._epoch: int | None = None      # the epoch in progress, from 0
+        self._epoch_start = 0.0
+        self._finished: list[float] = []    # durations of the epochs finished here
+        self._last_end: float | None = None  # when the previous epoch ended
+
+    def start(self, num_epochs: int) -> None:
+        self.num_epochs = num_epochs
 
     def message(self, text: str) -> None:
         if text.startswith("warning:"):
@@ -157,22 +171,58 @@ class RichEvents:
         with progress_bar(self.console) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)
+        self._last_end = self.clock()  # the first epoch begins after the slow steps
+
+    def timing(self, epoch: int, batch: int, batches: int) -> str:
+        """The epoch's elapsed time and the run's time left, as the bar shows them."""
+        from cxrlearn.runs import clock_text, run_eta  # torch: imported when training
+
+        now = self.clock()
+        if epoch != self._epoch:  # a new epoch began when the last one ended
+            self._epoch = epoch
+            self._epoch_start = self._last_end if self._last_end is not None else now
+        elapsed = now - self._epoch_start
+        if batch <= 1 and not self._finished:
+            eta = "eta -:--:--"  # one batch is no measure yet
+        else:
+            eta = "run eta " + clock_text(run_eta(epoch, batch, batches, elapsed,
+                                                  self._finished, self.num_epochs))
+        return f"{clock_text(elapsed)} {eta}"
 
     def batch(self, epoch: int, stats: dict[str, float]) -> None:
         if self._bar is None:
-            self._bar = progress_bar(self.console, TextColumn("{task.fields[stats]}"))
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(bar_width=None if self.console.width >= 100 else 20),
+                MofNCompleteColumn(), TextColumn("{task.fields[timing]}"),
+                TextColumn("{task.fields[stats]}"), console=self.console)
             self._bar.start()
-            self._task = self._bar.add_task("epoch", total=None, stats="")
+            self._task = self._bar.add_task("epoch", total=None, stats="", timing="")
+        batches, done = int(stats["batches"]), int(stats["batch"])
+        timing = self.timing(epoch, done, batches)
         self._bar.update(self._task, description=f"epoch {epoch + 1}/{self.num_epochs}",
-                         total=stats["batches"], completed=stats["batch"],
+                         total=batches, completed=done, timing=timing,
                          stats=f"loss {stats['loss']:.3f} {stats['images_per_s']:.0f} img/s")
 
     def epoch(self, row: dict[str, float]) -> None:
-        if self._bar is not None and row["epoch"] >= self.num_epochs:
+        from cxrlearn.runs import clock_text, run_eta
+
+        now = self.clock()
+        done = int(row["epoch"])  # epochs finished, counted from 1
+        if self._epoch == done - 1:  # its batches were seen here
+            self._finished.append(now - self._epoch_start)
+            took = f" | {clock_text(self._finished[-1])}"
+            left = run_eta(done - 1, 1, 1, 0.0, self._finished, self.num_epochs)
+            took += f", run eta {clock_text(left)}" if done < self.num_epochs else ""
+        else:
+            took = ""
+        self._last_end = now
+        if self._bar is not None and done >= self.num_epochs:
             self._bar.stop()
             self._bar = None
         printer = self._bar.console if self._bar is not None else self.console
-        printer.print(epoch_line(row, self.console.width), highlight=False)
+        width = self.console.width - len(took)
+        printer.print(epoch_line(row, width) + took, highlight=False)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -30,8 +30,8 @@ import numpy as np
 from cxrlearn.atomic import write_atomic
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["SPLITS", "SplitRow", "split_items", "write_manifest", "read_manifest",
-           "manifest_classes"]
+__all__ = ["SPLITS", "SplitRow", "split_items", "split_shortfall", "write_manifest",
+           "read_manifest", "manifest_classes"]
 
 SPLITS = ("train", "val", "test")
 
@@ -112,6 +112,28 @@ def split_items(
             for i in members[g]:
                 split_of[i] = part
     return [SplitRow(Path(p), y, s) for (p, y), s in zip(items, split_of, strict=True)]
+
+
+def split_shortfall(n_items: int, test_per_class: int, val_fraction: float) -> str | None:
+    """Why a class of `n_items` images cannot be split this way, or None when it can.
+
+    The rule of `split_items` (and of `cxrlearn train`, which also wants a validation
+    image in every class), for `cxrlearn data check` to warn before any training:
+    `test_per_class` test images, then `round(val_fraction * rest)` validation images, and
+    at least one training image. Near-duplicates kept together can shift the counts by a
+    few images.
+
+    Example:
+        >>> split_shortfall(20, 30, 0.15)
+        'too few for 30 test images, a validation and a training image'
+        >>> split_shortfall(100, 30, 0.15) is None
+        True
+    """
+    rest = n_items - test_per_class
+    n_val = min(round(val_fraction * rest), rest - 1) if rest > 0 else 0
+    if rest < 1 or n_val < 1:
+        return f"too few for {test_per_class} test images, a validation and a training image"
+    return None
 
 
 def write_manifest(
