@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,app,dicom]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,app,dicom,onnx]"
 echo "cxrlearn is installed in .venv (activate it with: source .venv/bin/activate)"
