@@ -159,7 +159,7 @@ def main() -> int:
             table.add_row(quantize or "float32", f"{onnx_path.stat().st_size / 1e6:.1f}",
                           f"{test_f1(onnx_path, run, test):.3f}", f"{cold:.0f}",
                           f"{per_image:.0f}", f"{py_cold:.0f}", f"{py_image:.1f}")
-    Console().print(table)
+    Console(width=140).print(table)
     return 0
 
 

@@ -84,7 +84,8 @@ class TrainedModel:
 
     Attributes:
         path: The file opened (a run folder stands for its `best.pt`).
-        kind: `"checkpoint"`, or an export's format (`"torchscript"`, `"lite"`, `"export"`).
+        kind: `"checkpoint"`, or an export's format (`"torchscript"`, `"lite"`, `"export"`,
+            `"onnx"`).
         class_names: Column order of the probabilities.
         preprocess: How a raw X-ray becomes the network's input.
         temperature: T the logits are divided by (1.0 until calibrated).

@@ -187,9 +187,15 @@ def test_bad_files_get_a_clear_message_and_the_page_keeps_working(app, tmp_path)
     empty.write_bytes(b"")
     huge = tmp_path / "huge.png"
     Image.new("L", (8000, 8000)).save(huge, optimize=False)  # small file, 64 M pixels
-    rgb = tmp_path / "colour.png"  # colour and JPEG: the grey levels of load_image
+    # Colour, transparency and JPEG: the page must find load_image's grey levels exactly.
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)).save(rgb)
+    kinds = {"colour.png": rng.integers(0, 256, (90, 70, 3), dtype=np.uint8),
+             "alpha.png": rng.integers(0, 256, (90, 70, 4), dtype=np.uint8),
+             "colour.jpg": rng.integers(0, 256, (90, 70, 3), dtype=np.uint8),
+             "grey.jpg": np.asarray(Image.open(sorted((sample_root() / "COVID").glob(
+                 "*.png"))[1]).convert("L"))}
+    for name, pixels in kinds.items():
+        Image.fromarray(pixels).save(tmp_path / name, quality=85)
     xray = sorted((sample_root() / "Normal").glob("*.png"))[0]
     with serving(folder) as url, phone(url) as (_, page, errors):
         page.goto(url)
@@ -201,7 +207,11 @@ def test_bad_files_get_a_clear_message_and_the_page_keeps_working(app, tmp_path)
             assert words in page.inner_text("#error")
             _answer(page, xray)  # still works, and the message is gone
             assert page.is_hidden("#error")
-        _answer(page, rgb)
-        got = np.array(page.evaluate("() => Array.from(window.cxrlearn.lastInput)"))
+        seen = {}
+        for name in kinds:
+            _answer(page, tmp_path / name)
+            seen[name] = np.array(page.evaluate("() => Array.from(window.cxrlearn.lastInput)"))
         assert errors == []
-    np.testing.assert_array_equal(got.reshape(90, 70), load_image(rgb))
+    for name, got in seen.items():
+        want = load_image(tmp_path / name)
+        np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=name)
