@@ -328,8 +328,9 @@ def _quantize(float_path: Path, out_path: Path, images: Sequence[np.ndarray]) ->
     """Static int8 quantization of the convolutions and the linear layer (QDQ format).
 
     Only Conv, Gemm and MatMul are quantized: the preprocessing (sort, percentiles, resize)
-    stays float, exactly the graph the parity check proved. Activation ranges come from
-    running the float file on `images` (MinMax calibration).
+    stays float, exactly the graph the parity check proved. onnxruntime's own preparation
+    runs first (shape inference, graph optimisation), as its documentation asks; activation
+    ranges come from running the float file on `images` (MinMax calibration).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -337,6 +338,7 @@ def _quantize(float_path: Path, out_path: Path, images: Sequence[np.ndarray]) ->
         QuantType,
         quantize_static,
     )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -346,7 +348,9 @@ def _quantize(float_path: Path, out_path: Path, images: Sequence[np.ndarray]) ->
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
-    quantize_static(str(float_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+    prepared = out_path.with_name("prepared.onnx")
+    quant_pre_process(str(float_path), str(prepared))
+    quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=["Conv", "Gemm", "MatMul"], per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
