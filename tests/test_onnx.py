@@ -28,7 +28,7 @@ from cxrlearn.export import onnx as onnx_export  # noqa: E402
 from cxrlearn.export.onnx import (  # noqa: E402
     ONNX_OPSET,
     WARNING,
-    cam_map,
+    cam_for_class,
     export_onnx,
     read_onnx,
 )
@@ -131,7 +131,7 @@ def test_the_maps_equal_grad_cam(exported) -> None:
         for target in range(len(CLASSES)):
             with GradCAM(model) as cam:
                 want = cam(x, target).cams[0].numpy()  # (S, S)
-            got = cam_map(out["cams"][0], target, PREPROCESS.image_size)
+            got = cam_for_class(out["cams"][0], target, PREPROCESS.image_size)
             assert np.abs(got - want).max() <= 1e-4
             drawn += int(want.max() == 1.0 and want.min() == 0.0)
         assert drawn >= 2

@@ -20,7 +20,7 @@ weight is alpha_c = W[k, c] / (h w) and
 After min-max normalisation the factor 1 / (h w) is gone: Grad-CAM at the last block *is* CAM
 (Zhou et al. 2016, arXiv:1512.04150), a product of two tensors the graph already has. The
 phone computes `cams` in the forward pass, then only ReLU, upsampling and normalisation
-(`cam_map`, and the same lines in the web page's script).
+(`cam_for_class`, and the same lines in the web page's script).
 
 **Any image size, by design.** `torch.onnx.export(dynamo=True)` traces the model with symbolic
 shapes, and silently turns Python numbers computed from a shape into constants.
@@ -79,7 +79,7 @@ __all__ = [
     "WARNING",
     "OnnxModel",
     "OnnxPipeline",
-    "cam_map",
+    "cam_for_class",
     "export_onnx",
     "onnx_check_images",
     "percentile_by_shape",
@@ -178,7 +178,7 @@ class OnnxPipeline(nn.Module):
         return probs, acts, cams
 
 
-def cam_map(cams: np.ndarray, target: int, size: int) -> np.ndarray:
+def cam_for_class(cams: np.ndarray, target: int, size: int) -> np.ndarray:
     """The map the web page draws: ReLU, bilinear upsampling to S x S, min-max to [0, 1].
 
     The steps `gradcam.GradCAM` takes after its weighted sum; with `cams` from the file it
