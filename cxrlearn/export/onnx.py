@@ -419,8 +419,8 @@ def export_onnx(
             how = f"int8 static (QDQ), calibrated on {len(calibration_images)} training images"
             tmp.write_bytes(_with_props(q, _props(meta, how)))
             atol = max(atol, INT8_ATOL)
-            notes.append(f"{how}; the accuracy to expect is measured with cxrlearn evaluate "
-                         "or benchmarks/phone.py")
+            notes.append(f"{how}; benchmarks/phone.py measures its test macro-F1 beside "
+                         "the float model's")
         model = read_onnx(tmp)  # read back as any reader would: verified, then run
         try:
             worst, n = max_abs_diff(model.probs, network, preprocess, t, images)
