@@ -134,6 +134,10 @@ LAYERS: tuple[Layer, ...] = (
                "checked before it counts"),
         Module("export.load", (6,), "reading an exported file back as data (metadata, "
                "weights), never running it"),
+        Module("export.onnx", (6,), "ONNX: a size-generic graph with CAM outputs, checked "
+               "with onnxruntime at sizes never traced; int8; `read_onnx`"),
+        Module("export.web", (6,), "the offline phone app (PWA): page, service worker, model "
+               "and ONNX Runtime Web, pinned (`runtime`)"),
     )),
     Layer("A trained model", (
         Module("trained", (4,), "`open_model`: a run folder, checkpoint or exported file as "

@@ -10,6 +10,8 @@
 - an **exported file** (`model.pt`, `.ptl`, `.pt2`): read as data, never run
   (`cxrlearn.export.load`), and rebuilt as cxrlearn's own `EndToEndModel` once the weights
   hash to the sha256 written at export time;
+- an **ONNX file** (`model.onnx`): parsed as data and verified (`cxrlearn.export.onnx`),
+  then run by onnxruntime, which runs operators, never Python code from the file;
 
 and returns a `TrainedModel`: the class names, the preprocessing, the temperature, and
 calibrated probabilities for a raw X-ray (`probs`), whatever the file. Each kind of file
@@ -53,6 +55,7 @@ from cxrlearn.errors import CxrlearnError
 from cxrlearn.evaluation.calibration import plausible_temperature
 from cxrlearn.export.files import ExportResult, export_model
 from cxrlearn.export.load import read_metadata, read_weights
+from cxrlearn.export.onnx import read_onnx
 from cxrlearn.export.pipeline import EndToEndModel, resize_hw, weights_sha256
 from cxrlearn.gradcam import GradCAM
 from cxrlearn.resnet import resnet18
@@ -91,7 +94,8 @@ class TrainedModel:
 
     Attributes:
         path: The file opened (a run folder stands for its `best.pt`).
-        kind: `"checkpoint"`, or an export's format (`"torchscript"`, `"lite"`, `"export"`).
+        kind: `"checkpoint"`, or an export's format (`"torchscript"`, `"lite"`, `"export"`,
+            `"onnx"`).
         class_names: Column order of the probabilities.
         preprocess: How a raw X-ray becomes the network's input.
         temperature: T the logits are divided by (1.0 until calibrated).
@@ -472,6 +476,23 @@ def _export_runner(pipeline: EndToEndModel,
     return run
 
 
+def _read_onnx(path: Path, data_root: Path | None) -> TrainedModel | None:
+    """A `.onnx` file of cxrlearn's; None for any other suffix.
+
+    Parsed as data and verified first (no external data, cxrlearn's metadata, the graph's
+    sha256: `cxrlearn.export.onnx.read_onnx`), then run by onnxruntime, which executes the
+    graph's operators and never any Python code from the file.
+    """
+    if path.suffix.lower() != ".onnx":
+        return None
+    onnx_model = read_onnx(path)
+    m = onnx_model.metadata
+    notes = (f"{path.name} is quantized: {onnx_model.props['quantization']}",) if (
+        onnx_model.props.get("quantization", "none").startswith("int8")) else ()
+    return TrainedModel(path, "onnx", m.class_names, m.preprocess, m.temperature,
+                        notes=notes, _run=onnx_model.probs, _sha256=m.weights_sha256)
+
+
 def _read_checkpoint(path: Path, data_root: Path | None) -> TrainedModel:
     """A checkpoint, read as plain data and checked before the network is built.
 
@@ -513,6 +534,6 @@ def _read_checkpoint(path: Path, data_root: Path | None) -> TrainedModel:
 
 
 _READERS: tuple[Callable[[Path, Path | None], TrainedModel | None], ...] = (
-    _read_export, _read_checkpoint)
+    _read_export, _read_onnx, _read_checkpoint)
 """Tried in order; the first that recognises the file reads it. A new format (ONNX) is a
 new reader, placed before `_read_checkpoint`, which reports a file nobody recognised."""

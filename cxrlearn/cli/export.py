@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,11 +19,19 @@ from rich.markup import escape
 from cxrlearn.cli import add_model_argument, add_overwrite_argument, check_new_file
 from cxrlearn.errors import CxrlearnError
 
+if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs, not before
+    import numpy as np
+
+    from cxrlearn.export import ExportResult
+    from cxrlearn.trained import TrainedModel
+
 __all__ = ["HELP", "FORMATS", "add_parser", "parse_formats", "output_paths"]
 
 HELP = "Write a trained model as a self-contained TorchScript, mobile or .pt2 file."
 # The export formats and their suffixes (cxrlearn.export.FILE_FORMATS, without torch).
-FORMATS = {"torchscript": ".pt", "lite": ".ptl", "export": ".pt2"}
+FORMATS = {"torchscript": ".pt", "lite": ".ptl", "export": ".pt2",
+           "onnx": ".onnx",  # cxrlearn.export.onnx: any ONNX runtime, a browser too
+           "web": ""}  # cxrlearn.export.web: a folder, the offline phone app
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -46,7 +55,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                 "file holds no network to export again.")
     p.add_argument("--format", type=parse_formats, default=("torchscript",), dest="formats",
                    help="Comma-separated formats: torchscript (.pt), lite (.ptl, PyTorch "
-                        "Mobile), export (.pt2, torch.export). Default: torchscript.")
+                        "Mobile), export (.pt2, torch.export), onnx (.onnx, any ONNX runtime) "
+                        "and web (a folder: the offline phone app). Default: torchscript.")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="For onnx and web: int8 static quantization, calibrated on the run's "
+                        "training images, for a file about 4 times smaller.")
     p.add_argument("--out", type=Path, default=None, metavar="PATH",
                    help="The file to write. Its suffix is the format's: a path without one "
                         "gets it (DIR/thesis writes DIR/thesis.pt), and with several formats "
@@ -63,7 +76,7 @@ def output_paths(out: Path, formats: tuple[str, ...]) -> list[Path]:
         CxrlearnError: `out` has a suffix that is no format's, or (with one format)
             another format's.
     """
-    suffixes = set(FORMATS.values())
+    suffixes = set(FORMATS.values()) - {""}
     if out.suffix and out.suffix not in suffixes:
         raise CxrlearnError(f"{out.suffix} is not the suffix of an export format; name the "
                             f"file with {', '.join(FORMATS[f] for f in formats)} or without a "
@@ -71,8 +84,10 @@ def output_paths(out: Path, formats: tuple[str, ...]) -> list[Path]:
     if len(formats) == 1 and out.suffix and out.suffix != FORMATS[formats[0]]:
         raise CxrlearnError(f"a {formats[0]} file is written as {FORMATS[formats[0]]}; name "
                             f"it {out.with_suffix(FORMATS[formats[0]]).name}", path=out)
+    if formats == ("web",):
+        return [out]  # the app's folder is --out itself
     stem = out.with_suffix("") if out.suffix in suffixes else out
-    return [stem.with_name(stem.name + FORMATS[name]) for name in formats]
+    return [stem.with_name(stem.name + (FORMATS[name] or "-web")) for name in formats]
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -80,27 +95,66 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
     model = open_model(args.model)  # fails early, once, with the file's own message
     model.require_network("export")  # before any file is written
-    out = args.out if args.out is not None else model.folder / "model"
-    if out.is_dir():
+    web_only = args.formats == ("web",)
+    out = args.out if args.out is not None else model.folder / ("web" if web_only else "model")
+    if out.is_dir() and not web_only:
         raise CxrlearnError("--out is a folder; give a file path such as DIR/model.pt",
                             path=out)
     paths = output_paths(out, args.formats)
-    for path in paths:  # every refusal before the first file is written
-        check_new_file(path, args.overwrite, reading=[model.path])
+    for name, path in zip(args.formats, paths, strict=True):  # refusals before any writing
+        if name != "web":  # the app's folder: export_web refuses one that is not empty
+            check_new_file(path, args.overwrite, reading=[model.path])
     failed = 0
     for name, path in zip(args.formats, paths, strict=True):
         with console.status(f"exporting {name} to {escape(str(path))}"):
             try:
-                result = model.export(path, name)
+                result = _export(model, path, name, args.quantize)
             except CxrlearnError as e:
                 console.print(f"[bold red]{name} failed:[/] {escape(str(e))}",
                               highlight=False, soft_wrap=True)
                 failed += 1
                 continue
-        size_mb = path.stat().st_size / 1e6
+        size_mb = _size(path) / 1e6
         console.print(f"wrote [bold]{escape(str(path))}[/] ({name}, {size_mb:.1f} MB); "
                       f"max |p - p_python| = {result.max_abs_diff:.1e} over "
                       f"{result.num_checks} checks", highlight=False, soft_wrap=True)
         for note in result.notes:
             console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
     return 1 if failed else 0
+
+
+def _export(model: TrainedModel, path: Path, name: str, quantize: str | None) -> ExportResult:
+    """One format: the TorchScript family through `TrainedModel.export`, ONNX and the web
+    app through their writers, with the network and settings the model holds."""
+    if name not in ("onnx", "web"):
+        if quantize:
+            raise CxrlearnError(f"--quantize applies to onnx and web, not {name}")
+        return model.export(path, name)
+    from cxrlearn.export.onnx import export_onnx
+    from cxrlearn.export.web import export_web
+
+    options = dict(class_names=model.class_names, preprocess=model.preprocess,
+                   temperature=model.temperature, quantize=quantize,
+                   calibration_images=_calibration_images(model) if quantize else ())
+    network = model.require_network("export")
+    if name == "onnx":
+        return export_onnx(network, path, **options)
+    return export_web(network, path, scores=model.scores, **options)
+
+
+def _calibration_images(model: TrainedModel, limit: int = 64) -> list[np.ndarray]:
+    """The first `limit` training X-rays of the run's split: what int8 is calibrated on."""
+    from cxrlearn.data import load_image
+
+    rows = [r for r in model.split if r.split == "train"][:limit]
+    if not rows:
+        raise CxrlearnError("int8 needs the run's training images; the split has none",
+                            path=model.path)
+    return [load_image(r.path) for r in rows]
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder (the web app)."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size

@@ -16,6 +16,11 @@ and the exporters turn that module into a file that runs without Python or cxrle
 - **torch.export** (`export_program`, `.pt2`): the successor. It traces the model into an
   ATen-level graph with symbolic shapes; ExecuTorch compiles such programs for phones.
 
+- **ONNX** (`export_onnx`, `.onnx`, module `onnx`): one graph for any ONNX runtime, with the
+  class activation maps as outputs, size-generic by design and checked with onnxruntime at
+  sizes never traced; `web` wraps it in the offline phone app (`cxrlearn export --format
+  web`), run by ONNX Runtime Web in the browser.
+
 TorchScript and the lite interpreter are deprecated upstream: PyTorch warns on every call
 and points to `torch.export` and ExecuTorch. cxrlearn writes them because apps built on
 PyTorch Mobile still load them, silences only those warnings around those calls, and
@@ -56,6 +61,7 @@ from cxrlearn.export.load import (
     read_weights,
     upstream_deprecation,
 )
+from cxrlearn.export.onnx import export_onnx, read_onnx
 from cxrlearn.export.pipeline import EndToEndModel, eager_probs, resize_hw, weights_sha256
 
 __all__ = [
@@ -67,10 +73,12 @@ __all__ = [
     "eager_probs",
     "export_lite",
     "export_model",
+    "export_onnx",
     "export_program",
     "export_torchscript",
     "max_abs_diff",
     "read_metadata",
+    "read_onnx",
     "read_weights",
     "resize_hw",
     "sample_check_images",
