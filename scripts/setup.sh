@@ -8,6 +8,6 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,app,dicom,onnx]"
 # ONNX Runtime Web for `cxrlearn export --format web`: fetched once with npm (pinned version,
 # sha256-checked) into the cache; the phone app then carries it, so it never needs a CDN.
-.venv/bin/python -m cxrlearn.export.web.runtime \
+.venv/bin/python -c "from cxrlearn.export.web.runtime import main; main()" \
   || echo "note: no ONNX Runtime Web (npm missing?); only cxrlearn export --format web needs it"
 echo "cxrlearn is installed in .venv (activate it with: source .venv/bin/activate)"

@@ -34,7 +34,8 @@ from cxrlearn.atomic import temporary_folder
 from cxrlearn.data import default_cache_dir
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["ORT_WEB_VERSION", "RUNTIME_FILES", "fetch_runtime", "runtime_dir", "runtime_files"]
+__all__ = ["ORT_WEB_VERSION", "RUNTIME_FILES", "fetch_runtime", "main", "runtime_dir",
+           "runtime_files"]
 
 ORT_WEB_VERSION = "1.31.1"
 """The onnxruntime-web release the app ships (npm); Python's onnxruntime is pinned apart."""
@@ -134,8 +135,13 @@ def fetch_runtime(tarball: str | Path | None = None) -> Path:
     return folder
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Fetch the runtime now (scripts/setup.sh calls this): one line, or one error line."""
     try:
         print(f"ONNX Runtime Web {ORT_WEB_VERSION} is in {fetch_runtime()}")
     except CxrlearnError as e:
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
