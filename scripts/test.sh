@@ -3,6 +3,9 @@
 # Exits non-zero as soon as one of them fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Idle OpenMP threads sleep instead of spinning: with a notebook kernel and pytest sharing two
+# cores, spinning threads cost up to 4x (benchmarks/README.md, "Threads on a busy machine").
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 echo "== ruff"
 .venv/bin/ruff check cxrlearn tests benchmarks tools
 echo "== pytest: tests/"

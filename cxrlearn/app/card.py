@@ -30,10 +30,11 @@ Lesson: lessons/07_app.ipynb
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from cxrlearn.checkpoint import is_real
 
 __all__ = ["MAX_EPOCH", "NEAR_CHANCE_MARGIN", "Card", "is_near_chance", "quality_warning",
            "read_card"]
@@ -116,7 +117,7 @@ def read_card(checkpoint: Mapping[str, Any] | None, file: str = "the model file"
         >>> read_card({"epoch": 2, "scores": {"val_macro_f1": 0.8, "val_loss": 10**400}})
         ... # doctest: +NORMALIZE_WHITESPACE
         Card(epoch=2, scores={'val_macro_f1': 0.8},
-             notes=("the model file's scores: val_loss is not a finite number; left out",))
+             notes=("the model file's scores: 'val_loss' is not a finite number; left out",))
     """
     if checkpoint is None:
         return Card()
@@ -150,7 +151,7 @@ def _table(value: Any, what: str, notes: list[str]) -> dict[str, float | int]:
         return {}
     kept: dict[str, float | int] = {}
     for name, number in value.items():
-        if not isinstance(name, str) or not _is_real(number):
+        if not isinstance(name, str) or not is_real(number):
             notes.append(f"{what}: {_show(name)} is not a finite number; left out")
         elif name.endswith(("macro_f1", "accuracy")) and not 0 <= number <= 1:
             notes.append(f"{what}: {name} = {_show(number)} is not between 0 and 1; left out")
@@ -161,16 +162,6 @@ def _table(value: Any, what: str, notes: list[str]) -> dict[str, float | int]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    """A finite int or float, not a bool; 10**400 is an int no float can hold."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
 
 
 def _show(value: Any) -> str:
