@@ -359,22 +359,34 @@ class TrainedModel:
 
     def export(self, path: str | Path, file_format: str = "torchscript",
                **options: Any) -> ExportResult:
-        """Write this model as one self-contained file (`cxrlearn.export.export_model`),
-        with its classes, preprocessing and temperature inside.
+        """Write this model as one self-contained file with its classes, preprocessing and
+        temperature inside: every format through this one method.
 
         Args:
-            path: The file to write (`.pt`, `.ptl`, or `.pt2` for `"export"`).
-            file_format: `"torchscript"`, `"lite"` or `"export"`.
-            options: `input_size`, `check_images`, `atol`, as `export_model` takes them.
+            path: The file to write (`.pt`, `.ptl`, `.pt2` for `"export"`, `.onnx`), or the
+                folder of the phone app (`"web"`).
+            file_format: `"torchscript"`, `"lite"`, `"export"` (`cxrlearn.export.export_model`),
+                `"onnx"` (`cxrlearn.export.onnx.export_onnx`) or `"web"`
+                (`cxrlearn.export.web.export_web`, the offline phone app).
+            options: What that writer takes besides the model: `input_size`, `check_images`,
+                `atol` for the first three; `quantize`, `calibration_images` for the last two.
 
         Raises:
             CxrlearnError: The model is already an exported file, or the export failed its
                 parity check (then nothing is written).
         """
         network = self.require_network("export")
-        return export_model(network, path, file_format, class_names=self.class_names,
-                            preprocess=self.preprocess, temperature=self.temperature,
-                            **options)
+        about = dict(class_names=self.class_names, preprocess=self.preprocess,
+                     temperature=self.temperature)
+        if file_format == "onnx":
+            from cxrlearn.export.onnx import export_onnx  # onnx is an optional extra
+
+            return export_onnx(network, path, **about, **options)
+        if file_format == "web":
+            from cxrlearn.export.web import export_web
+
+            return export_web(network, path, scores=self.scores, **about, **options)
+        return export_model(network, path, file_format, **about, **options)
 
     def update_checkpoint(self, **values: Any) -> None:
         """Store plain values (a fitted `temperature`) in the checkpoint file, atomically,

@@ -124,22 +124,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _export(model: TrainedModel, path: Path, name: str, quantize: str | None) -> ExportResult:
-    """One format: the TorchScript family through `TrainedModel.export`, ONNX and the web
-    app through their writers, with the network and settings the model holds."""
-    if name not in ("onnx", "web"):
-        if quantize:
-            raise CxrlearnError(f"--quantize applies to onnx and web, not {name}")
+    """One format through `TrainedModel.export`; int8 (onnx and web only) is calibrated on
+    the run's training images."""
+    if quantize is None:
         return model.export(path, name)
-    from cxrlearn.export.onnx import export_onnx
-    from cxrlearn.export.web import export_web
-
-    options = dict(class_names=model.class_names, preprocess=model.preprocess,
-                   temperature=model.temperature, quantize=quantize,
-                   calibration_images=_calibration_images(model) if quantize else ())
-    network = model.require_network("export")
-    if name == "onnx":
-        return export_onnx(network, path, **options)
-    return export_web(network, path, scores=model.scores, **options)
+    if name not in ("onnx", "web"):
+        raise CxrlearnError(f"--quantize applies to onnx and web, not {name}")
+    return model.export(path, name, quantize=quantize,
+                        calibration_images=_calibration_images(model))
 
 
 def _calibration_images(model: TrainedModel, limit: int = 64) -> list[np.ndarray]:
