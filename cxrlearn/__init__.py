@@ -16,7 +16,7 @@ from typing import Any
 
 from cxrlearn.errors import CxrlearnError
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 SUBMODULES = ("app", "atomic", "checkpoint", "cli", "contrast", "data", "device", "distributed",
               "errors", "evaluation", "export", "gradcam", "heatmap", "resnet", "runs",
