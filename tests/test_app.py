@@ -972,3 +972,16 @@ def test_only_samples_of_the_models_own_classes_are_offered(tmp_path):
     assert client.get(f"/api/samples/COVID/{covid}").status_code == 404
     shelf = SampleShelf(classes=["Normal", "Healthy"])
     assert {s.class_name for s in shelf.listing()} == {"Normal"}
+
+
+def test_command_runs_the_network_where_device_says(command, files, capsys, served):
+    """`--device`, as in every command that runs the network: the checkpoint's network moves
+    there; an exported file runs on the CPU, and the command says so; an unknown device is
+    one line before any server starts."""
+    assert cli.main(["app", "--model", str(files["checkpoint"]), "--device", "cpu"]) == 0
+    app = served[-1][0]
+    assert next(app.state.service.model.network.parameters()).device.type == "cpu"
+    assert cli.main(["app", "--model", str(files["checkpoint"]), "--device", "tpu"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown device 'tpu'" in err and "Traceback" not in err
+    assert len(served) == 1  # the refused one never served

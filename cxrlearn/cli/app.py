@@ -19,7 +19,7 @@ import importlib.util
 from rich.console import Console
 from rich.markup import escape
 
-from cxrlearn.cli import add_model_argument, port, positive_int
+from cxrlearn.cli import add_device_argument, add_model_argument, port, positive_int
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["HELP", "add_parser", "missing_app_packages"]
@@ -60,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="A host name or address clients use to reach the app, besides "
                         "localhost, 127.0.0.1, [::1] and --host (repeatable). Requests "
                         "naming any other host are refused, against DNS rebinding.")
+    add_device_argument(p)
     p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
                    help="The largest image accepted, in pixels, checked before decoding. "
                         "Default: 4096 x 4096 = 16777216.")
@@ -84,12 +85,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
     # Imported here: the other commands must work without the extra.
     from cxrlearn.app import create_app
     from cxrlearn.app.connections import bind_port, server_config
+    from cxrlearn.device import select_device
 
     wildcard = args.host in ("0.0.0.0", "::", "")
     hosts = [*([] if wildcard else [args.host]), *args.allowed_host]
     limits = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
-    # A bad model file fails here, before the server starts.
+    # A bad model file or device fails here, before the server starts.
+    device = select_device(args.device)
     app = create_app(args.model, allowed_hosts=hosts, **limits)
+    model = app.state.service.model
+    if model.network is not None:  # Grad-CAM's private copy follows it (TrainedModel.explain)
+        model.network.to(device)
     # The port is taken now, before any URL is printed: a port in use is one line about
     # --port, not a link to whatever else listens there.
     sock = bind_port(args.host, args.port)
@@ -101,6 +107,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
                       soft_wrap=True)
     for note in info.notes:  # what the model file says that was left out, and why
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if model.network is None and device.type != "cpu":
+        console.print(f"[yellow]note:[/] {escape(model.path.name)} is an exported file: it "
+                      "runs on the CPU", highlight=False, soft_wrap=True)
     if info.gradcam_note:
         console.print(f"[yellow]note:[/] {escape(info.gradcam_note)}", highlight=False,
                       soft_wrap=True)
