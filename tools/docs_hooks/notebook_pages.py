@@ -17,6 +17,10 @@ so the hook gives each image of the cell above a caption the caption's words as 
 for screen readers. And a worked solution (a cell tagged `solution`) is folded into a
 `<details>` block, "Worked solution", so that a student sees the exercise before its answer.
 
+And a lesson's link to a docs page, written as Markdown writes it (`../how-to/export-formats.md`,
+relative to `docs/lessons/`), is given the page's address, as mkdocs does on its own pages:
+nbconvert leaves it pointing at the `.md` source, which the site does not have.
+
 Checked by tests/test_docs_site.py.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import html
+import posixpath
 from pathlib import PurePosixPath
 
 from bs4 import BeautifulSoup
@@ -32,6 +37,7 @@ from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import Files
 from mkdocs.structure.pages import Page
 from mkdocs.structure.toc import get_toc
+from mkdocs.utils import get_relative_url
 
 CAPTION = "Figure:"
 HEADINGS = ", ".join(f".jp-MarkdownCell h{level}[id]" for level in range(1, 7))
@@ -99,6 +105,22 @@ def fold_solutions(soup: BeautifulSoup) -> int:
     return len(cells)
 
 
+def page_links(soup: BeautifulSoup, page: Page, files: Files) -> int:
+    """Point links to `.md` pages at the built pages; returns how many were changed."""
+    changed = 0
+    for a in soup.select("a[href]"):
+        target, _, anchor = a["href"].partition("#")
+        if "://" in target or not target.endswith(".md"):
+            continue
+        uri = posixpath.normpath(posixpath.join(posixpath.dirname(page.file.src_uri), target))
+        file = files.get_file_from_path(uri)
+        if file is None:
+            continue  # left as written: tests/test_docs_site.py reports the broken link
+        a["href"] = get_relative_url(file.url, page.url) + (f"#{anchor}" if anchor else "")
+        changed += 1
+    return changed
+
+
 def on_page_content(content: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     if not page.file.src_uri.endswith(".ipynb"):
         return content
@@ -108,6 +130,7 @@ def on_page_content(content: str, page: Page, config: MkDocsConfig, files: Files
     page.toc = get_toc(table_of_contents(soup))
     caption_alt_texts(soup)
     fold_solutions(soup)
+    page_links(soup, page, files)
     link = download_link(PurePosixPath(page.file.src_uri).name)
     title = soup.select_one(".jp-MarkdownCell h1")
     if title is None:
