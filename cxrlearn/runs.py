@@ -71,7 +71,7 @@ from cxrlearn.data import (
     split_items,
     write_manifest,
 )
-from cxrlearn.data.splits import SplitRow
+from cxrlearn.data.splits import TEST_PER_CLASS, VAL_FRACTION, SplitRow
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.evaluation.calibration import fit_temperature
 from cxrlearn.resnet import arch_meta, resnet18
@@ -121,11 +121,12 @@ class RunSettings:
     classes: tuple[str, ...] | None = setting(
         None, help="Use only these class folders.", flag="--classes", metavar="CLASS",
         group="data", shown="every folder with images")
-    test_per_class: int = setting(30, help="Images per class held out for the test split.",
+    test_per_class: int = setting(TEST_PER_CLASS,
+                                  help="Images per class held out for the test split.",
                                   check=at_least(1), flag="--test-per-class", metavar="N",
                                   group="data")
     val_fraction: float = setting(
-        0.15, help="The share of the rest used for validation, where every choice is made.",
+        VAL_FRACTION, help="The share of the rest used for validation, where every choice is made.",
         check=between(0, 1, open_ends=True), flag="--val-fraction", metavar="F", group="data")
     preprocess: Preprocess = setting(
         default_factory=Preprocess, help="How an X-ray becomes the network's input.")

@@ -97,20 +97,16 @@ def run_check(args: argparse.Namespace, console: Console) -> int:
 def split_warnings(counts: dict[str, int]) -> list[str]:
     """What `cxrlearn train` would refuse with its default split: one sentence per class
     too small for it, with the largest `--test-per-class` that would work."""
-    from dataclasses import fields
+    from cxrlearn.data import splits  # RunSettings' defaults, where they are written
 
-    from cxrlearn.data.splits import split_shortfall
-    from cxrlearn.runs import RunSettings  # the defaults' one definition (imports torch)
-
-    defaults = {f.name: f.default for f in fields(RunSettings)}
-    test, val = defaults["test_per_class"], defaults["val_fraction"]
+    test, val = splits.TEST_PER_CLASS, splits.VAL_FRACTION
     warnings = []
     for name, n in counts.items():
-        problem = split_shortfall(n, test, val)
+        problem = splits.split_shortfall(n, test, val)
         if problem is None:
             continue
-        fits = next((t for t in range(test - 1, 0, -1) if split_shortfall(n, t, val) is None),
-                    None)
+        fits = next((t for t in range(test - 1, 0, -1)
+                     if splits.split_shortfall(n, t, val) is None), None)
         fix = (f"hold out fewer with --test-per-class {fits} (or less), or add images"
                if fits else "add images")
         warnings.append(f"class {name!r} has {n} images: {problem} (cxrlearn train's default "

@@ -30,10 +30,15 @@ import numpy as np
 from cxrlearn.atomic import write_atomic
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["SPLITS", "SplitRow", "split_items", "split_shortfall", "write_manifest",
-           "read_manifest", "manifest_classes"]
+__all__ = ["SPLITS", "TEST_PER_CLASS", "VAL_FRACTION", "SplitRow", "split_items",
+           "split_shortfall", "write_manifest", "read_manifest", "manifest_classes"]
 
 SPLITS = ("train", "val", "test")
+TEST_PER_CLASS = 30
+"""The default test images per class: `RunSettings.test_per_class`'s default. Written here,
+beside the split, so that `cxrlearn data check` knows it without importing torch."""
+VAL_FRACTION = 0.15
+"""The default share of the rest used for validation: `RunSettings.val_fraction`'s."""
 
 
 @dataclass(frozen=True)
