@@ -24,6 +24,9 @@ epochs. `RunEvents` is how the run reports progress: the library stays quiet, th
 line draws bars, and a notebook passes `NotebookProgress()`, which prints one line per slow
 step and per epoch, with the epoch's time and the whole run's time left (`run_eta`).
 
+`find_lr(settings, out, device)` (`cxrlearn train --find-lr`) runs the learning-rate range
+test on the training split such a run would use, and writes its curve instead of a model.
+
 `evaluate_run(model, out, device)` is the other half, what `cxrlearn evaluate` does: the
 report of one part of the split, with its intervals and figures, written beside the run
 (`report.json`, `predictions.csv`, four plots) and returned as an `Evaluation`. It reads the
@@ -93,8 +96,8 @@ from cxrlearn.transfer import freeze_backbone, load_imagenet_weights
 from cxrlearn.transforms import Preprocess
 
 __all__ = ["AUGMENTS", "RunSettings", "RunEvents", "NotebookProgress", "run_eta", "clock_text",
-           "train_run", "stored_settings", "run_lock", "Evaluation", "evaluate_run",
-           "EVALUATION_FILES"]
+           "train_run", "find_lr", "LrRange", "LR_RANGE_FILES", "stored_settings", "run_lock",
+           "Evaluation", "evaluate_run", "EVALUATION_FILES"]
 
 AUGMENTS = ("flip", "flip+shift", "flip+affine", "none")
 """Training augmentations: random left-right flip; plus a shift with mirrored borders; plus
@@ -365,24 +368,7 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
         if not main:
             rows = read_manifest(out / "manifest.csv", scan.root, scan.class_names)
 
-        with events.progress("preparing images", len(rows)) as advance:
-            prepared = prepare_images([r.path for r in rows], preprocess,
-                                      cache_dir=cache_dir or default_cache_dir(),
-                                      progress=advance)
-        if prepared.from_cache:
-            events.message(f"prepared images read from the cache {prepared.cache_file}")
-        if prepared.cache_problem:
-            events.message(f"warning: no prepared-image cache kept: {prepared.cache_problem}")
-        train_data = split_dataset(rows, "train", preprocess, preprocess.train_transform(
-            flip=settings.augment != "none", affine=settings.augment == "flip+affine",
-            shift=SHIFT if settings.augment == "flip+shift" else 0.0),
-            prepared.images, seed=settings.train.seed)
-        val_data = split_dataset(rows, "val", preprocess, preprocess.eval_transform(),
-                                 prepared.images)
-        events.message(f"split: {len(train_data)} train, {len(val_data)} val, "
-                       f"{sum(r.split == 'test' for r in rows)} test (kept closed until "
-                       "evaluation)")
-
+        train_data, val_data = _datasets(rows, settings, cache_dir, events)
         model = _network(settings, len(scan.class_names), device, resume, events)
         history = fit(model, train_data, val_data, settings.train, device, scan.class_names,
                       out_dir=out, resume_from=last, meta=meta,
@@ -400,6 +386,99 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
         events.message(f"temperature fitted on the validation split: "
                        f"T = {trained.temperature:.2f}")
         return trained
+
+
+def _datasets(rows: list[SplitRow], settings: RunSettings, cache_dir: Path | None,
+              events: RunEvents) -> tuple[XrayDataset, XrayDataset]:
+    """The training split (augmented, seeded) and the validation split, every image
+    prepared once (or read from the cache); the test split stays closed."""
+    preprocess = settings.preprocess
+    with events.progress("preparing images", len(rows)) as advance:
+        prepared = prepare_images([r.path for r in rows], preprocess,
+                                  cache_dir=cache_dir or default_cache_dir(), progress=advance)
+    if prepared.from_cache:
+        events.message(f"prepared images read from the cache {prepared.cache_file}")
+    if prepared.cache_problem:
+        events.message(f"warning: no prepared-image cache kept: {prepared.cache_problem}")
+    train_data = split_dataset(rows, "train", preprocess, preprocess.train_transform(
+        flip=settings.augment != "none", affine=settings.augment == "flip+affine",
+        shift=SHIFT if settings.augment == "flip+shift" else 0.0),
+        prepared.images, seed=settings.train.seed)
+    val_data = split_dataset(rows, "val", preprocess, preprocess.eval_transform(),
+                             prepared.images)
+    events.message(f"split: {len(train_data)} train, {len(val_data)} val, "
+                   f"{sum(r.split == 'test' for r in rows)} test (kept closed until "
+                   "evaluation)")
+    return train_data, val_data
+
+
+@dataclass(frozen=True)
+class LrRange:
+    """What `find_lr` measured: each step's learning rate and loss, the peak learning rate
+    `suggest_lr` reads from them, and the settings' own peak (`TrainConfig.lr`)."""
+
+    lrs: list[float]
+    losses: list[float]
+    suggested: float
+    current: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lrs": self.lrs, "losses": self.losses, "suggested_lr": self.suggested,
+                "settings_lr": self.current}
+
+
+LR_RANGE_FILES = ("manifest.csv", "lr_range.json", "lr_range.png")
+"""What `find_lr` writes into its folder."""
+
+
+def find_lr(settings: RunSettings, out: str | Path, device: torch.device, *,
+            cache_dir: Path | None = None, events: RunEvents | None = None,
+            steps: int = 100) -> LrRange:
+    """The learning-rate range test (`cxrlearn.training.lr_range_test`) on the training
+    split a run with these settings would train on: `cxrlearn train --find-lr`.
+
+    The split, the preprocessing, the augmentation, the initial weights, the loss and the
+    optimizer are the run's own; only the learning rate differs, rising exponentially from
+    1e-6 to 1 over at most `steps` steps. Nothing is trained for keeps: `out` (new or empty)
+    receives the split (`manifest.csv`), the curve (`lr_range.json`) and its plot
+    (`lr_range.png`). Train with the suggestion as `--lr` where it differs much from the
+    settings' peak.
+
+    Raises:
+        CxrlearnError: A folder that holds something, or bad data.
+    """
+    from cxrlearn.evaluation.plots import plot_lr_range
+    from cxrlearn.training import (
+        lr_range_test,
+        make_loss_fn,
+        make_optimizer,
+        suggest_lr,
+        train_loader,
+    )
+
+    out, events = Path(out), events or RunEvents()
+    _check_out(out, settings, resume=False)
+    with _undone_before_an_epoch(out, new=True), run_lock(out):
+        scan = scan_folder(settings.data_folder(), settings.classes)
+        _check_scan(scan, events)
+        rows = _split(scan, settings, out, events)
+        train_data, _ = _datasets(rows, settings, cache_dir, events)
+        model = _network(settings, len(scan.class_names), device, False, events).to(device)
+        config = settings.train
+        loss_fn = make_loss_fn(config, train_data.labels, len(scan.class_names)).to(device)
+        optimizer = make_optimizer(model, config)
+        with events.progress("learning-rate range test", steps) as advance:
+            lrs, losses = lr_range_test(model, train_loader(train_data, config, 0), loss_fn,
+                                        optimizer, device, steps=steps, on_step=advance)
+        if len(lrs) < steps:
+            events.message(f"stopped after {len(lrs)} steps, at --lr {lrs[-1]:.1e}: the loss "
+                           "exploded")
+        found = LrRange(lrs, losses, suggest_lr(lrs, losses), config.lr)
+        text = json.dumps(found.to_dict(), indent=2) + "\n"
+        write_atomic(out / "lr_range.json", lambda f: f.write(text.encode()))
+        figure = plot_lr_range(lrs, losses, found.suggested, found.current)
+        write_atomic(out / "lr_range.png", lambda f: figure.savefig(f, format="png", dpi=100))
+    return found
 
 
 @contextlib.contextmanager

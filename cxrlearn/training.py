@@ -449,6 +449,7 @@ class WeightAverage:
 def lr_range_test(
     model: nn.Module, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     device: torch.device, start: float = 1e-6, end: float = 1.0, steps: int = 100,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[list[float], list[float]]:
     """The learning-rate range test (Smith 2015, arXiv 1506.01186, section 3.3).
 
@@ -457,6 +458,7 @@ def lr_range_test(
     four times its lowest value (it diverged). The loss first barely moves (the rate is too
     small to matter), then falls fastest, then explodes; a good peak learning rate lies in
     the falling part (`suggest_lr`). It changes the model and the optimizer: run it on a copy.
+    `on_step(1)` is called after every step (a progress bar's advance).
 
     Returns:
         The learning rates tried and the loss of each step's batch.
@@ -472,6 +474,8 @@ def lr_range_test(
         loss = train_step(model, x.to(device), y.to(device), loss_fn, optimizer)
         lrs.append(lr)
         losses.append(loss)
+        if on_step is not None:
+            on_step(1)
         if not math.isfinite(loss) or loss > 4 * min(losses):
             break
     return lrs, losses

@@ -269,3 +269,35 @@ def test_epoch_lines_fit_the_terminal():
         assert len(line) <= width and line.startswith("epoch  12:"[:width])
     assert "61 img/s" in epoch_line(row, 120)
     assert "F1 0.531" in epoch_line(row, 80)  # the score stays when the width shrinks
+
+
+def test_find_lr_writes_the_range_test_on_the_runs_own_split(tmp_path, data, capsys):
+    from cxrlearn.runs import LR_RANGE_FILES
+    from cxrlearn.training import suggest_lr
+
+    out = tmp_path / "lr"
+    assert _train(tmp_path, data, out, "--find-lr", "--lr", "0.003") == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(LR_RANGE_FILES)
+    found = json.loads((out / "lr_range.json").read_text())
+    lrs, losses = found["lrs"], found["losses"]
+    assert lrs[0] == pytest.approx(1e-6) and 2 <= len(lrs) <= 100
+    ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+    assert ratios == pytest.approx([1e6 ** (1 / 99)] * len(ratios))  # 1e-6 to 1 in 100 steps
+    assert found["suggested_lr"] == suggest_lr(lrs, losses)
+    assert found["settings_lr"] == 0.003
+    said = capsys.readouterr().out
+    assert f"--lr {found['suggested_lr']:.1e}" in said and "lr_range.png" in said
+    # The split is the one `train` with the same seed draws, so the test describes that run.
+    assert _train(tmp_path, data, tmp_path / "run", "--epochs", "1") == 0
+    assert (out / "manifest.csv").read_text() == (tmp_path / "run" / "manifest.csv").read_text()
+
+
+def test_find_lr_refuses_resume_and_a_used_folder(tmp_path, data, capsys):
+    assert _train(tmp_path, data, tmp_path / "run", "--find-lr", "--resume") == 1
+    assert "--find-lr trains nothing to resume" in capsys.readouterr().err
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "thesis.txt").write_text("mine")
+    assert _train(tmp_path, data, used, "--find-lr") == 1
+    assert "is not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in used.iterdir()) == ["thesis.txt"]

@@ -13,6 +13,7 @@ from cxrlearn.evaluation.calibration import expected_calibration_error, reliabil
 from cxrlearn.evaluation.plots import (
     plot_confident_mistakes,
     plot_confusion_matrix,
+    plot_lr_range,
     plot_reliability_diagram,
     plot_roc_curves,
 )
@@ -161,3 +162,18 @@ def test_roc_curves_differ_without_colour_and_carry_their_names():
         x, y = text.xy  # the label sits on its own curve
         assert any(np.isclose(x, xs) and np.isclose(y, ys)
                    for xs, ys in zip(*line.get_data(), strict=True))
+
+
+def test_lr_range_plot_draws_the_curve_and_marks_both_peaks():
+    lrs = [1e-6 * 10 ** (i / 10) for i in range(50)]
+    losses = [1.4 - 0.02 * i for i in range(45)] + [2, 5, 20, 80, 200]
+    fig = plot_lr_range(lrs, losses, suggested=1e-4, current=2e-3)
+    (ax,) = fig.axes
+    curve, suggested, current = ax.get_lines()
+    assert list(curve.get_xdata()) == lrs and list(curve.get_ydata()) == losses
+    assert list(suggested.get_xdata()) == [1e-4, 1e-4]
+    assert list(current.get_xdata()) == [2e-3, 2e-3]
+    assert ax.get_xscale() == "log"
+    # The explosion is cut off so that the falling part fills the plot.
+    assert ax.get_ylim()[1] < 10 and ax.get_ylim()[1] > max(losses[:10])
+    assert len(plot_lr_range(lrs, losses, suggested=1e-4).axes[0].get_lines()) == 2

@@ -113,6 +113,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--resume", action="store_true",
                    help="Continue the run in --out exactly where it stopped, with its own "
                         "settings.")
+    r.add_argument("--find-lr", action="store_true",
+                   help="Instead of training, run the learning-rate range test on the "
+                        "training split this run would use: writes lr_range.png and "
+                        "lr_range.json into --out and prints a suggested --lr.")
     add_training_arguments(p, defaults)
     add_setting_flags(p, defaults, ("distributed",))
     p.set_defaults(func=run)
@@ -259,6 +263,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
                             "runs/NAME")
     if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
         raise CxrlearnError("--cache-dir is a file, not a folder", path=args.cache_dir)
+    if args.find_lr and args.resume:
+        raise CxrlearnError("--find-lr trains nothing to resume; leave out --resume")
     if args.resume:  # the run's own settings; train_run refuses a flag that changes them
         settings = settings_from_args(args, stored_settings(args.out))
     else:
@@ -266,6 +272,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
             console.print("no --data given: training on the bundled sample (400 X-rays, 4 "
                           f"classes) in {sample_root()}", highlight=False, soft_wrap=True)
         settings = settings_from_args(args, RunSettings())
+    if args.find_lr:
+        return _find_lr(args, settings, console)
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     device = select_device(args.device)
     env = distributed.detect()  # set when started by torchrun
@@ -292,4 +300,23 @@ def run(args: argparse.Namespace, console: Console) -> int:
     finally:
         if distributed.is_distributed():
             torch.distributed.destroy_process_group()
+    return 0
+
+
+def _find_lr(args: argparse.Namespace, settings: Any, console: Console) -> int:
+    """`train --find-lr`: the range test (`cxrlearn.runs.find_lr`), its suggestion printed."""
+    from cxrlearn.device import describe_device, select_device
+    from cxrlearn.runs import find_lr
+
+    out = args.out or Path("runs") / time.strftime("lr-range-%Y%m%d-%H%M%S")
+    device = select_device(args.device)
+    console.print(f"device: [bold]{describe_device(device)}[/]")
+    events = RichEvents(console, settings.train.num_epochs)
+    try:
+        found = find_lr(settings, out, device, cache_dir=args.cache_dir, events=events)
+    finally:
+        events.close()
+    console.print(f"suggested peak learning rate: [bold]--lr {found.suggested:.1e}[/] (these "
+                  f"settings use --lr {found.current:g}); the curve: "
+                  f"{escape(str(out / 'lr_range.png'))}", highlight=False, soft_wrap=True)
     return 0

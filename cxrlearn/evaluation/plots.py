@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "plot_history",
+    "plot_lr_range",
     "plot_confusion_matrix",
     "plot_roc_curves",
     "plot_reliability_diagram",
@@ -63,6 +64,32 @@ def plot_history(history: Sequence[dict[str, float]]) -> Figure:
     for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_range(lrs: Sequence[float], losses: Sequence[float], suggested: float,
+                  current: float | None = None) -> Figure:
+    """The learning-rate range test (`cxrlearn.training.lr_range_test`): each step's loss
+    against its learning rate on a log axis, the suggested peak and (if given) the
+    settings' own peak marked. A good peak lies where the loss falls fastest, well before
+    it turns up."""
+    fig = _figure(figsize=(6, 3.4))
+    ax = fig.subplots()
+    ax.plot(lrs, losses, "-", color="0.3", label="loss of each step's batch")
+    ax.axvline(suggested, color="tab:blue", linestyle="--",
+               label=f"suggested peak {suggested:.1e}")
+    if current is not None:
+        ax.axvline(current, color="tab:orange", linestyle=":",
+                   label=f"the settings' peak {current:.1e}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss",
+           title="learning-rate range test")
+    # The explosion at the end would flatten the useful part: show up to a little above
+    # where the loss began.
+    top = min(max(losses), 1.25 * max(losses[:10])) if losses else 1.0
+    ax.set_ylim(0, top * 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
