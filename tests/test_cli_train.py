@@ -281,7 +281,7 @@ def test_find_lr_writes_the_range_test_on_the_runs_own_split(tmp_path, data, cap
     found = json.loads((out / "lr_range.json").read_text())
     lrs, losses = found["lrs"], found["losses"]
     assert lrs[0] == pytest.approx(1e-6) and 2 <= len(lrs) <= 100
-    ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+    ratios = [b / a for a, b in zip(lrs[:-1], lrs[1:], strict=True)]
     assert ratios == pytest.approx([1e6 ** (1 / 99)] * len(ratios))  # 1e-6 to 1 in 100 steps
     assert found["suggested_lr"] == suggest_lr(lrs, losses)
     assert found["settings_lr"] == 0.003

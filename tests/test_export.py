@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import random_resnet
 
 import cxrlearn
 from cxrlearn.checkpoint import save_checkpoint
@@ -37,7 +38,6 @@ from cxrlearn.export import (
     weights_sha256,
 )
 from cxrlearn.export.files import _load_graph as load_graph  # runs a file: ours only
-from cxrlearn.resnet import resnet18
 from cxrlearn.trained import open_model
 from cxrlearn.transforms import Preprocess, eval_transform, prepare
 
@@ -45,16 +45,6 @@ CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 SIZE = 32
 PREPROCESS = Preprocess(SIZE)
 SIZES = [(SIZE, SIZE), (57, 41), (128, 128), (20, 26)]  # equal, non-square, larger, smaller
-
-
-def _model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = resnet18(num_classes=4)
-    for m in model.modules():  # non-trivial running statistics: eval mode matters
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def _checkpoint(path: Path, model: torch.nn.Module, preprocess: Preprocess = PREPROCESS,
@@ -91,7 +81,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    return _model()
+    return random_resnet()
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +176,7 @@ def test_wrapper_rejects_other_shapes_and_empty_images(model, scripted):
 
 
 def test_wrapper_leaves_the_callers_model_alone():
-    model = _model(1).train()
+    model = random_resnet(1).train()
     EndToEndModel(model, PREPROCESS)
     assert model.training and all(p.requires_grad for p in model.parameters())
 
@@ -334,7 +324,7 @@ def test_class_names_must_match_the_outputs(model, tmp_path):
 
 
 def test_eager_probs_puts_the_mode_back():
-    model = _model(2).train()
+    model = random_resnet(2).train()
     eager_probs(model, _images()[:1], PREPROCESS)
     assert model.training
 

@@ -18,6 +18,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 import onnx  # noqa: E402
+from helpers import random_resnet  # noqa: E402
 
 import cxrlearn  # noqa: E402
 from cxrlearn.checkpoint import save_checkpoint  # noqa: E402
@@ -33,7 +34,6 @@ from cxrlearn.export.onnx import (  # noqa: E402
     read_onnx,
 )
 from cxrlearn.gradcam import GradCAM  # noqa: E402
-from cxrlearn.resnet import resnet18  # noqa: E402
 from cxrlearn.trained import open_model  # noqa: E402
 from cxrlearn.transforms import Preprocess  # noqa: E402
 
@@ -41,16 +41,6 @@ CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 PREPROCESS = Preprocess(64)  # a 2 x 2 feature map: maps with a "where"
 TEMPERATURE = 1.7
 SIZES = [(117, 101), (299, 299), (512, 512), (1024, 900)]  # none is the traced 300 x 280
-
-
-def _model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = resnet18(num_classes=4)
-    for m in model.modules():  # non-trivial running statistics: eval mode matters
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def _image(h: int, w: int, seed: int) -> np.ndarray:
@@ -67,7 +57,7 @@ def _image(h: int, w: int, seed: int) -> np.ndarray:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
     """model.onnx written by `cxrlearn export --format onnx` from a checkpoint."""
     folder = tmp_path_factory.mktemp("onnx")
-    model = _model()
+    model = random_resnet()
     ckpt = save_checkpoint(folder / "best.pt", {
         "model": model.state_dict(), "class_names": CLASSES, "epoch": 1,
         "temperature": TEMPERATURE,
@@ -206,7 +196,7 @@ def test_the_percentile_pitfall_fails_the_export_and_leaves_no_file(tmp_path, mo
                         (python_rank, "could not capture the model")):
         monkeypatch.setattr(onnx_export, "percentile_by_shape", rank)
         with pytest.raises(CxrlearnError, match=words):
-            export_onnx(_model(), out, class_names=CLASSES, preprocess=PREPROCESS)
+            export_onnx(random_resnet(), out, class_names=CLASSES, preprocess=PREPROCESS)
         assert list(tmp_path.iterdir()) == []
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_resnet
 
 import cxrlearn.trained as trained
 from cxrlearn.checkpoint import model_state, save_checkpoint
@@ -37,16 +38,6 @@ ARCH = {"name": "resnet18", "num_classes": 4, "in_channels": 3}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _network(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    network = resnet18(num_classes=4)
-    for m in network.modules():  # non-trivial running statistics: eval mode matters
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return network.eval()
-
-
 def _checkpoint(path: Path, network: torch.nn.Module, **meta) -> Path:
     return save_checkpoint(path, {
         "model": network.state_dict(), "class_names": list(CLASSES), "epoch": 1,
@@ -55,7 +46,7 @@ def _checkpoint(path: Path, network: torch.nn.Module, **meta) -> Path:
 
 @pytest.fixture(scope="module")
 def network() -> torch.nn.Module:
-    return _network()
+    return random_resnet()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import html
 import re
 from collections.abc import Iterator
 
+from markers import fill_marker
 from mkdocs.config.defaults import MkDocsConfig
-from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import Files
 from mkdocs.structure.pages import Page
 
@@ -112,10 +112,9 @@ def reference(parser: argparse.ArgumentParser) -> str:
 
 
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
-    if page.file.src_uri != PAGE:
-        return markdown
-    if MARKER not in markdown:
-        raise PluginError(f"docs/{PAGE} lost its marker {MARKER}: the reference goes there")
-    from cxrlearn.cli import build_parser  # here, so that only this page pays for the import
+    def make() -> str:
+        from cxrlearn.cli import build_parser  # here, so that only this page pays for it
 
-    return markdown.replace(MARKER, reference(build_parser()))
+        return reference(build_parser())
+
+    return fill_marker(markdown, page, PAGE, MARKER, make)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from markers import fill_marker
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import Files
@@ -50,10 +51,6 @@ def module_map(notebooks: dict[int, str]) -> str:
 
 
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
-    if page.file.src_uri != PAGE:
-        return markdown
-    if MARKER not in markdown:
-        raise PluginError(f"docs/{PAGE} lost its marker {MARKER}: the module map goes there")
     notebooks = {int(p.name[:2]): p.name
                  for p in sorted((Path(config["docs_dir"]) / "lessons").glob("[0-9][0-9]_*.ipynb"))}
-    return markdown.replace(MARKER, module_map(notebooks))
+    return fill_marker(markdown, page, PAGE, MARKER, lambda: module_map(notebooks))
