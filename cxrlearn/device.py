@@ -4,16 +4,24 @@ The order is the usual one: what the user asked for, else a CUDA GPU, else Apple
 else the CPU. Asking for a device that is not there is an error, not a silent fall-back:
 a run that was meant for a GPU and quietly trains on a CPU for ten hours helps nobody.
 
+On NVIDIA GPUs since Ampere, PyTorch computes float32 convolutions in TF32 by default (10
+bits of mantissa instead of 23): fine for training, but a CUDA answer then differs from the
+CPU's by about 1e-3. `full_float32()` turns TF32 off for a block that must agree with
+another device to 1e-5, such as the Python pipeline an exported file is checked against.
+
 Lesson: lessons/03_training_loop_and_devices.ipynb
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from cxrlearn.errors import CxrlearnError
 
-__all__ = ["select_device", "describe_device"]
+__all__ = ["select_device", "describe_device", "full_float32"]
 
 
 def _mps_available() -> bool:
@@ -66,3 +74,19 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return str(device)
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Inside the block, CUDA computes float32 convolutions and matrix products in float32,
+    not TF32; the previous settings come back afterwards, even after an error.
+
+    The settings are global (not per thread), and have no effect on the CPU or MPS.
+    """
+    backends = torch.backends
+    before = (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
+    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = before

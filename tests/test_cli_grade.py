@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -101,6 +103,34 @@ def test_a_missing_path_is_a_one_line_error(tmp_path, capsys):
     assert cli.main(["grade", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.endswith("nope: no such file or folder") and "\n" not in err
+
+
+def test_csv_keeps_an_existing_file_without_overwrite(tmp_path):
+    """Refused before any notebook runs: one line that names the file, exit 1, the file as
+    it was. A real process: the exit status is the point."""
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{ not a notebook")  # graded without a kernel, in an instant
+    mine = tmp_path / "grades.csv"
+    mine.write_text("my marks\n")
+    done = subprocess.run([sys.executable, "-m", "cxrlearn", "grade", str(broken), "--csv",
+                           str(mine)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"error: {mine}: already exists; choose another path, "
+                                   "or replace it with --overwrite")
+    assert "grading" not in done.stdout  # refused before any notebook ran
+    assert mine.read_text() == "my marks\n"
+
+
+def test_csv_replaces_a_file_with_overwrite(tmp_path, capsys):
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{ not a notebook")
+    mine = tmp_path / "grades.csv"
+    mine.write_text("my marks\n")
+    assert cli.main(["grade", str(broken), "--csv", str(mine), "--overwrite"]) == 0
+    rows = read_csv(mine)
+    assert [Path(r["notebook"]).name for r in rows] == ["broken.ipynb"]
+    assert f"wrote {mine}" in " ".join(capsys.readouterr().out.split())
 
 
 def test_grade_is_a_command():

@@ -13,15 +13,15 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from rich.console import Console
 
 from cxrlearn.cli import COMMANDS, build_parser, main
 
-MODEL_COMMANDS = ("evaluate", "gradcam", "export", "predict", "app")
-NETWORK_COMMANDS = ("demo", "train", "evaluate", "gradcam", "predict")
 FAST = ["--image-size", "32", "--batch-size", "8", "--test-per-class", "3",
         "--val-fraction", "0.3"]
 
@@ -43,20 +43,80 @@ def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action | Non
 
 # --- one vocabulary -------------------------------------------------------------------------
 
-def test_every_command_names_its_model_the_same_way():
-    options = {name: _option(_sub(name), "--model") for name in MODEL_COMMANDS}
-    assert all(options.values()), options
-    assert {a.metavar for a in options.values()} == {"PATH"}
-    first_sentences = {a.help.split(".")[0] for a in options.values()}
-    assert len(first_sentences) == 1, first_sentences  # the one help, from one helper
-    # required wherever the command cannot work without it (the app explains itself)
-    assert {name for name, a in options.items() if a.required} == set(MODEL_COMMANDS) - {"app"}
+class Does(NamedTuple):
+    """What a command does, as far as the vocabulary goes."""
+
+    model: bool  # uses a trained model: --model PATH
+    network: bool  # runs the network: --device
+    replaces: bool  # may write over an existing file: --overwrite
 
 
-def test_every_command_that_runs_the_network_takes_device():
-    helps = {name: _option(_sub(name), "--device") for name in NETWORK_COMMANDS}
-    assert all(helps.values()), helps
-    assert len({a.help for a in helps.values()}) == 1
+# The one list of what each command does; the test below holds every parser to it, and a
+# command missing from it fails the test. train, demo and data sample write only into a new
+# or empty folder and refuse any other, so they never replace a file and --overwrite would
+# have nothing to allow. grade runs notebooks, which choose their own device.
+VOCABULARY = {
+    "demo": Does(model=False, network=True, replaces=False),
+    "train": Does(model=False, network=True, replaces=False),
+    "evaluate": Does(model=True, network=True, replaces=True),
+    "gradcam": Does(model=True, network=True, replaces=True),
+    "export": Does(model=True, network=True, replaces=True),
+    "predict": Does(model=True, network=True, replaces=True),
+    "app": Does(model=True, network=True, replaces=False),
+    "data check": Does(model=False, network=False, replaces=False),
+    "data sample": Does(model=False, network=False, replaces=False),
+    "grade": Does(model=False, network=False, replaces=True),
+}
+
+
+def _commands(parser: argparse.ArgumentParser,
+              path: tuple[str, ...] = ()) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every command that runs something ("train", "data check"), with its parser."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(path), parser
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _commands(child, (*path, name))
+
+
+def _vocabulary_faults(name: str, parser: argparse.ArgumentParser, does: Does) -> list[str]:
+    """How `parser` departs from the one vocabulary, given what its command does."""
+    from cxrlearn.cli import DEVICE_HELP, MODEL_HELP
+
+    model, device, overwrite = (_option(parser, f) for f in ("--model", "--device",
+                                                              "--overwrite"))
+    faults = [f"{name}: {flag} is {'missing' if wanted else 'there, but unused'}"
+              for flag, action, wanted in (("--model", model, does.model),
+                                           ("--device", device, does.network),
+                                           ("--overwrite", overwrite, does.replaces))
+              if (action is not None) != wanted]
+    if model is not None:
+        # the one metavar and help, from add_model_argument; required wherever the command
+        # cannot work without it (the app explains itself); the old spellings' one line
+        if model.metavar != "PATH" or not model.help.startswith(MODEL_HELP):
+            faults.append(f"{name}: --model is not add_model_argument's")
+        if model.required != (name != "app"):
+            faults.append(f"{name}: --model required={model.required}")
+        if not (_option(parser, "--run") and _option(parser, "--checkpoint")):
+            faults.append(f"{name}: --run/--checkpoint get no one-line error")
+    if device is not None and (device.help, device.metavar, device.default) != (
+            DEVICE_HELP, "DEVICE", "auto"):
+        faults.append(f"{name}: --device is not add_device_argument's")
+    if overwrite is not None and (overwrite.default is not False or overwrite.nargs != 0
+                                  or not overwrite.help.startswith("Replace ")):
+        faults.append(f"{name}: --overwrite is not add_overwrite_argument's")
+    return faults
+
+
+def test_every_command_speaks_the_one_vocabulary():
+    """--model PATH where a command uses a model, --device where it runs the network,
+    --overwrite where it may replace a file: each from its helper in cxrlearn.cli."""
+    commands = dict(_commands(build_parser()))
+    assert set(commands) == set(VOCABULARY), "add the new command to VOCABULARY"
+    faults = [f for name, does in VOCABULARY.items()
+              for f in _vocabulary_faults(name, commands[name], does)]
+    assert not faults, faults
 
 
 @pytest.mark.parametrize("flag", ["--run", "--checkpoint"])
@@ -323,6 +383,35 @@ def test_export_out_is_a_path_and_never_the_model(trained, tmp_path):
     assert done.returncode == 0, done.stderr
     done = cxrlearn("export", "--model", str(run))
     assert done.returncode == 1 and "model.pt: already exists" in done.stderr
+
+
+def test_export_runs_the_network_on_device(trained, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    # a device this machine lacks is refused before anything is written
+    assert main(["export", "--model", str(run), "--device", "cuda:99"]) == 1
+    assert "CUDA" in capsys.readouterr().err
+    assert not (run / "model.pt").exists()
+    # the device chosen is where the Python pipeline runs that the file is checked against
+    import cxrlearn.device
+    import cxrlearn.export.files
+
+    asked, ran_on = [], []
+    select, reference = cxrlearn.device.select_device, cxrlearn.export.files.eager_probs
+
+    def select_spy(prefer=None):
+        asked.append(prefer)
+        return select(prefer)
+
+    def reference_spy(model, *args, **kwargs):
+        ran_on.append(next(model.parameters()).device)
+        return reference(model, *args, **kwargs)
+
+    monkeypatch.setattr(cxrlearn.device, "select_device", select_spy)
+    monkeypatch.setattr(cxrlearn.export.files, "eager_probs", reference_spy)
+    assert main(["export", "--model", str(run), "--device", "cpu"]) == 0
+    assert asked == ["cpu"] and ran_on and set(ran_on) == {select("cpu")}
+    assert "wrote" in capsys.readouterr().out and (run / "model.pt").is_file()
 
 
 # --- small data fails early, and leaves nothing --------------------------------------------

@@ -329,6 +329,27 @@ def test_eager_probs_puts_the_mode_back():
     assert model.training
 
 
+def test_eager_probs_runs_without_tf32_and_puts_the_settings_back():
+    """The reference of the parity check is full float32 on a GPU too (TF32 differs from
+    the CPU by ~1e-3, the check allows 1e-5); the user's own TF32 choice comes back."""
+    backends = torch.backends
+
+    def tf32() -> tuple[bool, bool]:
+        return backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+
+    before = tf32()  # (monkeypatch cannot restore these properties)
+    seen = []
+    network = _model(2)
+    network.register_forward_pre_hook(lambda module, args: seen.append(tf32()))
+    try:
+        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = True  # a user's choice
+        eager_probs(network, _images()[:1], PREPROCESS)
+        assert seen == [(False, False)]
+        assert tf32() == (True, True)
+    finally:
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = before
+
+
 def test_export_of_a_bare_model_needs_its_settings(model, tmp_path):
     with pytest.raises(TypeError, match="class_names"):
         export_torchscript(model, tmp_path / "m.pt")

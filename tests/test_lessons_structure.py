@@ -115,6 +115,20 @@ def test_every_figure_has_a_caption_and_every_caption_a_figure(path):
                 f"{path.name} cell {i}: a caption under a cell that stored no figure")
 
 
+def test_the_sample_network_trains_aloud_in_a_cell_nbval_ignores():
+    """A lesson run alone from an empty cache trains the sample network (minutes): every
+    `sample_run(...)` call says so, a line per epoch with the time left
+    (`events=NotebookProgress()`, as in lesson 04), in a cell tagged `nbval-ignore-output`
+    (the lines hold times and this machine's losses). From the cache it prints nothing."""
+    calls = {(path.stem[:2], line.strip(), "nbval-ignore-output" in _tags(cell))
+             for path in LESSONS for cell in _cells(path) if cell.cell_type == "code"
+             for line in cell.source.splitlines() if re.search(r"\bsample_run\(", line)}
+    assert {n for n, _, _ in calls} >= {"04", "05", "06", "07"}, calls
+    quiet = [(n, line) for n, line, _ in calls if "events=NotebookProgress()" not in line]
+    checked = [(n, line) for n, line, ignored in calls if not ignored]
+    assert not quiet and not checked, (quiet, checked)
+
+
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
 def test_no_jet_in_the_lessons(path):
     for i, cell in enumerate(_cells(path)):

@@ -5,6 +5,11 @@ format's: `--out DIR/thesis` writes `DIR/thesis.pt`, `--out DIR/thesis.pt` the s
 and with several formats each gets its own (`DIR/thesis.pt`, `DIR/thesis.ptl`); a suffix
 that belongs to no format is refused. No file is replaced without `--overwrite`, and the
 model being read never is, even with it.
+
+`--device` is where the network runs while exporting: the Python pipeline that each file is
+checked against (`cxrlearn.export.eager_probs`, in full float32 on a GPU too). The file
+itself holds a float32 CPU copy of the network and is loaded back on the CPU for the check,
+as an app loads it; int8 calibration runs that float file in onnxruntime, on the CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +21,12 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 
-from cxrlearn.cli import add_model_argument, add_overwrite_argument, check_new_file
+from cxrlearn.cli import (
+    add_device_argument,
+    add_model_argument,
+    add_overwrite_argument,
+    check_new_file,
+)
 from cxrlearn.errors import CxrlearnError
 
 if TYPE_CHECKING:  # annotations only: the CLI imports torch when a command runs, not before
@@ -50,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export", help=HELP,
         description="Export a checkpoint with its preprocessing, class names and "
                     "temperature inside. Each file is loaded back and checked against the "
-                    "Python pipeline on sample X-rays before it is kept.")
+                    "Python pipeline, run on --device, on sample X-rays before it is kept.")
     add_model_argument(p, extra="It must be a checkpoint or its run folder: an exported "
                                 "file holds no network to export again.")
     p.add_argument("--format", type=parse_formats, default=("torchscript",), dest="formats",
@@ -66,6 +76,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "each file gets its own. Default: model.pt (and .ptl, .pt2) beside "
                         "the checkpoint.")
     add_overwrite_argument(p, "files")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -91,10 +102,12 @@ def output_paths(out: Path, formats: tuple[str, ...]) -> list[Path]:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    from cxrlearn.device import select_device
     from cxrlearn.trained import open_model
 
+    device = select_device(args.device)  # a device that is not there: before any work
     model = open_model(args.model)  # fails early, once, with the file's own message
-    model.require_network("export")  # before any file is written
+    model.require_network("export").to(device)  # before any file is written
     web_only = args.formats == ("web",)
     out = args.out if args.out is not None else model.folder / ("web" if web_only else "model")
     if out.is_dir() and not web_only:

@@ -1,4 +1,8 @@
-"""`cxrlearn grade NOTEBOOK|FOLDER ...`: run students' notebooks, tabulate their exercises."""
+"""`cxrlearn grade NOTEBOOK|FOLDER ...`: run students' notebooks, tabulate their exercises.
+
+`--csv FILE` never replaces an existing file without `--overwrite`; the refusal comes before
+any notebook runs, not after minutes of grading.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cxrlearn.cli import positive_float
+from cxrlearn.cli import add_overwrite_argument, check_new_file, positive_float
 from cxrlearn.errors import CxrlearnError
 
 __all__ = ["HELP", "add_parser"]
@@ -35,12 +39,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="notebooks, or folders searched for *.ipynb")
     p.add_argument("--csv", type=Path, default=None, metavar="FILE",
                    help="also write the table as CSV, with each verdict's message")
+    add_overwrite_argument(p, "CSV files")
     p.add_argument("--timeout", type=positive_float, default=900.0, metavar="SECONDS",
                    help="time limit per notebook (default 900)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    if args.csv is not None:
+        check_new_file(args.csv, args.overwrite)
     try:
         import nbclient  # noqa: F401  (checked here, used by grade_notebook)
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cxrlearn.contrast import stretch_contrast_tensor
+from cxrlearn.device import full_float32
 from cxrlearn.transforms import Preprocess, as_float_image
 from cxrlearn.transforms import resize as resize_image
 
@@ -121,7 +122,8 @@ def eager_probs(
     softmax.
 
     This is the reference an exported file must match. The model runs in eval mode and
-    is put back in the mode it was in.
+    is put back in the mode it was in, on its own device, in full float32 there too
+    (`cxrlearn.device.full_float32`: no TF32 on a GPU).
 
     Args:
         model: The classifier.
@@ -140,7 +142,8 @@ def eager_probs(
     try:
         device = next(model.parameters()).device
         x = torch.stack([preprocess.network_input(im) for im in images])  # (N, C, S, S)
-        logits = model(x.to(device)).float().cpu()  # (N, K)
+        with full_float32():  # on a GPU too: the reference is held to 1e-5, TF32 is not
+            logits = model(x.to(device)).float().cpu()  # (N, K)
     finally:
         model.train(was_training)
     return torch.softmax(logits / temperature, dim=1)
