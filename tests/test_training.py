@@ -620,29 +620,12 @@ def _signal_in(monkeypatch, signum: int, phase: str, call: int) -> None:
     monkeypatch.setattr(TinyNet, "forward", forward)
 
 
-def _assert_same_state(a, b, where: str = "") -> None:
-    """Two checkpoints' contents equal bit for bit, but for the time each epoch took."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        timings = {"seconds", "images_per_s"} if "train_loss" in a else set()
-        assert set(a) - timings == set(b) - timings, where
-        for k in set(a) - timings:
-            _assert_same_state(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same_state(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 # Three steps an epoch; epoch 2 is stopped mid-step 2 (5th step of the run), mid-step 3 (its
 # last: all steps done when it stops), or in precise BN after its last step.
 @pytest.mark.parametrize(("phase", "call", "batches"), [("step", 5, 2), ("step", 6, 3),
                                                         ("bn", 3, 3)])
 def test_ctrl_c_mid_epoch_saves_the_epoch_so_far_and_resumes_bit_for_bit(
-        tmp_path, monkeypatch, phase, call, batches):
+        tmp_path, monkeypatch, phase, call, batches, same_state):
     import signal
 
     cfg = {"num_epochs": 3, "ema_epochs": 1.0, "mixup": 0.4, "cutmix": 1.0,
@@ -663,9 +646,9 @@ def test_ctrl_c_mid_epoch_saves_the_epoch_so_far_and_resumes_bit_for_bit(
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert _metrics(h_full) == _metrics(h_res)
-    _assert_same_state(load_checkpoint(tmp_path / "full" / "last.pt"),
+    same_state(load_checkpoint(tmp_path / "full" / "last.pt"),
                        load_checkpoint(tmp_path / "cut" / "last.pt"))
-    _assert_same_state(load_checkpoint(tmp_path / "full" / "best.pt"),
+    same_state(load_checkpoint(tmp_path / "full" / "best.pt"),
                        load_checkpoint(tmp_path / "cut" / "best.pt"))
     assert not (tmp_path / "cut" / "interrupted.pt").exists()  # done with, once epoch 2 is
 
@@ -716,6 +699,19 @@ def test_a_malformed_epoch_in_progress_is_one_line_naming_the_field(tmp_path, ch
     assert "\n" not in message
     with pytest.raises(CxrlearnError, match="in_progress must be a dict"):
         check_checkpoint({"format": "cxrlearn-checkpoint-v1", "in_progress": [2, 3]})
+
+
+def test_a_saved_mixup_generator_is_restored_or_refused():
+    from cxrlearn.training import _batch_mix
+
+    config = TrainConfig(mixup=0.2)
+    drawn = _batch_mix(config, 3)
+    drawn.rng.random(5)
+    again = _batch_mix(config, 3, drawn.rng.bit_generator.state)
+    assert again.rng.random() == drawn.rng.random()
+    with pytest.raises(CxrlearnError, match="interrupted.pt: damaged checkpoint: "
+                                            "in_progress.mix_rng is not a generator state"):
+        _batch_mix(config, 3, {"bit_generator": "nope"})
 
 
 def test_an_epoch_in_progress_resumes_only_with_its_own_length(tmp_path, monkeypatch):
