@@ -10,6 +10,14 @@ a file: never unpickle a file you did not make. Two kinds, written by `fit`:
 - `best.pt`, the epoch chosen on validation: `model_state` - the weights, the class names,
   the preprocessing, the history and the chosen epoch's scores. What inference needs, and a
   third of the size: the optimiser's two running averages per weight stay in `last.pt`.
+- `interrupted.pt`, only when Ctrl-C or SIGTERM stopped a run in the middle of an epoch:
+  `last.pt`'s content as it was after the last whole step, plus `in_progress`, where the
+  epoch stood (`cxrlearn.training.EpochProgress`: steps done, the running sums of its loss
+  and accuracy; the lr it started with, the MixUp/CutMix generator). A file of its own, so
+  that `last.pt` always means "the last finished epoch" for everything that reads it; the
+  run deletes it once that epoch is finished. `resume` continues from either file: the
+  resumed run ends bit for bit as the uninterrupted one would have. Its half-trained
+  weights are for resuming only: `cxrlearn.trained.open_model` refuses the file.
 
 `fit` stores whatever `meta` it is given; `cxrlearn.trained.open_model` needs
 `meta["arch"]` (which network) and `meta["preprocess"]` (`Preprocess.to_dict()`: how a raw
@@ -47,11 +55,13 @@ from cxrlearn.errors import CxrlearnError
 from cxrlearn.seeding import rng_state, set_rng_state
 from cxrlearn.transforms import Preprocess
 
-__all__ = ["CHECKPOINT_FORMAT", "MAX_CLASSES", "MAX_DEPTH", "save_checkpoint",
+__all__ = ["CHECKPOINT_FORMAT", "INTERRUPTED", "MAX_CLASSES", "MAX_DEPTH", "save_checkpoint",
            "load_checkpoint", "check_checkpoint", "check_architecture", "check_depth",
            "is_real", "training_state", "model_state", "Resumed", "resume"]
 
 CHECKPOINT_FORMAT = "cxrlearn-checkpoint-v1"
+INTERRUPTED = "interrupted.pt"
+"""The file name of an interrupted epoch's state, beside `last.pt`."""
 _FORMAT = re.compile(r"cxrlearn-checkpoint-v(\d{1,6})")
 MAX_DEPTH = 32
 """Deepest nesting of lists and dicts that metadata may have (a checkpoint's is 5 deep, an
@@ -178,6 +188,41 @@ def check_checkpoint(ckpt: Any, path: str | Path = "checkpoint") -> None:
         if field in ckpt and not _is_row(ckpt[field], finite=False):
             raise _damaged(f"{field} must be {{name: number}}, got "
                            f"{_short(ckpt[field])}", path)
+    if "in_progress" in ckpt:
+        _check_in_progress(ckpt["in_progress"], path)
+
+
+def _check_in_progress(value: Any, path: str | Path) -> None:
+    """An interrupted epoch's position and sums (`interrupted.pt`), checked before a resume
+    trusts them: steps done between 1 and the epoch's length, counts that are whole numbers
+    of 0 or more, sums that are finite numbers."""
+    def whole(name: str, low: int, high: float = math.inf) -> int:
+        n = value.get(name)
+        if not isinstance(n, int) or isinstance(n, bool) or not low <= n <= high:
+            raise _damaged_progress(f"in_progress.{name} must be a whole number from {low}"
+                                    + (f" to {high}" if high != math.inf else "")
+                                    + f", got {_short(n)}", path)
+        return n
+
+    if not isinstance(value, dict):
+        raise _damaged_progress(f"in_progress must be a dict, got {_short(value)}", path)
+    length = whole("batches_in_epoch", 1)
+    whole("batches", 1, length)
+    seen = whole("seen", 1)
+    whole("correct", 0, seen)
+    whole("image_size", 1)
+    for name in ("loss_sum", "seconds", "lr"):
+        if not is_real(value.get(name)):
+            raise _damaged_progress(f"in_progress.{name} must be a finite number, got "
+                                    f"{_short(value.get(name))}", path)
+    if not isinstance(value.get("mix_rng"), (dict, type(None))):
+        raise _damaged_progress(f"in_progress.mix_rng must be a dict or None, got "
+                                f"{_short(value.get('mix_rng'))}", path)
+
+
+def _damaged_progress(problem: str, path: str | Path) -> CxrlearnError:
+    return CxrlearnError(f"damaged checkpoint: {problem}; delete it to resume from the last "
+                         "finished epoch (last.pt)", path=path)
 
 
 def is_real(value: Any, finite: bool = True) -> bool:
@@ -300,18 +345,21 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 @dataclass
 class Resumed:
-    """Where a resumed run stands: the next epoch is `epoch` (0-based)."""
+    """Where a resumed run stands: the next epoch is `epoch` (0-based), started already
+    when `in_progress` is given (from `interrupted.pt`: see `check_checkpoint`)."""
 
     epoch: int
     best: float | None
     since_best: int
     history: list[dict[str, float]]
+    in_progress: dict[str, Any] | None = None
 
 
 def resume(path: str | Path | dict[str, Any], model: nn.Module,
            optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
            class_names: list[str], meta: dict[str, Any]) -> Resumed:
-    """Put the model, optimiser, schedule and random states back as `last.pt` saved them.
+    """Put the model, optimiser, schedule and random states back as `last.pt` saved them
+    (or `interrupted.pt`: then `Resumed.in_progress` says where in the epoch to go on).
 
     `path` may also be the checkpoint itself, already read with `load_checkpoint` (a run
     that checked it before training reads the file once).
@@ -333,4 +381,5 @@ def resume(path: str | Path | dict[str, Any], model: nn.Module,
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     set_rng_state(ckpt["rng"])
-    return Resumed(ckpt["epoch"], ckpt["best"], ckpt["since_best"], list(ckpt["history"]))
+    return Resumed(ckpt["epoch"], ckpt["best"], ckpt["since_best"], list(ckpt["history"]),
+                   ckpt.get("in_progress"))

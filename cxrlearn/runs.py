@@ -13,6 +13,7 @@ and leaves a run folder that `cxrlearn.trained.open_model` reads back:
     manifest.csv         the split: path, class, part of every image
     config.json          the settings (`RunSettings`), so that a resume keeps them
     last.pt              everything an exact resume needs, every epoch
+    interrupted.pt       only after Ctrl-C or SIGTERM mid-epoch: the epoch so far, to resume
     best.pt              the chosen epoch: weights, classes, preprocessing, scores, T
     history.csv          one row per epoch
     learning_curves.png  the history, drawn
@@ -57,7 +58,7 @@ import torch
 import cxrlearn
 from cxrlearn import distributed
 from cxrlearn.atomic import pid_is_running, write_atomic
-from cxrlearn.checkpoint import load_checkpoint
+from cxrlearn.checkpoint import INTERRUPTED, load_checkpoint
 from cxrlearn.data import (
     FolderScan,
     XrayDataset,
@@ -334,9 +335,11 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
     Args:
         settings: What to train. With `resume`, they must be the run's own, except that
             `settings.train.num_epochs` may be larger (to extend a finished run).
-        out: The run folder: new or empty, or (with `resume`) one holding `last.pt`.
+        out: The run folder: new or empty, or (with `resume`) one holding `last.pt` or
+            `interrupted.pt`.
         device: Where to train.
-        resume: Continue the run in `out` from its `last.pt`.
+        resume: Continue the run in `out` from where it stopped: its `interrupted.pt` (an
+            epoch stopped midway) if that is newer than its `last.pt`, else `last.pt`.
         cache_dir: Prepared-image cache; default `cxrlearn.data.default_cache_dir()`.
         events: Where progress goes; default nowhere.
 
@@ -346,7 +349,7 @@ def train_run(settings: RunSettings, out: str | Path, device: torch.device, *,
     """
     out, events = Path(out), events or RunEvents()
     main = distributed.is_main()
-    last = _check_out(out, settings, resume)  # last.pt, read once, when resuming
+    last = _check_out(out, settings, resume)  # what to resume from, read once
     # getattr: events written before `start` existed (duck-typed, not RunEvents) still work
     getattr(events, "start", lambda n: None)(settings.train.num_epochs)
     lock = run_lock(out) if main else contextlib.nullcontext()
@@ -487,12 +490,13 @@ def _undone_before_an_epoch(out: Path, new: bool) -> Iterator[None]:
     few images) removes what it wrote, so that the same command can simply be run again:
     there is nothing to resume yet. The folder goes if the run made it (everything in it is
     the run's); in a folder that existed (empty: `_check_out` saw to that) the files it wrote
-    go. Once `last.pt` exists the run can be resumed, and everything stays."""
+    go. Once `last.pt` or `interrupted.pt` exists the run can be resumed, and everything
+    stays."""
     existed = out.exists()
     try:
         yield
     except BaseException:
-        if new and not (out / "last.pt").exists() and out.is_dir():
+        if new and not _resumable(out) and out.is_dir():
             if not existed:
                 shutil.rmtree(out, ignore_errors=True)
             else:
@@ -505,14 +509,15 @@ def _check_out(out: Path, settings: RunSettings, resume: bool) -> dict[str, Any]
     """Refuse, before anything is written, a run folder that a run could damage.
 
     Returns:
-        When resuming, the run's `last.pt`, read here once and handed on to `fit`.
+        When resuming, the checkpoint to go on from (`interrupted.pt` or `last.pt`), read
+        here once and handed on to `fit`.
     """
     if out.exists() and not out.is_dir():
         raise CxrlearnError("exists and is not a folder; choose another --out", path=out)
     if not resume:
         held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) \
             if out.is_dir() else []
-        if "last.pt" in held:
+        if "last.pt" in held or INTERRUPTED in held:
             raise CxrlearnError("already holds a run; continue it with --resume, or choose "
                                 "another --out", path=out)
         if held:
@@ -521,7 +526,7 @@ def _check_out(out: Path, settings: RunSettings, resume: bool) -> dict[str, Any]
                                 "or empty folder, choose another --out", path=out)
         return None
     stored = stored_settings(out)
-    last = load_checkpoint(out / "last.pt")
+    last = _resume_point(out)
     done = int(last["epoch"])
     if done >= settings.train.num_epochs:
         raise CxrlearnError(f"the run is finished ({done} of {stored.train.num_epochs} epochs); "
@@ -549,14 +554,41 @@ def _check_resumable(out: Path, stored: RunSettings, settings: RunSettings) -> N
                                 "config.json; drop the change, or train a new run", path=out)
 
 
+def _resumable(out: Path) -> bool:
+    return (out / "last.pt").is_file() or (out / INTERRUPTED).is_file()
+
+
+def _resume_point(out: Path) -> dict[str, Any]:
+    """The checkpoint a resume goes on from: `interrupted.pt` when it continues the epoch
+    after `last.pt`'s (or there is no `last.pt` yet), else `last.pt`. An `interrupted.pt`
+    of an older epoch is what a process killed between writing `last.pt` and deleting it
+    left behind: it is out of date, and ignored.
+
+    Raises:
+        CxrlearnError: The file chosen is unreadable or damaged (`load_checkpoint`).
+    """
+    last = load_checkpoint(out / "last.pt") if (out / "last.pt").is_file() else None
+    if (out / INTERRUPTED).is_file():
+        interrupted = load_checkpoint(out / INTERRUPTED)
+        if "in_progress" not in interrupted:
+            raise CxrlearnError("damaged checkpoint: no in_progress (where the epoch "
+                                "stopped); delete it to resume from the last finished epoch "
+                                "(last.pt)", path=out / INTERRUPTED)
+        if last is None or interrupted["epoch"] >= last["epoch"]:
+            return interrupted
+    if last is None:  # (stored_settings saw one of the two; it went in between)
+        raise CxrlearnError("nothing to resume: no last.pt in the run folder", path=out)
+    return last
+
+
 def stored_settings(out: Path) -> RunSettings:
     """The settings in a run folder's `config.json`.
 
     Raises:
-        CxrlearnError: No `last.pt` beside it (nothing to resume), or `config.json` is
-            missing, unreadable or from cxrlearn 0.1.
+        CxrlearnError: No `last.pt` or `interrupted.pt` beside it (nothing to resume), or
+            `config.json` is missing, unreadable or from cxrlearn 0.1.
     """
-    if not (out / "last.pt").is_file():
+    if not _resumable(out):
         raise CxrlearnError("nothing to resume: no last.pt in the run folder (no epoch of "
                             "it was finished); start the run again without --resume",
                             path=out)

@@ -6,7 +6,9 @@
   (`manifest.csv`) with the data folder it points into;
 - a **checkpoint** (`best.pt`, or `last.pt`): read as plain data with
   `torch.load(weights_only=True)` and checked before anything is built
-  (`cxrlearn.checkpoint`); a `manifest.csv` beside it brings the split along;
+  (`cxrlearn.checkpoint`); a `manifest.csv` beside it brings the split along. An
+  `interrupted.pt` (an epoch stopped midway by Ctrl-C or SIGTERM) is refused with what to
+  do: its weights are half an epoch's, for `cxrlearn train --resume` only;
 - an **exported file** (`model.pt`, `.ptl`, `.pt2`): read as data, never run
   (`cxrlearn.export.load`), and rebuilt as cxrlearn's own `EndToEndModel` once the weights
   hash to the sha256 written at export time;
@@ -48,7 +50,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from cxrlearn.checkpoint import check_architecture, load_checkpoint, save_checkpoint
+from cxrlearn.checkpoint import (
+    INTERRUPTED,
+    check_architecture,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cxrlearn.data import XrayDataset, prepare_images, read_manifest, split_dataset
 from cxrlearn.data.splits import SplitRow, manifest_classes
 from cxrlearn.errors import CxrlearnError
@@ -418,6 +425,10 @@ def open_model(path: str | Path, data_root: str | Path | None = None) -> Trained
     """
     path = Path(path)
     if path.is_dir():
+        if not (path / "best.pt").is_file() and (path / INTERRUPTED).is_file():
+            raise CxrlearnError("no epoch of this run is finished yet, only interrupted.pt "
+                                "(an epoch stopped midway): continue the run with cxrlearn "
+                                f"train --resume --out {path}", path=path)
         if not (path / "best.pt").is_file():
             raise CxrlearnError("not a run folder: it holds no best.pt (train into it with "
                                 "cxrlearn train --out, or name a model file)", path=path)
@@ -512,6 +523,8 @@ def _read_checkpoint(path: Path, data_root: Path | None) -> TrainedModel:
     looks like (`load_checkpoint`).
     """
     ckpt = load_checkpoint(path)
+    if "in_progress" in ckpt:  # half an epoch's weights: for resuming, not for use
+        raise CxrlearnError(_UNFINISHED.format(folder=path.parent), path=path)
     preprocess = check_architecture(ckpt, path)  # parsed once, here
     if preprocess is None:
         raise CxrlearnError(
@@ -543,6 +556,11 @@ def _read_checkpoint(path: Path, data_root: Path | None) -> TrainedModel:
                         float(temperature), network=network.eval(), checkpoint=info,
                         manifest=manifest if manifest.is_file() else None, data_root=root,
                         notes=notes)
+
+
+_UNFINISHED = ("holds an epoch stopped midway (Ctrl-C or SIGTERM), to resume from, not a "
+               "model to use: continue the run with cxrlearn train --resume --out {folder}, "
+               "or use its best.pt or last.pt (the finished epochs)")
 
 
 _READERS: tuple[Callable[[Path, Path | None], TrainedModel | None], ...] = (

@@ -27,13 +27,15 @@ Lesson: lessons/03_training_loop_and_devices.ipynb
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import itertools
 import math
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlearn import distributed
+from cxrlearn.atomic import signals_deferred
 from cxrlearn.checkpoint import (
+    INTERRUPTED,
     Resumed,
     load_checkpoint,
     model_state,
@@ -54,7 +58,7 @@ from cxrlearn.checkpoint import (
 from cxrlearn.errors import CxrlearnError, Terminated, TrainingDiverged, TrainingInterrupted
 from cxrlearn.evaluation.metrics import confusion_matrix, per_class_scores
 from cxrlearn.schedule import SCHEDULES, SizeSchedule, lr_factor
-from cxrlearn.seeding import seed_everything
+from cxrlearn.seeding import rng_state, seed_everything
 from cxrlearn.settings import Check, above, at_least, check_fields, one_of, setting
 from cxrlearn.transforms import BatchMix, resize
 
@@ -68,6 +72,7 @@ __all__ = [
     "make_loss_fn",
     "class_weights",
     "train_loader",
+    "EpochProgress",
     "train_one_epoch",
     "recompute_bn_statistics",
     "WeightAverage",
@@ -237,17 +242,58 @@ class Amp:
         return cls(torch.float16, torch.amp.GradScaler("cuda"))
 
 
-def train_loader(dataset: Dataset, config: TrainConfig, epoch: int) -> DataLoader:
+def train_loader(dataset: Dataset, config: TrainConfig, epoch: int,
+                 skip: int = 0) -> DataLoader:
     """The batches of one epoch, in an order seeded by (seed, epoch).
 
     The order comes from `cxrlearn.distributed.epoch_sampler`: under `torchrun`, this
     process's slice of every batch; alone, the whole batch. The last, incomplete batch is
     dropped (BatchNorm needs more than one image).
+
+    `skip` leaves out the epoch's first batches (an interrupted epoch, resumed): their images
+    are neither loaded nor augmented again. Nothing else changes, because nothing depends on
+    them: the order is one permutation drawn for the whole epoch, and each image's
+    augmentation has a generator of its own, seeded by (seed, epoch, index)
+    (`cxrlearn.data.item_generator`).
     """
     sampler = distributed.epoch_sampler(dataset, config.seed, epoch)  # type: ignore[arg-type]
     local_batch = distributed.local_batch_size(config.batch_size)
-    return DataLoader(dataset, batch_size=local_batch, sampler=sampler,
-                      num_workers=config.num_workers, drop_last=len(sampler) > local_batch)
+    drop_last = len(sampler) > local_batch  # decided on the whole epoch, skipped or not
+    if skip == 0:
+        return DataLoader(dataset, batch_size=local_batch, sampler=sampler,
+                          num_workers=config.num_workers, drop_last=drop_last)
+    # The loader's iterator draws a seed for its workers when it starts; an uninterrupted
+    # run drew it from the global generator at the epoch's start, before the state that was
+    # saved mid-epoch. A private generator keeps that global state where the save left it.
+    return DataLoader(dataset, batch_size=local_batch, sampler=list(sampler)[skip * local_batch:],
+                      num_workers=config.num_workers, drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(config.seed))
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch has got: its finished steps, and the running sums its history row is
+    made of. `train_one_epoch` adds each step as it finishes, so that whoever interrupts it
+    knows what is done; an interrupted epoch's progress is saved (`interrupted.pt`) and
+    handed back to `train_one_epoch` to finish the epoch.
+
+    Attributes:
+        batches: Steps finished.
+        batches_in_epoch: Steps the whole epoch has (0 before it starts).
+        loss_sum: The sum over finished steps of (batch loss x batch size).
+        correct: Images whose label was the top score.
+        seen: Images trained on.
+        seconds: Time spent on the steps (interruptions not counted).
+        image_size: The side trained at (0 before the first step).
+    """
+
+    batches: int = 0
+    batches_in_epoch: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    image_size: int = 0
 
 
 def train_one_epoch(
@@ -262,6 +308,7 @@ def train_one_epoch(
     on_batch: Callable[[dict[str, float]], None] | None = None,
     mix: BatchMix | None = None,
     average: WeightAverage | None = None,
+    progress: EpochProgress | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`, updating the weights after every batch.
 
@@ -269,6 +316,12 @@ def train_one_epoch(
     blends every batch with a shuffled copy of itself (MixUp or CutMix); the loss is then the
     same blend of the losses for the two labels, and accuracy counts the image's own label.
     `average` follows the weights after every step (`WeightAverage`).
+
+    Each step is whole or not taken: Ctrl-C or SIGTERM during one waits until it is done
+    (`cxrlearn.atomic.signals_deferred`) and then stops the loop, between two steps, with
+    every finished step counted in `progress`. Given the `progress` of an interrupted epoch
+    and a loader of the batches still to do (`train_loader(..., skip=progress.batches)`),
+    it finishes the epoch as if it had never stopped.
 
     Returns:
         `loss` (mean over images), `accuracy`, `images`, `seconds`, `images_per_s`,
@@ -278,52 +331,57 @@ def train_one_epoch(
         TrainingDiverged: The loss of a batch is NaN or infinite (no step is taken with it).
     """
     model.train()
-    total_loss, correct, seen, side = 0.0, 0, 0, 0
-    start = time.perf_counter()
-    for batch, (x, y) in enumerate(loader):
-        # 1. move the batch to where the model is (shrunk, early in progressive resizing)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if image_size is not None and image_size != x.shape[-1]:
-            x = resize(x, image_size)  # (B, C, s, s)
-        side = x.shape[-1]
-        if mix is not None:  # each image blended with a partner: x <- share*x + (1-share)*x'
-            x, partner, share = mix(x)
-        # 2. forward: scores for every class, then the loss
-        with torch.autocast(device.type, dtype=amp.dtype, enabled=amp.dtype is not None):
-            logits = model(x)  # (B, K)
-            if mix is None:
-                loss = loss_fn(logits, y)
-            else:  # cross-entropy is linear in the target: blending labels blends losses
-                loss = share * loss_fn(logits, y) + (1 - share) * loss_fn(logits, y[partner])
-        if distributed.any_rank(not torch.isfinite(loss).item(), device):  # stop together
-            raise TrainingDiverged(f"loss became {loss.item()} in batch {batch}; "
-                                   "lower the learning rate")
-        # 3. zero the gradients left over from the previous step
-        optimizer.zero_grad(set_to_none=True)
-        # 4. backward: gradients of the loss for every trainable weight (in fp16 the scaler
-        #    multiplies the loss first, so that small gradients survive; else it returns it)
-        amp.scaler.scale(loss).backward()
-        # 5. step: update the weights (an fp16 scaler divides the gradients back first and
-        #    skips a step whose gradients overflowed; else it calls optimizer.step())
-        amp.scaler.step(optimizer)
-        amp.scaler.update()
-        if scheduler is not None:
-            scheduler.step()  # the learning rate changes every step, not every epoch
-        if average is not None:
-            average.update()
-
-        n = y.shape[0]
-        total_loss += loss.item() * n
-        correct += (logits.argmax(dim=1) == y).sum().item()
-        seen += n
+    p = progress if progress is not None else EpochProgress()
+    p.batches_in_epoch = p.batches + len(loader)
+    tick = time.perf_counter()  # the time of a step includes loading its batch
+    for batch, (x, y) in enumerate(loader, start=p.batches):
+        with signals_deferred():  # a step is whole or not taken
+            # 1. move the batch to where the model is (shrunk, early in progressive resizing)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if image_size is not None and image_size != x.shape[-1]:
+                x = resize(x, image_size)  # (B, C, s, s)
+            if mix is not None:  # each image blended with a partner: share*x + (1-share)*x'
+                x, partner, share = mix(x)
+            # 2. forward: scores for every class, then the loss
+            with torch.autocast(device.type, dtype=amp.dtype, enabled=amp.dtype is not None):
+                logits = model(x)  # (B, K)
+                if mix is None:
+                    loss = loss_fn(logits, y)
+                else:  # cross-entropy is linear in the target: blending labels blends losses
+                    loss = (share * loss_fn(logits, y)
+                            + (1 - share) * loss_fn(logits, y[partner]))
+            if distributed.any_rank(not torch.isfinite(loss).item(), device):  # stop together
+                raise TrainingDiverged(f"loss became {loss.item()} in batch {batch}; "
+                                       "lower the learning rate")
+            # 3. zero the gradients left over from the previous step
+            optimizer.zero_grad(set_to_none=True)
+            # 4. backward: gradients of the loss for every trainable weight (in fp16 the
+            #    scaler multiplies the loss first, so that small gradients survive)
+            amp.scaler.scale(loss).backward()
+            # 5. step: update the weights (an fp16 scaler divides the gradients back first
+            #    and skips a step whose gradients overflowed; else it calls optimizer.step())
+            amp.scaler.step(optimizer)
+            amp.scaler.update()
+            if scheduler is not None:
+                scheduler.step()  # the learning rate changes every step, not every epoch
+            if average is not None:
+                average.update()
+            # the step is done: count it (the same sums, in the same order, after a resume)
+            n = y.shape[0]
+            p.loss_sum += loss.item() * n
+            p.correct += (logits.argmax(dim=1) == y).sum().item()
+            p.seen += n
+            p.image_size = x.shape[-1]
+            now = time.perf_counter()
+            p.seconds, tick = p.seconds + (now - tick), now
+            p.batches = batch + 1
         if on_batch is not None:
-            elapsed = time.perf_counter() - start
-            on_batch({"batch": batch + 1, "batches": len(loader), "loss": total_loss / seen,
-                      "accuracy": correct / seen, "images_per_s": seen / max(elapsed, 1e-9)})
-    seconds = time.perf_counter() - start
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
-            "images": seen, "seconds": seconds, "images_per_s": seen / max(seconds, 1e-9),
-            "image_size": side}
+            on_batch({"batch": p.batches, "batches": p.batches_in_epoch,
+                      "loss": p.loss_sum / p.seen, "accuracy": p.correct / p.seen,
+                      "images_per_s": p.seen / max(p.seconds, 1e-9)})
+    return {"loss": p.loss_sum / max(p.seen, 1), "accuracy": p.correct / max(p.seen, 1),
+            "images": p.seen, "seconds": p.seconds,
+            "images_per_s": p.seen / max(p.seconds, 1e-9), "image_size": p.image_size}
 
 
 @torch.no_grad()
@@ -559,9 +617,11 @@ def fit(
         config: Settings.
         device: Where to train (see `cxrlearn.device.select_device`).
         class_names: Names of the classes, stored in checkpoints.
-        out_dir: Folder for `last.pt` (every epoch) and `best.pt` (best validation score).
-        resume_from: A `last.pt` to continue from, or its content already read (see
-            `cxrlearn.checkpoint.resume`); the run then ends as if uninterrupted.
+        out_dir: Folder for `last.pt` (every epoch) and `best.pt` (best validation score),
+            and `interrupted.pt` when Ctrl-C or SIGTERM stops an epoch midway.
+        resume_from: A `last.pt` or `interrupted.pt` to continue from, or its content
+            already read (see `cxrlearn.checkpoint.resume`); the run then ends as if
+            uninterrupted.
         meta: Extra plain data stored in checkpoints (architecture, preprocessing).
         on_batch: Called as `on_batch(epoch, stats)` after every training batch.
         on_epoch: Called with each epoch's history row.
@@ -575,7 +635,10 @@ def fit(
 
     Raises:
         TrainingDiverged: The loss became NaN/inf; `last.pt` still holds the last good epoch.
-        TrainingInterrupted: Ctrl-C; `last.pt` holds the last finished epoch.
+        TrainingInterrupted: Ctrl-C or SIGTERM (`cxrlearn.errors.Terminated`). The step in
+            progress is finished first; `interrupted.pt` then holds the epoch so far
+            (not under `torchrun`, where the epoch is abandoned), `last.pt` the last
+            finished epoch.
         CxrlearnError: `resume_from` is unreadable or belongs to another model or classes.
     """
     meta, names, out = dict(meta or {}), list(class_names), Path(out_dir) if out_dir else None
@@ -602,10 +665,16 @@ def fit(
            else Resumed(epoch=0, best=None, since_best=0, history=[]))
     if resume_from and average is not None:
         average.load_state_dict(_read(resume_from)["average"])
+    if resume_from and amp.scaler.is_enabled() and _read(resume_from).get("scaler"):
+        amp.scaler.load_state_dict(_read(resume_from)["scaler"])
+    if run.in_progress and run.in_progress["batches_in_epoch"] != steps_per_epoch:
+        raise CxrlearnError(f"the interrupted epoch had {run.in_progress['batches_in_epoch']} "
+                            f"batches, this data and batch size make {steps_per_epoch}; resume "
+                            "with the run's own data, or from last.pt", path=INTERRUPTED)
     judged = model if average is None else average.network  # the network validated and kept
     best = _Best(config.select_by, config.patience, run.best, run.since_best)
     checkpoints = _Checkpoints(out, model, optimizer, scheduler, names, meta, config,
-                               judged, average)
+                               judged, average, amp.scaler)
     ddp_model = distributed.wrap(model, device)  # `model` itself when not distributed
     val_loader = DataLoader(val_data, batch_size=config.batch_size,
                             num_workers=config.num_workers)
@@ -615,16 +684,25 @@ def fit(
     for epoch in range(run.epoch, config.num_epochs):
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        # An epoch interrupted midway goes on from its saved step, lr, sums and MixUp draws.
+        saved = run.in_progress if epoch == run.epoch else None
+        progress = EpochProgress(**{f.name: saved[f.name] for f in fields(EpochProgress)}) \
+            if saved else EpochProgress()
+        lr = saved["lr"] if saved else optimizer.param_groups[0]["lr"]
         side = side_of(epoch)
-        if average is not None and epoch > 0 and side != side_of(epoch - 1):
+        if average is not None and epoch > 0 and side != side_of(epoch - 1) and not saved:
             average.restart()  # weights tuned for another scale do not average well
-        with _stop_cleanly(epoch, out):
+        mix = _batch_mix(config, epoch, saved["mix_rng"] if saved else None)
+        after_steps: dict[str, Any] = {}  # the random states once the last step is taken
+        save = functools.partial(checkpoints.save_interrupted, epoch, run.history, best,
+                                 progress, progress.batches, lr, mix, after_steps)
+        with _stop_cleanly(epoch, out, progress, save):
             tr = train_one_epoch(
-                ddp_model, train_loader(train_data, config, epoch), loss_fn, optimizer,
-                device, scheduler, amp, side,
+                ddp_model, train_loader(train_data, config, epoch, skip=progress.batches),
+                loss_fn, optimizer, device, scheduler, amp, side,
                 on_batch=None if on_batch is None else (lambda s, e=epoch: on_batch(e, s)),
-                mix=_batch_mix(config, epoch), average=average)
+                mix=mix, average=average, progress=progress)
+            after_steps["rng"] = rng_state()  # precise BN and validation draw from here on
             if config.precise_bn_batches:  # statistics of these weights, not of past ones
                 recompute_bn_statistics(judged, _bn_batches(train_data, config, epoch),
                                         device, side, amp)
@@ -643,11 +721,23 @@ def fit(
     return run.history
 
 
-def _batch_mix(config: TrainConfig, epoch: int) -> BatchMix | None:
-    """The epoch's MixUp/CutMix, its draws seeded by (seed, epoch), or None when off."""
+def _batch_mix(config: TrainConfig, epoch: int,
+               state: dict[str, Any] | None = None) -> BatchMix | None:
+    """The epoch's MixUp/CutMix, its draws seeded by (seed, epoch), or None when off.
+
+    `state`: where an interrupted epoch's generator stood (`bit_generator.state`).
+    """
     if config.mixup == 0 and config.cutmix == 0:
         return None
-    return BatchMix(config.mixup, config.cutmix, np.random.default_rng([config.seed, epoch]))
+    rng = np.random.default_rng([config.seed, epoch])
+    if state is not None:
+        try:
+            rng.bit_generator.state = state
+        except (ValueError, TypeError, KeyError) as e:
+            raise CxrlearnError(f"damaged checkpoint: in_progress.mix_rng is not a generator "
+                                f"state ({e}); delete it to resume from the last finished "
+                                "epoch (last.pt)", path=INTERRUPTED) from None
+    return BatchMix(config.mixup, config.cutmix, rng)
 
 
 def _bn_batches(train_data: Dataset, config: TrainConfig, epoch: int) -> Iterator[Tensor]:
@@ -716,31 +806,66 @@ class _Checkpoints:
     config: TrainConfig
     judged: nn.Module
     average: WeightAverage | None = None
+    scaler: torch.amp.GradScaler | None = None
 
     def save(self, epoch: int, history: list[dict[str, float]], best: _Best,
              improved: bool) -> None:
-        """Write after `epoch` (1-based) epochs; `history[epoch - 1]` is its row."""
+        """Write after `epoch` (1-based) epochs; `history[epoch - 1]` is its row. The
+        interrupted state of that epoch, if any, is done with and goes."""
         if self.out is None or not distributed.is_main():
             return
         if improved:
             save_checkpoint(self.out / "best.pt", model_state(
                 self.judged, self.class_names, self.meta, epoch, history, self.config))
+        save_checkpoint(self.out / "last.pt", self._state(epoch, history, best))
+        (self.out / INTERRUPTED).unlink(missing_ok=True)
+
+    def save_interrupted(self, epoch: int, history: list[dict[str, float]], best: _Best,
+                         progress: EpochProgress, started_at: int, lr: float,
+                         mix: BatchMix | None, after_steps: dict[str, Any]) -> Path | None:
+        """Write `interrupted.pt`: epoch `epoch` (0-based) stopped after `progress.batches`
+        whole steps. Returns the file holding them, or None when nothing is kept: no output
+        folder, no step taken in this epoch, or several processes (under `torchrun` each
+        holds its own share of the sums; the epoch is abandoned, `last.pt` stays)."""
+        if self.out is None or progress.batches == 0 or distributed.is_distributed():
+            return None
+        path = self.out / INTERRUPTED
+        if progress.batches == started_at:  # resumed and stopped again before a new step
+            return path if path.is_file() else None
+        state = self._state(epoch, history, best)
+        # The global random states as the last step left them: taken now if the steps were
+        # still going, else before precise BN and validation drew from them.
+        state["rng"] = after_steps.get("rng") or state["rng"]
+        state["in_progress"] = {**dataclasses.asdict(progress), "lr": lr,
+                                "mix_rng": None if mix is None else mix.rng.bit_generator.state}
+        save_checkpoint(path, state)
+        return path
+
+    def _state(self, epoch: int, history: list[dict[str, float]], best: _Best
+               ) -> dict[str, Any]:
+        """`training_state`, with the weight average and the gradient scaler if in use."""
         state = training_state(
             self.model, self.optimizer, self.scheduler, self.class_names, self.meta, epoch,
             best.score, best.since, history, self.config)
         if self.average is not None:
             state["average"] = self.average.state_dict()
-        save_checkpoint(self.out / "last.pt", state)
+        if self.scaler is not None and self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
 
 @contextmanager
-def _stop_cleanly(epoch: int, out: Path | None) -> Iterator[None]:
+def _stop_cleanly(epoch: int, out: Path | None, progress: EpochProgress,
+                  save: Callable[[], Path | None]) -> Iterator[None]:
     """Turn a NaN loss, Ctrl-C or SIGTERM inside an epoch into an error that says what was
-    kept.
+    kept. The one place where training meets a signal.
 
-    The epoch in progress is abandoned: `last.pt` holds the last finished one, and resuming
-    from it ends exactly where an uninterrupted run would. SIGTERM arrives here as
-    `Terminated` (a KeyboardInterrupt) when the command line installed its handler.
+    Ctrl-C raises KeyboardInterrupt, and SIGTERM `Terminated` (one, when the command line
+    installed its handler). Either waits for the step in progress to finish
+    (`train_one_epoch`), then arrives here: `save()` writes the epoch so far into
+    `interrupted.pt`, and resuming from it ends exactly where an uninterrupted run would.
+    Stopped before its first step (or without a folder), the epoch is abandoned and
+    `last.pt` holds the last finished one. A NaN loss keeps nothing of its epoch.
     """
     kept = f"{out / 'last.pt'} holds epoch {epoch}" if out and epoch > 0 else None
     try:
@@ -750,10 +875,21 @@ def _stop_cleanly(epoch: int, out: Path | None) -> Iterator[None]:
                                + (f"; {kept}" if kept else "")) from None
     except KeyboardInterrupt as e:
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        saved, problem = None, ""
+        try:
+            with suppress(KeyboardInterrupt):  # a second Ctrl-C: the file is whole anyway
+                saved = save()
+        except CxrlearnError as failed:  # a full disk: say so, and what is still there
+            problem = f"the epoch so far was not saved ({failed}); "
+        if saved is not None:
+            what = (f"{saved} holds epoch {epoch + 1} up to batch {progress.batches} of "
+                    f"{progress.batches_in_epoch}")
+        else:
+            what = problem + (kept or "no epoch was finished, nothing was kept; run the "
+                                      "same command again")
         stopped = TrainingInterrupted(
-            f"{how} in epoch {epoch + 1}: "
-            + (f"{kept}; continue with --resume" if kept
-               else "no epoch was finished, nothing was kept; run the same command again"))
+            f"{how} in epoch {epoch + 1}: {what}"
+            + ("; continue with --resume" if saved is not None or kept else ""))
         stopped.signal_number = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
         raise stopped from None
 

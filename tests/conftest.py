@@ -143,3 +143,29 @@ def ctrl_c_in_epoch(monkeypatch) -> Callable[[int], None]:
         monkeypatch.setattr(training, "train_one_epoch", interrupted)
 
     return arm
+
+
+def _same_state(a, b, where: str = "") -> None:
+    """Two checkpoints' contents equal bit for bit, but for the time each epoch took."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        timings = {"seconds", "images_per_s"} if "train_loss" in a else set()
+        assert set(a) - timings == set(b) - timings, where
+        for k in set(a) - timings:
+            _same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.fixture
+def same_state() -> Callable[..., None]:
+    """`same_state(a, b)`: assert two checkpoints' contents equal bit for bit (tensors by
+    `torch.equal`), but for the time each epoch took (`seconds`, `images_per_s`)."""
+    return _same_state

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -224,6 +225,108 @@ def test_ctrl_c_in_training_exits_130_and_keeps_finished_epochs(tmp_path, data, 
     assert "interrupted" in err and "last.pt holds epoch 1" in err and "Traceback" not in err
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     assert not (out / ".cxrlearn.lock").exists()
+
+
+# --- a signal in the middle of an epoch: the epoch so far is saved, and resumes exactly -----
+
+# Run in a child process: a training step's forward pass sends the process a signal, so that
+# it arrives mid-step, at a chosen step (not a race against a timer), as `kill` would send it.
+SIGNAL_IN_STEP = """
+import os, sys, torch
+import cxrlearn.resnet as resnet
+from cxrlearn.cli import main
+signum, step, calls, real = int(sys.argv[1]), int(sys.argv[2]), [0], resnet.ResNet.forward
+def forward(self, x):
+    if self.training and torch.is_grad_enabled():  # a training step, not precise BN
+        calls[0] += 1
+        if calls[0] == step:
+            os.kill(os.getpid(), signum)  # between this forward pass and the update
+    return real(self, x)
+resnet.ResNet.forward = forward
+sys.exit(main(sys.argv[3:]))
+"""
+STEPS = [*FAST[:2], "--batch-size", "4", *FAST[4:], "--epochs", "2"]  # 3 steps an epoch
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A data folder, and a run of two epochs of three steps trained on it without a stop."""
+    from cxrlearn.data import CLASS_NAMES, sample_root
+
+    base = tmp_path_factory.mktemp("uninterrupted")
+    for name in CLASS_NAMES:
+        (base / "data" / name).mkdir(parents=True)
+        for src in sorted((sample_root() / name).glob("*.png"))[:8]:
+            shutil.copy(src, base / "data" / name / src.name)
+    assert main(["train", "--data", str(base / "data"), "--out", str(base / "run"),
+                 "--cache-dir", str(base / "cache"), *STEPS]) == 0
+    return base
+
+
+def _assert_same_run(run, whole, same_state) -> None:
+    """Weights, optimiser, schedule, random states and history (but its timings) equal."""
+    for name in ("last.pt", "best.pt"):
+        same_state(load_checkpoint(run / name), load_checkpoint(whole / name), name)
+    assert not (run / "interrupted.pt").exists()
+
+
+def test_sigterm_mid_step_exits_143_saves_the_epoch_and_resumes_bit_for_bit(
+        tmp_path, uninterrupted, capsys, same_state):
+    import signal
+
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_STEP, str(int(signal.SIGTERM)), "5", "train", "--data",
+         str(uninterrupted / "data"), "--out", str(run), "--cache-dir",
+         str(uninterrupted / "cache"), *STEPS], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})  # same sums
+    assert proc.returncode == 143, proc.stderr
+    said = proc.stderr.strip().splitlines()
+    assert said == [f"interrupted: terminated (SIGTERM) in epoch 2: {run / 'interrupted.pt'} "
+                    "holds epoch 2 up to batch 2 of 3; continue with --resume"], said
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert main(["train", "--out", str(run), "--resume"]) == 0, capsys.readouterr().err
+    _assert_same_run(run, uninterrupted / "run", same_state)
+
+
+def test_ctrl_c_mid_step_exits_130_saves_the_epoch_and_resumes_bit_for_bit(
+        tmp_path, uninterrupted, capsys, monkeypatch, same_state):
+    """In this process (the exit status is `main`'s): Ctrl-C in the first epoch, before any
+    last.pt exists; the folder is kept, and nothing else opens the half-trained weights."""
+    import signal
+
+    import cxrlearn.resnet as resnet
+
+    run, real, calls = tmp_path / "run", resnet.ResNet.forward, {"n": 0}
+
+    def forward(self, x):
+        if self.training and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(self, x)
+
+    argv = ["train", "--data", str(uninterrupted / "data"), "--out", str(run), "--cache-dir",
+            str(uninterrupted / "cache"), *STEPS]
+    with monkeypatch.context() as m:
+        m.setattr(resnet.ResNet, "forward", forward)
+        assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"interrupted: interrupted in epoch 1: {run / 'interrupted.pt'} holds epoch "
+                   "1 up to batch 2 of 3; continue with --resume"], err
+    assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+    # What reads a model says what the folder holds, and what to do.
+    for command in (["evaluate", "--model", str(run)],
+                    ["predict", "--model", str(run / "interrupted.pt"),
+                     str(next((uninterrupted / "data" / "COVID").glob("*.png")))],
+                    ["export", "--model", str(run / "interrupted.pt")]):
+        assert main(command) == 1
+        said = capsys.readouterr().err.strip()
+        assert "stopped midway" in said and f"train --resume --out {run}" in said, said
+    assert main(argv) == 1  # a new run into it: refused, the state is kept
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--resume"]) == 0, capsys.readouterr().err
+    _assert_same_run(run, uninterrupted / "run", same_state)
 
 
 def test_train_errors_are_one_line_without_traceback(tmp_path):

@@ -678,6 +678,45 @@ def _(tmp: Path, world: dict) -> list[str]:
     return ["train", "--out", str(tmp / "run"), "--resume"]
 
 
+def _interrupted_state(world: dict, tmp: Path, **change) -> Path:
+    """A copy of the run whose interrupted.pt (last.pt, stopped in epoch 2) says `change`."""
+    run = _copy_run(world, tmp)
+    state = load_checkpoint(run / "last.pt")
+    state["in_progress"] = {"batches": 1, "batches_in_epoch": 1, "loss_sum": 2.0,
+                            "correct": 1, "seen": 8, "seconds": 1.0, "image_size": 32,
+                            "lr": 1e-3, "mix_rng": None, **change}
+    save_checkpoint(run / "interrupted.pt", {k: v for k, v in state.items() if k != "format"})
+    return run
+
+
+@case("--resume from an interrupted.pt whose batches done are past the epoch's end", 1,
+      "interrupted.pt: damaged checkpoint: in_progress.batches must be a whole number from 1 "
+      "to 1, got 7; delete it to resume from the last finished epoch (last.pt)")
+def _(tmp: Path, world: dict) -> list[str]:
+    return ["train", "--out", str(_interrupted_state(world, tmp, batches=7)), "--resume",
+            "--epochs", "2"]
+
+
+@case("--resume from an interrupted.pt whose batches done are negative", 1,
+      "in_progress.batches must be a whole number from 1 to 1, got -3")
+def _(tmp: Path, world: dict) -> list[str]:
+    return ["train", "--out", str(_interrupted_state(world, tmp, batches=-3)), "--resume",
+            "--epochs", "2"]
+
+
+@case("--resume from an interrupted.pt of an epoch longer than the data makes", 1,
+      "the interrupted epoch had 5 batches, this data and batch size make 1")
+def _(tmp: Path, world: dict) -> list[str]:
+    run = _interrupted_state(world, tmp, batches=2, batches_in_epoch=5)
+    return ["train", "--out", str(run), "--resume", "--epochs", "2"]
+
+
+@case("evaluate --model an interrupted.pt (half an epoch's weights)", 1,
+      "holds an epoch stopped midway (Ctrl-C or SIGTERM), to resume from, not a model to use")
+def _(tmp: Path, world: dict) -> list[str]:
+    return ["evaluate", "--model", str(_interrupted_state(world, tmp) / "interrupted.pt")]
+
+
 def test_ctrl_c_before_the_first_epoch_leaves_a_folder_a_new_run_can_use(world, tmp_path,
                                                                          capsys, monkeypatch):
     import cxrlearn.training as training
@@ -734,10 +773,14 @@ def test_sigterm_mid_epoch_exits_143_and_resumes_bit_for_bit(world, tmp_path, ca
         m.setattr(cli_train.RichEvents, "batch", _sigterm_in_epoch(1))
         assert main(["train", "--data", str(world["data"]), "--out", str(run), *two]) == 143
     err = capsys.readouterr().err
-    assert "terminated (SIGTERM) in epoch 2" in err and "holds epoch 1" in err, err
+    # The epoch's one step was done when the signal came: the epoch so far is kept.
+    assert (f"terminated (SIGTERM) in epoch 2: {run / 'interrupted.pt'} holds epoch 2 up to "
+            "batch 1 of 1; continue with --resume") in err, err
     assert len(err.strip().splitlines()) == 1
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert load_checkpoint(run / "interrupted.pt")["in_progress"]["batches"] == 1
     assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert not (run / "interrupted.pt").exists()
     assert main(["train", "--data", str(world["data"]), "--out", str(whole), *two]) == 0
     resumed, uninterrupted = (load_checkpoint(p / "best.pt") for p in (run, whole))
     assert resumed["epoch"] == uninterrupted["epoch"]

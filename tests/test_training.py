@@ -604,6 +604,128 @@ def test_fit_keeps_the_averaged_network_in_best_and_resumes_it_exactly(tmp_path)
         assert torch.equal(v, cut[k]), k
 
 
+def _signal_in(monkeypatch, signum: int, phase: str, call: int) -> None:
+    """Send `signum` to this process in the `call`-th forward pass of `phase` over the run:
+    "step" (a training step, between its forward and its update: mid-step) or "bn" (precise
+    BN's forward passes, after an epoch's last step). Deterministic, not a race."""
+    real, calls = TinyNet.forward, {"n": 0}
+
+    def forward(self, x):
+        if self.training and torch.is_grad_enabled() == (phase == "step"):
+            calls["n"] += 1
+            if calls["n"] == call:
+                os.kill(os.getpid(), signum)
+        return real(self, x)
+
+    monkeypatch.setattr(TinyNet, "forward", forward)
+
+
+# Three steps an epoch; epoch 2 is stopped mid-step 2 (5th step of the run), mid-step 3 (its
+# last: all steps done when it stops), or in precise BN after its last step.
+@pytest.mark.parametrize(("phase", "call", "batches"), [("step", 5, 2), ("step", 6, 3),
+                                                        ("bn", 3, 3)])
+def test_ctrl_c_mid_epoch_saves_the_epoch_so_far_and_resumes_bit_for_bit(
+        tmp_path, monkeypatch, phase, call, batches, same_state):
+    import signal
+
+    cfg = {"num_epochs": 3, "ema_epochs": 1.0, "mixup": 0.4, "cutmix": 1.0,
+           "precise_bn_batches": 2}
+    full, h_full = _run(tmp_path / "full", **cfg)
+    with monkeypatch.context() as m:
+        _signal_in(m, signal.SIGINT, phase, call)
+        with pytest.raises(TrainingInterrupted) as stopped:
+            _run(tmp_path / "cut", **cfg)
+    assert stopped.value.signal_number == signal.SIGINT
+    assert (f"interrupted in epoch 2: {tmp_path / 'cut' / 'interrupted.pt'} holds epoch 2 "
+            f"up to batch {batches} of 3; continue with --resume") == str(stopped.value)
+    saved = load_checkpoint(tmp_path / "cut" / "interrupted.pt")
+    assert saved["epoch"] == 1 and saved["in_progress"]["batches"] == batches
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1  # untouched
+    torch.manual_seed(123)  # resuming must not depend on the global state at the time
+    resumed, h_res = _run(tmp_path / "cut", resume=tmp_path / "cut" / "interrupted.pt", **cfg)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert _metrics(h_full) == _metrics(h_res)
+    same_state(load_checkpoint(tmp_path / "full" / "last.pt"),
+                       load_checkpoint(tmp_path / "cut" / "last.pt"))
+    same_state(load_checkpoint(tmp_path / "full" / "best.pt"),
+                       load_checkpoint(tmp_path / "cut" / "best.pt"))
+    assert not (tmp_path / "cut" / "interrupted.pt").exists()  # done with, once epoch 2 is
+
+
+def test_ctrl_c_before_an_epochs_first_step_saves_nothing_new(tmp_path, monkeypatch):
+    import signal
+
+    with monkeypatch.context() as m:
+        _signal_in(m, signal.SIGINT, "bn", 1)  # epoch 1's precise BN: its steps are done
+        with pytest.raises(TrainingInterrupted, match="holds epoch 1 up to batch 3 of 3"):
+            _run(tmp_path, num_epochs=2)
+    assert not (tmp_path / "last.pt").exists()
+    # Resumed from it, and stopped again before a new step: the file is kept as it was.
+    before = (tmp_path / "interrupted.pt").read_bytes()
+    with monkeypatch.context() as m:
+        _signal_in(m, signal.SIGINT, "bn", 1)
+        with pytest.raises(TrainingInterrupted, match="holds epoch 1 up to batch 3 of 3"):
+            _run(tmp_path, num_epochs=2, resume=tmp_path / "interrupted.pt")
+    assert (tmp_path / "interrupted.pt").read_bytes() == before
+
+
+GOOD_PROGRESS = {"batches": 2, "batches_in_epoch": 3, "loss_sum": 20.5, "correct": 3,
+                 "seen": 16, "seconds": 0.5, "image_size": 16, "lr": 1e-3, "mix_rng": None}
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"batches": 4}, "in_progress.batches must be a whole number from 1 to 3, got 4"),
+    ({"batches": -1}, "in_progress.batches must be a whole number from 1 to 3, got -1"),
+    ({"batches": 0}, "in_progress.batches must be a whole number from 1 to 3, got 0"),
+    ({"batches": True}, "in_progress.batches must be a whole number"),
+    ({"batches_in_epoch": "3"}, "in_progress.batches_in_epoch must be a whole number"),
+    ({"correct": 17}, "in_progress.correct must be a whole number from 0 to 16, got 17"),
+    ({"loss_sum": float("nan")}, "in_progress.loss_sum must be a finite number"),
+    ({"lr": 10**400}, "in_progress.lr must be a finite number"),
+    ({"mix_rng": [1, 2]}, "in_progress.mix_rng must be a dict or None"),
+    ({"seen": None}, "in_progress.seen must be a whole number"),
+])
+def test_a_malformed_epoch_in_progress_is_one_line_naming_the_field(tmp_path, change, problem):
+    from cxrlearn.checkpoint import check_checkpoint
+
+    check_checkpoint({"format": "cxrlearn-checkpoint-v1", "in_progress": GOOD_PROGRESS})
+    bad = {"format": "cxrlearn-checkpoint-v1", "in_progress": {**GOOD_PROGRESS, **change}}
+    with pytest.raises(CxrlearnError) as e:
+        check_checkpoint(bad, tmp_path / "interrupted.pt")
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'interrupted.pt'}: damaged checkpoint: {problem}")
+    assert message.endswith("delete it to resume from the last finished epoch (last.pt)")
+    assert "\n" not in message
+    with pytest.raises(CxrlearnError, match="in_progress must be a dict"):
+        check_checkpoint({"format": "cxrlearn-checkpoint-v1", "in_progress": [2, 3]})
+
+
+def test_a_saved_mixup_generator_is_restored_or_refused():
+    from cxrlearn.training import _batch_mix
+
+    config = TrainConfig(mixup=0.2)
+    drawn = _batch_mix(config, 3)
+    drawn.rng.random(5)
+    again = _batch_mix(config, 3, drawn.rng.bit_generator.state)
+    assert again.rng.random() == drawn.rng.random()
+    with pytest.raises(CxrlearnError, match="interrupted.pt: damaged checkpoint: "
+                                            "in_progress.mix_rng is not a generator state"):
+        _batch_mix(config, 3, {"bit_generator": "nope"})
+
+
+def test_an_epoch_in_progress_resumes_only_with_its_own_length(tmp_path, monkeypatch):
+    import signal
+
+    with monkeypatch.context() as m:
+        _signal_in(m, signal.SIGINT, "step", 2)
+        with pytest.raises(TrainingInterrupted, match="up to batch 2 of 3"):
+            _run(tmp_path, num_epochs=2)
+    with pytest.raises(CxrlearnError, match="the interrupted epoch had 3 batches, this data "
+                                            "and batch size make 2"):
+        _run(tmp_path, num_epochs=2, resume=tmp_path / "interrupted.pt", batch_size=12)
+
+
 def test_an_average_needs_statistics_of_its_own():
     with pytest.raises(ValueError, match="ema_epochs needs precise_bn_batches"):
         TrainConfig(ema_epochs=2, precise_bn_batches=0)

@@ -23,8 +23,9 @@ with a browser beside the training makes every step several times slower
 Expected faults (`CxrlearnError`, a full disk, a file that cannot be written) are printed
 as one red line and exit with status 1, without a traceback; anything else is a bug and
 keeps its traceback. Ctrl-C exits with status 130 and SIGTERM (`kill`, `docker stop`, a
-cluster's scheduler) with 143, the shell's conventions; in training both abandon the epoch in
-progress and keep the last finished one in `last.pt`, to resume from.
+cluster's scheduler) with 143, the shell's conventions; in training both let the step in
+progress finish and save the epoch so far in `interrupted.pt` (the last finished epoch stays
+in `last.pt`), and `cxrlearn train --resume` goes on from there exactly.
 
 Printing never fails on the terminal's encoding: on a latin-1 or ASCII terminal a character
 it cannot show comes out as `?` (and rich draws tables with ASCII lines).
@@ -146,9 +147,9 @@ def _one_line(text: str) -> str:
 @contextmanager
 def _sigterm_raises() -> Iterator[None]:
     """While a command runs, SIGTERM raises `Terminated` (a KeyboardInterrupt), so that a
-    `kill` stops training as Ctrl-C does: the epoch in progress is abandoned, `last.pt` keeps
-    the last finished one, and the exit status is 143. Without this handler SIGTERM would
-    end the process at once, wherever it was."""
+    `kill` stops training as Ctrl-C does (`cxrlearn.training`: the step in progress finishes,
+    the epoch so far is saved in `interrupted.pt`), and the exit status is 143. Without this
+    handler SIGTERM would end the process at once, wherever it was."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
