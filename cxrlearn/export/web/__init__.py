@@ -94,8 +94,9 @@ def export_web(
     """Write the offline web app into `folder` (new, or empty), whole or not at all.
 
     Args:
-        network, class_names, preprocess, temperature, quantize, calibration_images,
-        check_images: As `cxrlearn.export.onnx.export_onnx` takes them.
+        network: The eager classifier. It, `class_names`, `preprocess`, `temperature`,
+            `quantize`, `calibration_images` and `check_images` are what
+            `cxrlearn.export.onnx.export_onnx` takes.
         folder: The folder to write; it must not exist yet, or be empty.
         scores: The model's scores (`TrainedModel.scores`); its `test_*` ones go on the card.
 
