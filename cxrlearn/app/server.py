@@ -219,29 +219,6 @@ def create_app(
             raise HTTPException(404, "no such sample; GET /api/samples lists them")
         return FileResponse(path, media_type="image/png")
 
-    # Plain `def`s: the first request writes the web app (an ONNX export, up to a minute),
-    # in a worker thread, while the event loop keeps answering.
-    @app.get(DEVICE_PREFIX + "{key}/", include_in_schema=False)
-    def device_page(key: str) -> FileResponse:
-        return device_file(key, "index.html")
-
-    @app.get(DEVICE_PREFIX + "{key}/{name}", include_in_schema=False)
-    def device_file(key: str, name: str) -> FileResponse:
-        if device.url is None:
-            raise HTTPException(404, device.note)
-        if key != device.key:  # a page of an earlier model, still open or bookmarked
-            raise HTTPException(404, "this on-device page is of another model; open the "
-                                     "app's page (/) again")
-        try:
-            path = device.file(name)
-        except CxrlearnError as e:
-            LOG.error("writing the on-device page failed: %s", e)
-            raise HTTPException(500, f"the model could not be made into the on-device "
-                                     f"page: {e.message}") from None
-        if path is None:
-            raise HTTPException(404, "no such file in the on-device page")
-        return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "text/plain"))
-
     # A plain `def`: FastAPI runs it in a worker thread, so the model call does not block
     # the event loop and requests run side by side (see the module docstring on threads).
     @app.post("/api/predict", response_model=Prediction, responses=ERRORS,
@@ -282,6 +259,29 @@ def create_app(
             elif gradcam:
                 answer.gradcam_note = service.info.gradcam_note
         return answer
+
+    # Plain `def`s: the first request writes the web app (an ONNX export, up to a minute),
+    # in a worker thread, while the event loop keeps answering.
+    @app.get(DEVICE_PREFIX + "{key}/", include_in_schema=False)
+    def device_page(key: str) -> FileResponse:
+        return device_file(key, "index.html")
+
+    @app.get(DEVICE_PREFIX + "{key}/{name}", include_in_schema=False)
+    def device_file(key: str, name: str) -> FileResponse:
+        if device.url is None:
+            raise HTTPException(404, device.note)
+        if key != device.key:  # a page of an earlier model, still open or bookmarked
+            raise HTTPException(404, "this on-device page is of another model; open the "
+                                     "app's page (/) again")
+        try:
+            path = device.file(name)
+        except CxrlearnError as e:
+            LOG.error("writing the on-device page failed: %s", e)
+            raise HTTPException(500, f"the model could not be made into the on-device "
+                                     f"page: {e.message}") from None
+        if path is None:
+            raise HTTPException(404, "no such file in the on-device page")
+        return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "text/plain"))
 
     return app
 
