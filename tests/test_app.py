@@ -985,3 +985,31 @@ def test_command_runs_the_network_where_device_says(command, files, capsys, serv
     err = capsys.readouterr().err
     assert "unknown device 'tpu'" in err and "Traceback" not in err
     assert len(served) == 1  # the refused one never served
+
+
+def test_the_device_mode_is_explained_when_it_cannot_be_offered(clients, files, monkeypatch):
+    """No link that would fail: for an exported file (no network to export) and without the
+    pinned ONNX Runtime Web, /api/model says why in one sentence, and /device/ answers it.
+    Only /device/ may compile WebAssembly (the on-device page, tests/test_app_browser.py)."""
+    import cxrlearn.app.device as device_module
+    from cxrlearn.export.web import runtime
+
+    export = clients["export"].get("/api/model").json()
+    assert export["device_url"] is None
+    assert export["device_note"].startswith("Running on this device needs a checkpoint")
+
+    def not_fetched() -> dict:
+        raise CxrlearnError("ONNX Runtime Web 1.31.1 is not in the cache; fetch it once")
+
+    monkeypatch.setattr(device_module, "ONNX_MODULES", ())  # as if the extra were there
+    monkeypatch.setattr(runtime, "runtime_files", not_fetched)
+    with _client(create_app(files["checkpoint"])) as client:
+        info = client.get("/api/model").json()
+        response = client.get("/device/0123456789abcdef/index.html")
+    assert info["device_url"] is None
+    assert info["device_note"] == ("Running on this device needs the browser's runtime: "
+                                   "ONNX Runtime Web 1.31.1 is not in the cache; fetch it once")
+    assert response.status_code == 404 and response.json()["error"] == info["device_note"]
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self' 'wasm-unsafe-eval'" in csp and "frame-ancestors 'none'" in csp
+    assert "wasm" not in clients["checkpoint"].get("/").headers["content-security-policy"]

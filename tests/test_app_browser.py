@@ -4,7 +4,8 @@ What a student does, checked against the eager pipeline: open the page, read wha
 of the model (scores against chance, and the warning for a model of unknown quality),
 choose an X-ray, read the predicted class, the bars and the Grad-CAM overlay; drop a second
 X-ray on the page; pick a sample X-ray; choose a text file and read the error; choose a
-DICOM file and see the server's picture of it. The page runs under the app's
+DICOM file and see the server's picture of it; switch to "run on this device" and get the
+same answer from the browser itself, with nothing sent to the API. The page runs under the app's
 Content-Security-Policy, which the browser enforces: a violation is a console error, and
 fails the test. A screenshot of the answered page is saved to
 the test's temporary folder; with CXRLEARN_APP_SCREENSHOT=docs/img/app.png it is also
@@ -35,6 +36,7 @@ from fastapi import FastAPI
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
+import cxrlearn.app.device as device_module
 from cxrlearn.app import DEFAULT_MAX_BYTES, create_app
 from cxrlearn.checkpoint import load_checkpoint, save_checkpoint
 from cxrlearn.data import load_image, sample_root
@@ -337,3 +339,46 @@ def test_serving_stops_cleanly(checkpoint):
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
 
+
+
+def test_run_on_this_device_answers_as_the_server_and_sends_it_nothing(checkpoint, tmp_path,
+                                                                     monkeypatch):
+    """The app's other mode, on a phone: its link opens the page of `cxrlearn export
+    --format web` (the same files) for the loaded model. The browser's probabilities equal
+    the server's to 1e-4, and no request of that mode goes to /api/."""
+    monkeypatch.setattr(device_module, "web_apps_dir", lambda: tmp_path / "web-apps")
+    app = create_app(checkpoint)
+    device = app.state.device
+    if device.url is None:  # no onnx extra, or no ONNX Runtime Web in the cache
+        pytest.skip(device.note)
+    device.build()  # the export (tens of seconds) before the browser's clock starts
+    sample = sorted((sample_root() / "Viral Pneumonia").glob("*.png"))[0]
+    with browsing(app, phone=True) as (page, url, requests, problems):
+        assert "is sent to this cxrlearn app" in page.inner_text("#mode")
+        assert "never leaves this device" in page.inner_text("#device-offer")
+        page.select_option("#sample", label=sample.name)  # 1. on the server
+        _answered(page, sample.name)
+        server = page.eval_on_selector_all(
+            "#bars li", "items => items.map(li => [li.dataset.class, li.dataset.probability])")
+        switched = len(requests)
+        page.click("#device-link")  # 2. on this device
+        page.wait_for_url(f"{url}{device.url}?from=app")
+        page.wait_for_function("() => window.cxrlearn && window.cxrlearn.session !== null",
+                               timeout=2 * TIMEOUT_MS)  # 45 MB of model, 12 MB of wasm
+        assert "the image never leaves it" in page.text_content("#privacy")
+        page.set_input_files("#file", str(sample))
+        page.wait_for_function("() => window.cxrlearn.lastProbs !== null")
+        rows = page.eval_on_selector_all(
+            ".row[data-class]", "rs => rs.map(r => [r.dataset.class, r.dataset.probability])")
+        on_device = requests[switched:]
+        page.click("#switch a")  # 3. and back to the server's page
+        page.wait_for_url(f"{url}/")
+        # Only the web app's own files were asked for, by name, never anything else.
+        wrong = page.request.get(f"{url}{device.url}..%2Fbest.pt")
+        assert wrong.status == 404
+    assert [name for name, _ in rows] == [name for name, _ in server]
+    got, want = (np.array([float(p) for _, p in pairs]) for pairs in (rows, server))
+    assert np.abs(got - want).max() <= 1e-4
+    assert on_device and all(r.startswith(url + device.url) for r in on_device), on_device
+    assert not any("/api/" in r for r in on_device)
+    assert problems == [], problems  # a CSP violation (WebAssembly refused) would be here

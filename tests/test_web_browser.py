@@ -200,7 +200,7 @@ def test_bad_files_get_a_clear_message_and_the_page_keeps_working(app, tmp_path)
     with serving(folder) as url, phone(url) as (_, page, errors):
         page.goto(url)
         _ready(page)
-        for path, words in ((text, "is not a PNG or JPEG"), (empty, "is empty"),
+        for path, words in ((text, "is not a PNG, JPEG or DICOM"), (empty, "is empty"),
                             (huge, "8000 x 8000 = 64,000,000 pixels")):
             page.set_input_files("#file", str(path))
             page.wait_for_selector("#error:not([hidden])")
@@ -215,3 +215,63 @@ def test_bad_files_get_a_clear_message_and_the_page_keeps_working(app, tmp_path)
     for name, got in seen.items():
         want = load_image(tmp_path / name)
         np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=name)
+
+
+def test_dicom_is_read_in_the_browser_as_load_image_reads_it(app, tmp_path, write_dicom):
+    """dicom.js against pydicom (`load_image`): the grey image value for value, and the
+    probabilities within 1e-4, for 8, 12 and 16 bits, MONOCHROME1 and 2, rescale slope and
+    intercept, signed pixels, implicit and explicit VR, and sequences of undefined length;
+    a compressed file and a non-DICOM file get one sentence each."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+
+    folder, _, _ = app
+    xray = np.asarray(Image.open(sorted((sample_root() / "Normal").glob("*.png"))[0])
+                      .convert("L"))
+    good = [write_dicom(tmp_path / "scan.dcm", xray.astype(np.uint16) * 16),
+            write_dicom(tmp_path / "inverted.dcm", (255 - xray).astype(np.uint16) * 16,
+                        photometric="MONOCHROME1", slope=0.5, intercept=-1024),
+            write_dicom(tmp_path / "eight.dcm", xray, bits=8)]
+    # Implicit VR, signed 16-bit pixels, and a sequence (of undefined length) to skip.
+    ds = pydicom.dcmread(good[0])
+    ds.set_pixel_data((xray.astype(np.int16) - 128) * 9, "MONOCHROME2", 16)
+    ds.RescaleSlope, ds.RescaleIntercept = "1.25", "7.3"
+    item = Dataset()
+    item.CodeMeaning = "chest"
+    ds.ProcedureCodeSequence = Sequence([item])
+    ds["ProcedureCodeSequence"].is_undefined_length = True
+    item.is_undefined_length_sequence_item = True
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(tmp_path / "implicit.dcm", enforce_file_format=True)
+    good.append(tmp_path / "implicit.dcm")
+    ds = pydicom.dcmread(good[0])
+    ds.compress(RLELossless)
+    ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+    (tmp_path / "notes.dcm").write_text("not a scan\n")
+    seen = {}
+    with serving(folder) as url, phone(url) as (_, page, errors):
+        page.goto(url)
+        _ready(page)
+        for path in good:
+            _answer(page, path)
+            seen[path] = (
+                np.array(page.evaluate("() => Array.from(window.cxrlearn.lastInput)")),
+                np.array(page.evaluate("() => window.cxrlearn.lastProbs")))
+        for name, words in (("rle.dcm", "stored as RLE Lossless; this page reads "
+                                        "uncompressed DICOM only"),
+                            ("notes.dcm", "not a DICOM file (no DICM marker")):
+            page.set_input_files("#file", str(tmp_path / name))
+            page.wait_for_selector("#error:not([hidden])")
+            assert page.inner_text("#error").startswith(f"{name}: ")
+            assert words in page.inner_text("#error")
+            _answer(page, good[0])  # still works, and the message is gone
+            assert page.is_hidden("#error")
+        assert errors == []
+    model = read_onnx(folder / "model.onnx")
+    for path, (got_input, got_probs) in seen.items():
+        image = load_image(path)
+        np.testing.assert_array_equal(got_input.reshape(image.shape), image, err_msg=path.name)
+        want = model.run(image)["probs"][0]
+        assert np.abs(got_probs - want).max() <= 1e-4, path.name

@@ -20,7 +20,10 @@ an app that calls the next one, here with its own `receive` or `send`), stand in
   type), `X-Frame-Options: DENY` and CSP `frame-ancestors 'none'` (no other page can frame
   this one), a `Content-Security-Policy` that lets the page load its own script, style,
   and `data:`/`blob:` images only, `Referrer-Policy: no-referrer`, and
-  `Cross-Origin-Resource-Policy: same-origin`.
+  `Cross-Origin-Resource-Policy: same-origin`. Under the paths given as `wasm_paths` (the
+  on-device page, `cxrlearn.app.device`) the policy also lets the page's own scripts compile
+  WebAssembly (`'wasm-unsafe-eval'`): ONNX Runtime Web is WebAssembly. Nothing else changes
+  there: still no inline script, no `eval`, nothing from another site.
 
 `BodyLimit`, on the request body: a request that declares a `Content-Length` above the limit
 is refused with 413 before a byte is read; otherwise the bytes are counted as they arrive,
@@ -46,7 +49,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BODY_TIMEOUT_S", "DEFAULT_HOSTS", "MULTIPART_SLACK", "SECURITY_HEADERS",
+__all__ = ["BODY_TIMEOUT_S", "DEFAULT_HOSTS", "MULTIPART_SLACK", "SECURITY_HEADERS", "WASM_CSP",
            "BodyLimit", "Guard", "UploadTooLarge", "UploadTooSlow", "host_name", "too_large"]
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -64,6 +67,11 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 """Added to every answer; see the module docstring for what each one prevents."""
+
+WASM_CSP = (SECURITY_HEADERS["Content-Security-Policy"]
+            + "; script-src 'self' 'wasm-unsafe-eval'")
+"""The Content-Security-Policy under `Guard`'s `wasm_paths`: the same, and the page's own
+scripts may compile WebAssembly."""
 
 MULTIPART_SLACK = 64 * 1024
 """Room for the multipart envelope (boundary lines, part headers) around the file itself."""
@@ -112,22 +120,29 @@ class Guard:
     Args:
         app: The ASGI app behind the guard.
         allowed_hosts: Names (or addresses) the server answers to, without port.
+        wasm_paths: Path prefixes whose pages may compile WebAssembly (`WASM_CSP`).
     """
 
-    def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str] = DEFAULT_HOSTS) -> None:
+    def __init__(self, app: ASGIApp, allowed_hosts: Iterable[str] = DEFAULT_HOSTS,
+                 wasm_paths: Iterable[str] = ()) -> None:
         self.app = app
         self.allowed = sorted({host_name(h) for h in allowed_hosts})
+        self.wasm_paths = tuple(wasm_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan events pass through
             await self.app(scope, receive, send)
             return
 
+        wasm = bool(self.wasm_paths) and scope["path"].startswith(self.wasm_paths)
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in SECURITY_HEADERS.items():
                     headers[name] = value
+                if wasm:
+                    headers["Content-Security-Policy"] = WASM_CSP
             await send(message)
 
         headers = Headers(scope=scope)

@@ -8,6 +8,8 @@ small local page at `/docs` points to), so the shapes below are the documentatio
     GET  /api/samples                -> [Sample] (bundled X-rays to try)
     GET  /api/samples/{class}/{file} -> the PNG, or ApiError with status 404
     POST /api/predict                -> Prediction, or ApiError with status 400, 413 or 422
+    GET  /device/<id>/               -> the on-device page (`cxrlearn.app.device`), whose
+                                        answers never reach the server
 
 Every answer about a model carries its `ModelRef` (file, kind, weights' sha256), the
 `DISCLAIMER` (a teaching tool, not a diagnostic device) and, when the model's quality is
@@ -110,6 +112,10 @@ class ModelInfo(ModelRef):
                                                   "quality is unknown, or near chance.")
     gradcam: bool = Field(description="Whether this model can draw Grad-CAM overlays.")
     gradcam_note: str | None = Field(None, description="Why there is no Grad-CAM, if not.")
+    device_url: str | None = Field(None, description="The page that runs this model in the "
+                                                     "browser itself (`/device/<id>/`): the "
+                                                     "image never leaves the device.")
+    device_note: str | None = Field(None, description="Why there is no such page, if not.")
     notes: list[str] = Field(default_factory=list)
     limits: Limits
     disclaimer: str = DISCLAIMER

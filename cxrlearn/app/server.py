@@ -11,6 +11,8 @@ endpoints for programs (a mobile app, `curl`, lesson 07):
     POST /api/predict            multipart field `file` -> predicted class, probabilities,
                                  the image as read, the Grad-CAM overlay
     GET  /docs                   where the OpenAPI description is (/openapi.json)
+    GET  /device/<id>/           the same model run by the browser itself: the page of
+                                 `cxrlearn export --format web` (`cxrlearn.app.device`)
 
 One upload takes this path:
 
@@ -25,7 +27,8 @@ back-propagates to it; an exported graph runs forward only.
 The answers' shapes are `cxrlearn.app.schemas`; reading the upload, predicting and drawing
 Grad-CAM are `cxrlearn.app.service`; what the page says of the model's quality is
 `cxrlearn.app.card`; what is refused before any endpoint runs (foreign hosts, cross-site
-posts, oversized bodies) and the headers of every answer are `cxrlearn.app.guard`. This
+posts, oversized bodies) and the headers of every answer are `cxrlearn.app.guard`; the
+on-device page is `cxrlearn.app.device`. This
 module is the HTTP part: routes, limits, errors.
 
 Threads. FastAPI runs each plain `def` endpoint in a pool of worker threads, so several
@@ -67,6 +70,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cxrlearn import __version__
+from cxrlearn.app.device import DEVICE_PREFIX, MEDIA_TYPES, OnDevice
 from cxrlearn.app.guard import BODY_TIMEOUT_S, DEFAULT_HOSTS, BodyLimit, Guard, too_large
 from cxrlearn.app.samples import SampleShelf
 from cxrlearn.app.schemas import (
@@ -134,6 +138,10 @@ def create_app(
         'Normal'
     """
     service = XrayService(model_path, max_bytes, max_pixels, max_concurrent)
+    # The same model, run by the browser itself: the web export's page (`app.device`).
+    device = OnDevice(service.model)
+    service.info = service.info.model_copy(update={"device_url": device.url,
+                                                   "device_note": device.note})
     samples = SampleShelf(classes=service.model.class_names)  # only what the model can answer
     app = FastAPI(
         title="cxrlearn",
@@ -145,10 +153,12 @@ def create_app(
         redoc_url=None,
     )
     app.state.service = service
+    app.state.device = device
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # The last middleware added runs first: the guard, then the body limit, then the app.
     app.add_middleware(BodyLimit, max_bytes=max_bytes, timeout=body_timeout)
-    app.add_middleware(Guard, allowed_hosts=[*DEFAULT_HOSTS, *allowed_hosts])
+    app.add_middleware(Guard, allowed_hosts=[*DEFAULT_HOSTS, *allowed_hosts],
+                       wasm_paths=[DEVICE_PREFIX])
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -249,6 +259,29 @@ def create_app(
             elif gradcam:
                 answer.gradcam_note = service.info.gradcam_note
         return answer
+
+    # Plain `def`s: the first request writes the web app (an ONNX export, up to a minute),
+    # in a worker thread, while the event loop keeps answering.
+    @app.get(DEVICE_PREFIX + "{key}/", include_in_schema=False)
+    def device_page(key: str) -> FileResponse:
+        return device_file(key, "index.html")
+
+    @app.get(DEVICE_PREFIX + "{key}/{name}", include_in_schema=False)
+    def device_file(key: str, name: str) -> FileResponse:
+        if device.url is None:
+            raise HTTPException(404, device.note)
+        if key != device.key:  # a page of an earlier model, still open or bookmarked
+            raise HTTPException(404, "this on-device page is of another model; open the "
+                                     "app's page (/) again")
+        try:
+            path = device.file(name)
+        except CxrlearnError as e:
+            LOG.error("writing the on-device page failed: %s", e)
+            raise HTTPException(500, f"the model could not be made into the on-device "
+                                     f"page: {e.message}") from None
+        if path is None:
+            raise HTTPException(404, "no such file in the on-device page")
+        return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix, "text/plain"))
 
     return app
 

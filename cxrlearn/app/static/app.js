@@ -11,8 +11,10 @@
 // 4. On a small screen the answer is below the image: scroll it into view.
 //
 // Where the answer comes from is one function, `askServer` (send the file, get the JSON
-// answer or an error). Another way to answer (the network run in the browser itself) is
-// another function with the same contract, chosen in `classify`; the drawing is shared.
+// answer or an error). The other way to answer, the network run in the browser itself, is
+// another page: the one `cxrlearn export --format web` writes, which the app serves for its
+// model at /api/model's `device_url` (cxrlearn/app/device.py). The link to it is offered
+// here, or the sentence that says why it cannot be.
 //
 // Text from the server or the user's file name goes in with textContent, never innerHTML,
 // so a file called "<img onerror=...>.png" is shown, not run.
@@ -65,8 +67,24 @@ async function describeModel() {
     if (!info.gradcam) {
       $("gradcam-note").textContent = info.gradcam_note;
     }
+    offerDevice(info);
   } catch (err) {
     $("model").textContent = "The server did not describe its model: is it still running?";
+  }
+}
+
+function offerDevice(info) {
+  // The other mode: a link to the on-device page, or why there is none (one sentence).
+  $("server-name").textContent = window.location.host;
+  if (info.device_url) {
+    const link = $("device-link");
+    link.href = `${info.device_url}?from=app`;  // the page then offers the way back
+    link.hidden = false;
+    $("device-note").textContent = ": your browser runs the model itself, and the image " +
+      "never leaves this device (the first time, the app needs up to a minute to export " +
+      "the model for the browser).";
+  } else {
+    $("device-note").textContent = `${info.device_note}.`;
   }
 }
 

@@ -3,6 +3,7 @@
 `export_web` writes a complete progressive web app (PWA) around an ONNX export:
 
     index.html, app.js, app.css   the page: choose an X-ray, read the answer and the map
+    dicom.js                      a reader of uncompressed DICOM files, as `load_dicom`
     model.onnx, model.json        the model (`cxrlearn.export.onnx`) and its card
     ort.wasm.min.js, ort-wasm-simd-threaded.{mjs,wasm}
                                   ONNX Runtime Web, pinned and checked (`runtime`)
@@ -14,9 +15,11 @@
 
 Any static host serves it (`python -m http.server -d DIR`, GitHub Pages); a service worker
 needs `https://` or `http://127.0.0.1`/`localhost`. The image is decoded, converted to grey
-(PIL's `convert("L")` luma, as `cxrlearn.data.load_image`) and classified by the browser
+(PIL's `convert("L")` luma, as `cxrlearn.data.load_image`; DICOM rescaled and min-max scaled,
+as `cxrlearn.data.dicom.load_dicom`, by `static/dicom.js`) and classified by the browser
 itself: nothing is uploaded, which the page says. The probabilities equal onnxruntime's in
-Python to 1e-4 and the map equals `cxrlearn.gradcam`'s (tests/test_web_browser.py).
+Python to 1e-4 and the map equals `cxrlearn.gradcam`'s (tests/test_web_browser.py). `cxrlearn
+app` serves this same page as its "run on this device" mode (`cxrlearn.app.device`).
 
 Lesson: lessons/06_torchscript_export.ipynb
 """
@@ -91,8 +94,9 @@ def export_web(
     """Write the offline web app into `folder` (new, or empty), whole or not at all.
 
     Args:
-        network, class_names, preprocess, temperature, quantize, calibration_images,
-        check_images: As `cxrlearn.export.onnx.export_onnx` takes them.
+        network: The eager classifier. It, `class_names`, `preprocess`, `temperature`,
+            `quantize`, `calibration_images` and `check_images` are what
+            `cxrlearn.export.onnx.export_onnx` takes.
         folder: The folder to write; it must not exist yet, or be empty.
         scores: The model's scores (`TrainedModel.scores`); its `test_*` ones go on the card.
 
@@ -115,7 +119,7 @@ def export_web(
                              preprocess=preprocess, temperature=temperature,
                              check_images=check_images, quantize=quantize,
                              calibration_images=calibration_images)
-        for name in ("index.html", "app.js", "app.css", LICENSE_NAME):
+        for name in ("index.html", "app.js", "dicom.js", "app.css", LICENSE_NAME):
             shutil.copyfile(STATIC / name, out / name)
         for name, path in runtime.items():
             shutil.copyfile(path, out / name)

@@ -5,6 +5,7 @@
 // Every step mirrors cxrlearn's Python code, which the tests check to 1e-4:
 //   grey        = PIL's convert("L"): (19595 R + 38470 G + 7471 B + 32768) >> 16, ITU-R 601-2
 //   x           = grey / 255 (float32), as cxrlearn.data.load_image
+//                 (DICOM: dicom.js, rescaled and min-max scaled as cxrlearn.data.dicom)
 //   probs, cams = the ONNX graph (stretch, resize, normalise, ResNet18, T, softmax; CAM)
 //   map         = ReLU(cams[top]), bilinear to S x S (align_corners=False), min-max to [0, 1]
 "use strict";
@@ -152,14 +153,32 @@ function showResult(probs, names) {
   return top;
 }
 
-async function predict(file) {
-  if (file.size === 0) {
-    throw new UserError(`${file.name} is empty (0 bytes): choose a PNG or JPEG X-ray.`);
+// A DICOM file's grey image (dicom.js) as a picture to draw under the map.
+function greyBitmap(grey) {
+  const pixels = new ImageData(grey.width, grey.height);
+  grey.x.forEach((v, i) => {
+    const level = Math.round(255 * v);
+    pixels.data.set([level, level, level, 255], 4 * i);
+  });
+  return createImageBitmap(pixels);
+}
+
+// The file's grey image, as cxrlearn.data.load_image reads it, and a picture of it.
+async function decode(file, bytes) {
+  if (looksLikeDicom(bytes, file.name)) { // "DICM" at byte 128, or a .dcm name
+    let grey;
+    try {
+      grey = readDicom(bytes, MAX_PIXELS);
+    } catch (e) {
+      if (e instanceof DicomError) throw new UserError(`${file.name}: ${e.message}`);
+      throw e;
+    }
+    return { grey, bitmap: await greyBitmap(grey) };
   }
-  const bytes = new Uint8Array(await file.arrayBuffer());
   const size = imageSize(bytes);
   if (size === null) {
-    throw new UserError(`${file.name} is not a PNG or JPEG image; this page reads those two.`);
+    throw new UserError(`${file.name} is not a PNG, JPEG or DICOM image; this page reads ` +
+      "those three.");
   }
   const pixels = size.width * size.height;
   if (pixels > MAX_PIXELS) {
@@ -174,7 +193,15 @@ async function predict(file) {
   } catch {
     throw new UserError(`${file.name} could not be decoded: a damaged ${size.kind} file?`);
   }
-  const grey = toGrey(bitmap);
+  return { grey: toGrey(bitmap), bitmap };
+}
+
+async function predict(file) {
+  if (file.size === 0) {
+    throw new UserError(`${file.name} is empty (0 bytes): choose a PNG, JPEG or DICOM X-ray.`);
+  }
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  const { grey, bitmap } = await decode(file, bytes);
   state.lastInput = grey.x; // what the model was given (tests compare it with load_image)
   const started = performance.now();
   const input = new ort.Tensor("float32", grey.x, [1, 1, grey.height, grey.width]);
@@ -232,6 +259,9 @@ function showCard(card) {
 
 async function start() {
   $("file").addEventListener("change", (e) => onFiles(e.target.files));
+  // `cxrlearn app` serves this very page as its "run on this device" mode (its link adds
+  // ?from=app): then offer the way back to the app's own page, which answers on the server.
+  $("switch").hidden = new URLSearchParams(window.location.search).get("from") !== "app";
   try {
     state.card = await (await fetch("model.json")).json();
     showCard(state.card);
@@ -243,7 +273,7 @@ async function start() {
       { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
     state.startMs = performance.now() - started;
     $("file").disabled = false;
-    setStatus("Ready. Choose a chest X-ray (PNG or JPEG).");
+    setStatus("Ready. Choose a chest X-ray (PNG, JPEG or DICOM).");
   } catch (e) {
     showError(`The model could not be loaded: ${e.message}`);
   }
