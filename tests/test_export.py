@@ -339,7 +339,7 @@ def test_eager_probs_runs_without_tf32_and_puts_the_settings_back():
 
     before = tf32()  # (monkeypatch cannot restore these properties)
     seen = []
-    network = _model(2)
+    network = random_resnet(2)
     network.register_forward_pre_hook(lambda module, args: seen.append(tf32()))
     try:
         backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = True  # a user's choice
