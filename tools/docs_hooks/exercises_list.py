@@ -19,7 +19,7 @@ MARKER = "<!-- exercises-list -->"
 LESSONS = {1: "01 · Data and contrast", 2: "02 · ResNet18, block by block",
            3: "03 · Training loop and devices", 4: "04 · Evaluation",
            5: "05 · Grad-CAM with hooks", 6: "06 · TorchScript export", 7: "07 · The app",
-           8: "08 · Data-parallel training"}
+           8: "08 · Data-parallel training", 9: "09 · On the phone"}
 
 
 def exercise_tables() -> str:

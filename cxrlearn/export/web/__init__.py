@@ -18,7 +18,7 @@ needs `https://` or `http://127.0.0.1`/`localhost`. The image is decoded, conver
 itself: nothing is uploaded, which the page says. The probabilities equal onnxruntime's in
 Python to 1e-4 and the map equals `cxrlearn.gradcam`'s (tests/test_web_browser.py).
 
-Lesson: lessons/06_torchscript_export.ipynb
+Lesson: lessons/09_on_the_phone.ipynb
 """
 
 from __future__ import annotations
