@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 __all__ = ["Module", "Layer", "LAYERS", "MODULES", "LESSON_NUMBERS", "lessons_of"]
 
-LESSON_NUMBERS = tuple(range(1, 9))
-"""The lessons, `lessons/01_*.ipynb` to `lessons/08_*.ipynb`."""
+LESSON_NUMBERS = tuple(range(1, 10))
+"""The lessons, `lessons/01_*.ipynb` to `lessons/09_*.ipynb`."""
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,9 @@ LAYERS: tuple[Layer, ...] = (
                "checked before it counts"),
         Module("export.load", (6,), "reading an exported file back as data (metadata, "
                "weights), never running it"),
-        Module("export.onnx", (6,), "ONNX: a size-generic graph with CAM outputs, checked "
+        Module("export.onnx", (9,), "ONNX: a size-generic graph with CAM outputs, checked "
                "with onnxruntime at sizes never traced; int8; `read_onnx`"),
-        Module("export.web", (6,), "the offline phone app (PWA): page, service worker, model "
+        Module("export.web", (9,), "the offline phone app (PWA): page, service worker, model "
                "and ONNX Runtime Web, pinned (`runtime`)"),
     )),
     Layer("A trained model", (
@@ -173,6 +173,7 @@ LAYERS: tuple[Layer, ...] = (
         Module("exercises.lesson06", (6,), "lesson 06's exercises"),
         Module("exercises.lesson07", (7,), "lesson 07's exercises"),
         Module("exercises.lesson08", (8,), "lesson 08's exercises"),
+        Module("exercises.lesson09", (9,), "lesson 09's exercises"),
     )),
 )
 """The layers, lowest first."""

@@ -2,7 +2,7 @@
 
 The fast tests grade small notebooks made here: stubs that are not solved yet, the same
 notebook solved with the library's references, one that raises, one that hangs, a file that
-is not a notebook. Grading the eight real lessons takes minutes: set CXRLEARN_GRADE_LESSONS=1
+is not a notebook. Grading the real lessons takes minutes: set CXRLEARN_GRADE_LESSONS=1
 to run that test too.
 """
 
@@ -140,7 +140,7 @@ def test_grade_is_a_command():
 
 
 @pytest.mark.skipif(os.environ.get("CXRLEARN_GRADE_LESSONS") != "1",
-                    reason="grades all eight lessons twice (many minutes): "
+                    reason="grades all the lessons twice (many minutes): "
                            "set CXRLEARN_GRADE_LESSONS=1")
 def test_the_committed_lessons_are_not_solved_yet_and_a_solved_copy_passes(tmp_path):
     solved_dir = tmp_path / "solved"

@@ -383,6 +383,42 @@ def gradient_rank0_only(model, loss_fn, x, y, world_size):
     return list(torch.autograd.grad(loss, list(model.parameters())))
 
 
+
+def rank_nearest(values, q):
+    n = values.shape[1]
+    return values[:, round(q / 100 * (n - 1))][:, None]  # no interpolation
+
+
+def rank_from_n(values, q):
+    n = values.shape[1]
+    pos = q / 100 * n  # n, not n - 1
+    lo = min(int(pos), n - 1)
+    hi = min(lo + 1, n - 1)
+    return values[:, lo:lo + 1] + (values[:, hi:hi + 1] - values[:, lo:lo + 1]) * (pos - lo)
+
+
+def rank_flat(values, q):
+    pos = q / 100 * (values.shape[1] - 1)
+    lo = int(pos)
+    hi = min(lo + 1, values.shape[1] - 1)
+    return values[:, lo] + (values[:, hi] - values[:, lo]) * (pos - lo)  # (B,), not (B, 1)
+
+
+def cam_class_no_relu(cams, target, size):
+    raw = torch.from_numpy(np.asarray(cams[target], dtype=np.float32))
+    up = F.interpolate(raw[None, None], size=(size, size), mode="bilinear",
+                       align_corners=False)[0, 0]
+    span = float(up.max() - up.min())
+    return ((up - up.min()) / (span or 1.0)).numpy()
+
+
+def cam_class_align_corners(cams, target, size):
+    raw = torch.relu(torch.from_numpy(np.asarray(cams[target], dtype=np.float32)))
+    up = F.interpolate(raw[None, None], size=(size, size), mode="bilinear",
+                       align_corners=True)[0, 0]
+    span = float(up.max() - up.min())
+    return ((up - up.min()) / (span or 1.0)).numpy()
+
 WRONG = {
     "01.stretch": [(stretch_minmax, "values differ"), (stretch_unclipped, "values differ"),
                    (stretch_nan_on_constant, "yours nan")],
@@ -425,6 +461,10 @@ WRONG = {
     "08.epoch_permutation": [(permutation_ignores_epoch, "item"), (permutation_numpy, "item")],
     "08.averaged_gradient": [(gradient_sum, "values differ"),
                              (gradient_rank0_only, "values differ")],
+    "09.percentile_by_shape": [(rank_nearest, "values differ"), (rank_from_n, "values differ"),
+                               (rank_flat, "returned shape")],
+    "09.cam_for_class": [(cam_class_no_relu, "values differ"),
+                         (cam_class_align_corners, "values differ")],
 }
 
 

@@ -50,8 +50,8 @@ def _is_check(cell) -> bool:
     return cell.cell_type == "code" and bool(_CHECK.search(cell.source))
 
 
-def test_there_are_eight_lessons():
-    assert [p.name[:2] for p in LESSONS] == [f"{n:02d}" for n in range(1, 9)]
+def test_there_are_nine_lessons():
+    assert [p.name[:2] for p in LESSONS] == [f"{n:02d}" for n in range(1, 10)]
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)

@@ -30,6 +30,7 @@ from cxrlearn.exercises import (
     lesson06,
     lesson07,
     lesson08,
+    lesson09,
 )
 from cxrlearn.exercises.core import FAILED, PASSED, RESULTS, UNSOLVED, Exercise, Verdict
 
@@ -38,7 +39,7 @@ __all__ = ["EXERCISES", "Exercise", "Verdict", "RESULTS", "PASSED", "FAILED", "U
 EXERCISES: dict[str, Exercise] = {
     exercise.id: exercise
     for module in (lesson01, lesson02, lesson03, lesson04, lesson05, lesson06, lesson07,
-                   lesson08)
+                   lesson08, lesson09)
     for exercise in module.EXERCISES
 }
 """Every exercise, by id, in lesson order."""

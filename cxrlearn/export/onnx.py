@@ -42,7 +42,7 @@ and a sha256 of its own graph, so that a reader can verify it (`read_onnx`) befo
 with onnxruntime, which runs no Python code. `quantize="int8"` adds static quantization
 (onnxruntime.quantization, calibrated on training images): a file about four times smaller.
 
-Lesson: lessons/06_torchscript_export.ipynb
+Lesson: lessons/09_on_the_phone.ipynb
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ itself: nothing is uploaded, which the page says. The probabilities equal onnxru
 Python to 1e-4 and the map equals `cxrlearn.gradcam`'s (tests/test_web_browser.py). `cxrlearn
 app` serves this same page as its "run on this device" mode (`cxrlearn.app.device`).
 
-Lesson: lessons/06_torchscript_export.ipynb
+Lesson: lessons/09_on_the_phone.ipynb
 """
 
 from __future__ import annotations

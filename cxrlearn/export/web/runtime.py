@@ -17,7 +17,7 @@ npm package states "MIT" and carries the notice in its file headers only).
 
 Run `python -m cxrlearn.export.web.runtime` to fetch it by hand.
 
-Lesson: lessons/06_torchscript_export.ipynb
+Lesson: lessons/09_on_the_phone.ipynb
 """
 
 from __future__ import annotations
