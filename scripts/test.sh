@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every test: unit tests, the lessons (nbval) on two CPU configurations, and the docs build.
+# Every test: the docs build, unit tests, and the lessons (nbval) on two CPU configurations.
 # Exits non-zero as soon as one of them fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,8 +8,14 @@ cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 echo "== ruff"
 .venv/bin/ruff check cxrlearn tests benchmarks tools
-echo "== pytest: tests/"
-MPLBACKEND=Agg .venv/bin/python -m pytest tests -q
+# The docs are built once, first (a broken page fails fast); tests/test_docs_site.py checks
+# this build instead of making its own.
+echo "== mkdocs build --strict"
+site=$(mktemp -d)
+trap 'rm -rf "$site"' EXIT
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet -d "$site"
+echo "== pytest: tests/ (two processes, each test file in one of them)"
+CXRLEARN_BUILT_SITE=$site MPLBACKEND=Agg .venv/bin/python -m pytest tests -q -n 2 --dist loadfile
 # The lessons run twice, each time from an empty cache (so the network they share is trained
 # in the run, as on a student's first day): on this CPU as it comes, then with another choice
 # of floating-point kernels and one thread. A stored output that only one CPU prints fails.
@@ -24,6 +30,4 @@ echo "== pytest --nbval: lessons/, this CPU as it comes"
 nbval
 echo "== pytest --nbval: lessons/, another CPU configuration (scripts/cpu_variant.sh)"
 nbval bash scripts/cpu_variant.sh
-echo "== mkdocs build --strict"
-.venv/bin/mkdocs build --strict --quiet
 echo "== all checks passed"

@@ -51,7 +51,13 @@ LOADED = {"script": "src", "img": "src", "iframe": "src", "source": "src", "audi
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    """The site, built by the real command into a temporary folder."""
+    """The site, built by the real command into a temporary folder; or the build that
+    scripts/test.sh made with the same command just before the tests
+    (`CXRLEARN_BUILT_SITE`), so that one run of the suite builds the docs once."""
+    built = os.environ.get("CXRLEARN_BUILT_SITE")
+    if built:
+        assert (Path(built) / "index.html").is_file(), f"{built} holds no built site"
+        return Path(built)
     out = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(out)],
