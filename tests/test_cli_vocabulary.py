@@ -248,6 +248,18 @@ def test_the_epoch_clock_restarts_and_a_12_epoch_run_has_an_eta():
     assert "epoch   2:" in printed and "| 0:00:40, run eta 0:06:40" in printed
 
 
+def test_a_run_that_fails_mid_epoch_gives_the_terminal_back():
+    from cxrlearn.cli.train import RichEvents
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        with RichEvents(Console(file=io.StringIO(), width=80), num_epochs=2) as events:
+            events.batch(0, _stats(1))
+            bar = events._bar
+            assert bar.live.is_started
+            raise RuntimeError("disk full")
+    assert events._bar is None and not bar.live.is_started
+
+
 def test_notebook_progress_prints_a_line_per_step_and_epoch():
     from cxrlearn.runs import NotebookProgress
 

@@ -63,11 +63,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     settings = settings_from_args(args, demo_settings())
 
     console.rule("1. split, contrast stretching, training")
-    events = RichEvents(console, settings.train.num_epochs)
-    try:
+    with RichEvents(console, settings.train.num_epochs) as events:
         model = train_run(settings, out, device, cache_dir=args.cache_dir, events=events)
-    finally:
-        events.close()
     console.print(f"best validation macro-F1 {model.scores['val_macro_f1']:.3f} at epoch "
                   f"{model.epoch}", highlight=False)
 

@@ -141,6 +141,7 @@ def settings_from_args(args: argparse.Namespace, defaults: Any) -> Any:
 
 class RichEvents:
     """`cxrlearn.runs.RunEvents` for a terminal: messages, progress bars, one line per epoch.
+    Use it in a `with` block, which stops the live bar however the run ends.
 
     The epoch's bar shows the time since that epoch began and the time left in the whole
     run (`run_eta`), measured here rather than by rich: rich's clock stops when a task
@@ -233,6 +234,12 @@ class RichEvents:
             self._bar.stop()
             self._bar = None
 
+    def __enter__(self) -> RichEvents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # the live bar gives the terminal back, whatever ended the run
+
 
 def epoch_line(row: dict[str, float], width: int) -> str:
     """One epoch's summary, as long as fits in `width` columns (never wrapped)."""
@@ -287,12 +294,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
                           f"{settings.train.batch_size} = {env.world_size} x "
                           f"{settings.train.batch_size // env.world_size} per process")
         console.print(f"device: [bold]{describe_device(device)}[/]")
-        events = RichEvents(console, settings.train.num_epochs)
-        try:
+        with RichEvents(console, settings.train.num_epochs) as events:
             trained = train_run(settings, out, device, resume=args.resume,
                                 cache_dir=args.cache_dir, events=events)
-        finally:
-            events.close()
         best = trained.scores
         console.print(f"best validation macro-F1 {best.get('val_macro_f1', float('nan')):.3f} "
                       f"at epoch {trained.epoch}; run folder: [bold]{escape(str(out))}[/]",
@@ -311,11 +315,8 @@ def _find_lr(args: argparse.Namespace, settings: Any, console: Console) -> int:
     out = args.out or Path("runs") / time.strftime("lr-range-%Y%m%d-%H%M%S")
     device = select_device(args.device)
     console.print(f"device: [bold]{describe_device(device)}[/]")
-    events = RichEvents(console, settings.train.num_epochs)
-    try:
+    with RichEvents(console, settings.train.num_epochs) as events:
         found = find_lr(settings, out, device, cache_dir=args.cache_dir, events=events)
-    finally:
-        events.close()
     console.print(f"suggested peak learning rate: [bold]--lr {found.suggested:.1e}[/] (these "
                   f"settings use --lr {found.current:g}); the curve: "
                   f"{escape(str(out / 'lr_range.png'))}", highlight=False, soft_wrap=True)
