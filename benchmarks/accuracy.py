@@ -15,7 +15,9 @@ those defaults as they were before issue 22 (BatchNorm's running statistics used
 trained, `precise_bn_batches=0`). The table gives each recipe's best validation macro-F1
 (mean and standard deviation over the seeds); the plot (`--plot`) its validation macro-F1
 against the epoch-equivalents spent, mean and range over the seeds. `--test` opens the test
-split of the new recipe's runs once, at the end.
+split of the new recipe's runs once, at the end. A run already finished in `--out` (by an
+earlier call, or another process given other `--seeds`) is read back, not trained again:
+seeds can be trained in parallel and then tabulated and plotted together.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from rich.table import Table  # noqa: E402
 
 from cxrlearn.device import select_device  # noqa: E402
 from cxrlearn.evaluation.metrics import classification_report  # noqa: E402
-from cxrlearn.runs import RunEvents, RunSettings, train_run  # noqa: E402
+from cxrlearn.runs import RunEvents, RunSettings, stored_settings, train_run  # noqa: E402
 from cxrlearn.schedule import SizeSchedule  # noqa: E402
 from cxrlearn.settings import replace_settings  # noqa: E402
+from cxrlearn.trained import open_model  # noqa: E402
 
 REFERENCE_SIDE = 128
 RECIPES = {"new": {}, "old": {"precise_bn_batches": 0}}
@@ -140,8 +143,14 @@ def main() -> None:
     for name in args.recipes:
         for seed in args.seeds:
             settings = replace_settings(base, num_epochs=epochs, seed=seed, **RECIPES[name])
-            model = train_run(settings, out / f"{name}-seed{seed}", device,
-                              events=_Printer(console))
+            folder = out / f"{name}-seed{seed}"
+            if (folder / "history.csv").is_file():  # finished by an earlier call: read it
+                model = open_model(folder)
+                if stored_settings(folder) != settings:
+                    raise SystemExit(f"{folder} holds a run with other settings")
+                console.print(f"{folder}: finished earlier, read back", highlight=False)
+            else:
+                model = train_run(settings, folder, device, events=_Printer(console))
             curves.setdefault(name, []).append(curve(model.history))
             best.setdefault(name, []).append(model.scores["val_macro_f1"])
             models[name, seed] = model
