@@ -23,6 +23,7 @@ seeds can be trained in parallel and then tabulated and plotted together.
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -151,7 +152,10 @@ def main() -> None:
                 console.print(f"{folder}: finished earlier, read back", highlight=False)
             else:
                 model = train_run(settings, folder, device, events=_Printer(console))
-            curves.setdefault(name, []).append(curve(model.history))
+            # The whole run's history (best.pt's stops at the chosen epoch).
+            with open(folder / "history.csv", newline="") as f:
+                history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            curves.setdefault(name, []).append(curve(history))
             best.setdefault(name, []).append(model.scores["val_macro_f1"])
             models[name, seed] = model
 
