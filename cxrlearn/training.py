@@ -432,7 +432,8 @@ def recompute_bn_statistics(
             x = x.to(device, non_blocking=True)
             if image_size is not None and image_size != x.shape[-1]:
                 x = resize(x, image_size)  # (B, C, s, s)
-            with torch.autocast(device.type, dtype=amp.dtype, enabled=amp.dtype is not None):
+            with torch.no_grad(), torch.autocast(device.type, dtype=amp.dtype,
+                                                 enabled=amp.dtype is not None):
                 model(x)  # in training mode: each BatchNorm adds this batch's statistics
             n += 1
     finally:
@@ -465,7 +466,7 @@ class WeightAverage:
     and starts the average afresh when the image size changes (progressive resizing).
 
     Attributes:
-        network: The averaged network (a copy of the model; no gradients).
+        network: The averaged network (a copy of the model that no optimizer updates).
         decay: The weight `d` kept at each update, below 1.
         updates: How many updates it has taken since it (re)started.
     """
@@ -474,7 +475,11 @@ class WeightAverage:
         if not 0 <= decay < 1:
             raise ValueError(f"decay must be at least 0 and below 1, got {decay}")
         self.model, self.decay, self.updates = model, decay, 0
-        self.network = copy.deepcopy(model).requires_grad_(False)
+        # A plain copy, `requires_grad` included: the optimizer never sees its weights and
+        # `update` runs without autograd. Turning gradients off here would make every
+        # BatchNorm look frozen to `ResNet.train` (`freeze_backbone`'s rule), so they would
+        # stay in eval mode and precise BN could never measure the average's statistics.
+        self.network = copy.deepcopy(model)
 
     @classmethod
     def over_epochs(cls, model: nn.Module, epochs: float, steps_per_epoch: int) -> WeightAverage:

@@ -570,10 +570,45 @@ def test_weight_average_follows_the_hand_written_formula():
         d = min(0.9, (1 + n) / (10 + n))
         expected = d * expected + (1 - d) * w
         assert average.network.weight[0, 0].item() == pytest.approx(expected)
-    assert not average.network.weight.requires_grad
+    assert average.network.weight.requires_grad == model.weight.requires_grad  # a plain copy
     average.restart()
     assert average.network.weight[0, 0].item() == 8.0 and average.updates == 0
     assert WeightAverage.over_epochs(model, 2, 5).decay == pytest.approx(0.9)
+
+
+def test_precise_bn_measures_the_averaged_resnet18s_own_statistics():
+    # ResNet.train keeps BatchNorms with no trainable weight in eval mode (freeze_backbone);
+    # an average whose copy had its gradients turned off was such a network, so precise BN
+    # left it with reset statistics (mean 0, variance 1) and it validated as garbage.
+    from cxrlearn.resnet import resnet18
+    from cxrlearn.training import WeightAverage, recompute_bn_statistics
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=4)
+    average = WeightAverage(model, decay=0.9)
+    batches = [torch.randn(4, 3, 32, 32) + i for i in range(2)]
+    assert recompute_bn_statistics(average.network, batches, torch.device("cpu")) == 2
+    recompute_bn_statistics(model, batches, torch.device("cpu"))
+    for (name, a), b in zip(average.network.state_dict().items(), model.state_dict().values(),
+                            strict=True):  # the same weights, so the same statistics
+        torch.testing.assert_close(a, b, msg=name)
+    assert int(average.network.bn1.num_batches_tracked) == 2
+    assert average.network.layer4[1].bn2.running_var.ne(1).all()
+
+
+def test_an_average_that_keeps_nothing_validates_as_the_live_resnet18():
+    # decay 0 (`ema_epochs` below one step): the average is the live network after every
+    # step, so with its own precise-BN statistics it must score exactly what the live one does.
+    from cxrlearn.resnet import resnet18
+
+    def run(**cfg):
+        torch.manual_seed(0)
+        config = TrainConfig(num_epochs=2, batch_size=8, lr=1e-2, warmup_epochs=1,
+                             precise_bn_batches=2, **cfg)
+        return fit(resnet18(num_classes=4), _toy_data(4, 0, train_transform(), 32),
+                   _toy_data(2, 1, eval_transform(), 32), config, torch.device("cpu"), CLASSES)
+
+    assert _metrics(run(ema_epochs=1e-6)) == _metrics(run())
 
 
 def test_fit_keeps_the_averaged_network_in_best_and_resumes_it_exactly(tmp_path):
