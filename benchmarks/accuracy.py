@@ -45,7 +45,8 @@ from cxrlearn.settings import replace_settings  # noqa: E402
 from cxrlearn.trained import open_model  # noqa: E402
 
 REFERENCE_SIDE = 128
-RECIPES = {"new": {}, "old": {"precise_bn_batches": 0}}
+RECIPES = {"new": {}, "old": {"precise_bn_batches": 0},
+           "shift+ema": {"augment": "flip+shift", "ema_epochs": 3.0}}
 """Each recipe as its changes to `cxrlearn train`'s defaults."""
 
 
@@ -95,6 +96,31 @@ def curve(history: Sequence[dict[str, float]]) -> tuple[list[float], list[float]
     return xs, [row["val_macro_f1"] for row in history]
 
 
+def read_curves(path: Path) -> dict[str, dict[int, tuple[list[float], list[float]]]]:
+    """The curves recorded in `path` (`--curves`): {recipe: {seed: (epoch-equivalents, F1)}}."""
+    curves: dict[str, dict[int, tuple[list[float], list[float]]]] = {}
+    if path.is_file():
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                xs, ys = curves.setdefault(row["recipe"], {}).setdefault(int(row["seed"]),
+                                                                        ([], []))
+                xs.append(float(row["epoch_equivalents"]))
+                ys.append(float(row["val_macro_f1"]))
+    return curves
+
+
+def write_curves(path: Path, curves: dict[str, dict[int, tuple[list[float], list[float]]]]
+                 ) -> None:
+    """Every recipe's curve per seed, one row per epoch: the numbers behind the plot."""
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(["recipe", "seed", "epoch", "epoch_equivalents", "val_macro_f1"])
+        for name, runs in curves.items():
+            for seed, (xs, ys) in sorted(runs.items()):
+                for epoch, (x, y) in enumerate(zip(xs, ys, strict=True), start=1):
+                    out.writerow([name, seed, epoch, f"{x:.4f}", f"{y:.4f}"])
+
+
 def plot(curves: dict[str, list[tuple[list[float], list[float]]]], path: Path,
          title: str) -> None:
     """Validation macro-F1 against epoch-equivalents: each recipe's mean over its seeds, and
@@ -127,6 +153,10 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--out", type=Path, default=None, help="runs folder (default: a temp dir)")
     ap.add_argument("--plot", type=Path, default=None, help="write the curve here (PNG)")
+    ap.add_argument("--curves", type=Path, default=None,
+                    help="a CSV of curves (recipe, seed, epoch, epoch_equivalents, "
+                         "val_macro_f1): this call's runs are written into it, and the "
+                         "plot also draws the recipes recorded there by earlier calls")
     ap.add_argument("--test", action="store_true",
                     help="open the test split of the new recipe's runs, once, at the end")
     args = ap.parse_args()
@@ -138,7 +168,7 @@ def main() -> None:
     console.print(f"budget {args.budget:g} epoch-equivalents: {epochs} epochs at "
                   f"{sides(args.image_size, epochs, base.train.sizes)} px")
 
-    curves: dict[str, list[tuple[list[float], list[float]]]] = {}
+    curves = read_curves(args.curves) if args.curves else {}
     best: dict[str, list[float]] = {}
     models = {}
     for name in args.recipes:
@@ -155,7 +185,7 @@ def main() -> None:
             # The whole run's history (best.pt's stops at the chosen epoch).
             with open(folder / "history.csv", newline="") as f:
                 history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-            curves.setdefault(name, []).append(curve(history))
+            curves.setdefault(name, {})[seed] = curve(history)
             best.setdefault(name, []).append(model.scores["val_macro_f1"])
             models[name, seed] = model
 
@@ -169,8 +199,12 @@ def main() -> None:
                       " ".join(f"{s:.3f}" for s in scores), f"{statistics.mean(scores):.3f}",
                       f"{sd:.3f}")
     console.print(table)
+    if args.curves is not None:
+        write_curves(args.curves, curves)
+        console.print(f"wrote {args.curves}")
     if args.plot is not None:
-        plot(curves, args.plot, f"{args.data.name}, {args.image_size} px")
+        plot({name: list(runs.values()) for name, runs in curves.items()}, args.plot,
+             f"{args.data.name}, {args.image_size} px")
         console.print(f"wrote {args.plot}")
 
     if args.test and "new" in best:  # the test split, opened once, for the chosen recipe
