@@ -7,6 +7,7 @@ inside the package), everything else is written by the test itself.
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,20 @@ from PIL import Image
 
 from cxrlearn.data import CLASS_NAMES
 from cxrlearn.data import sample_root as _sample_root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_python() -> None:
+    """Let the tests that press Ctrl-C (SIGINT to their own process, or to a child) see it.
+
+    A job started in the background by a non-interactive shell (`cmd &` in a script, as some
+    CI runners start steps) inherits SIGINT ignored, and Python keeps an ignored signal
+    ignored; so do pytest-xdist's workers and every child process they start. Those tests then
+    fail with "DID NOT RAISE" although cxrlearn behaves. Python's own handler is put back, for
+    this process and (since an exec resets a handled signal to the default) its children.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _synthetic_xray(rng: np.random.Generator, size: int) -> np.ndarray:
