@@ -1,7 +1,7 @@
 """How good a model do `cxrlearn train`'s defaults give, from scratch, for a fixed budget?
 
 Run: .venv/bin/python benchmarks/accuracy.py --data DIR [--budget 30] [--image-size 128]
-     [--seeds 0 1 2] [--recipes old new] [--plot FILE] [--test]
+     [--seeds 0 1 2] [--recipes new flip old] [--plot FILE] [--curves CSV] [--test]
 
 The budget is counted in epoch-equivalents, the same on every machine: one is the training
 compute of one epoch of ResNet18 at 128 px over the data's training split, and an epoch at
@@ -10,13 +10,15 @@ of epochs is the largest whose epochs, at the sides the size schedule gives them
 budget. Precise BN's forward passes (`--precise-bn`, at most a few batches an epoch) and
 validation are not counted: they train nothing.
 
-Two recipes, each trained once per seed: `new`, `cxrlearn train`'s defaults, and `old`,
-those defaults as they were before issue 22 (BatchNorm's running statistics used as
-trained, `precise_bn_batches=0`). The table gives each recipe's best validation macro-F1
-(mean and standard deviation over the seeds); the plot (`--plot`) its validation macro-F1
-against the epoch-equivalents spent, mean and range over the seeds. `--test` opens the test
-split of the new recipe's runs once, at the end. A run already finished in `--out` (by an
-earlier call, or another process given other `--seeds`) is read back, not trained again:
+Three recipes, each trained once per seed: `new`, `cxrlearn train`'s defaults; `flip`,
+the defaults of version 0.3 with precise BN (a left-right flip only, no average of the
+weights); and `old`, the defaults as they were before issue 22 (also BatchNorm's running
+statistics used as trained, `precise_bn_batches=0`). The table gives each recipe's best
+validation macro-F1 (mean and standard deviation over the seeds); the plot (`--plot`) its
+validation macro-F1 against the epoch-equivalents spent, mean and range over the seeds, for
+this call's runs and for those recorded in `--curves` by earlier calls. `--test` opens the
+test split of the new recipe's runs once, at the end. A run already finished in `--out` (by
+an earlier call, or another process given other `--seeds`) is read back, not trained again:
 seeds can be trained in parallel and then tabulated and plotted together.
 """
 
@@ -45,8 +47,8 @@ from cxrlearn.settings import replace_settings  # noqa: E402
 from cxrlearn.trained import open_model  # noqa: E402
 
 REFERENCE_SIDE = 128
-RECIPES = {"new": {}, "old": {"precise_bn_batches": 0},
-           "shift+ema": {"augment": "flip+shift", "ema_epochs": 3.0}}
+RECIPES = {"new": {}, "flip": {"augment": "flip", "ema_epochs": 0.0},
+           "old": {"augment": "flip", "ema_epochs": 0.0, "precise_bn_batches": 0}}
 """Each recipe as its changes to `cxrlearn train`'s defaults."""
 
 
