@@ -1,7 +1,7 @@
 """How good a model do `cxrlearn train`'s defaults give, from scratch, for a fixed budget?
 
 Run: .venv/bin/python benchmarks/accuracy.py --data DIR [--budget 30] [--image-size 128]
-     [--seeds 0 1 2] [--recipes old new] [--plot FILE] [--test]
+     [--seeds 0 1 2] [--recipes new flip old] [--plot FILE] [--curves CSV] [--test]
 
 The budget is counted in epoch-equivalents, the same on every machine: one is the training
 compute of one epoch of ResNet18 at 128 px over the data's training split, and an epoch at
@@ -10,13 +10,15 @@ of epochs is the largest whose epochs, at the sides the size schedule gives them
 budget. Precise BN's forward passes (`--precise-bn`, at most a few batches an epoch) and
 validation are not counted: they train nothing.
 
-Two recipes, each trained once per seed: `new`, `cxrlearn train`'s defaults, and `old`,
-those defaults as they were before issue 22 (BatchNorm's running statistics used as
-trained, `precise_bn_batches=0`). The table gives each recipe's best validation macro-F1
-(mean and standard deviation over the seeds); the plot (`--plot`) its validation macro-F1
-against the epoch-equivalents spent, mean and range over the seeds. `--test` opens the test
-split of the new recipe's runs once, at the end. A run already finished in `--out` (by an
-earlier call, or another process given other `--seeds`) is read back, not trained again:
+Three recipes, each trained once per seed: `new`, `cxrlearn train`'s defaults; `flip`,
+the defaults of version 0.3 with precise BN (a left-right flip only, no average of the
+weights); and `old`, the defaults as they were before issue 22 (also BatchNorm's running
+statistics used as trained, `precise_bn_batches=0`). The table gives each recipe's best
+validation macro-F1 (mean and standard deviation over the seeds); the plot (`--plot`) its
+validation macro-F1 against the epoch-equivalents spent, mean and range over the seeds, for
+this call's runs and for those recorded in `--curves` by earlier calls. `--test` opens the
+test split of the new recipe's runs once, at the end. A run already finished in `--out` (by
+an earlier call, or another process given other `--seeds`) is read back, not trained again:
 seeds can be trained in parallel and then tabulated and plotted together.
 """
 
@@ -45,9 +47,12 @@ from cxrlearn.settings import replace_settings  # noqa: E402
 from cxrlearn.trained import open_model  # noqa: E402
 
 REFERENCE_SIDE = 128
-RECIPES = {"new": {}, "old": {"precise_bn_batches": 0},
-           "shift+ema": {"augment": "flip+shift", "ema_epochs": 3.0}}
+RECIPES = {"new": {}, "flip": {"augment": "flip", "ema_epochs": 0.0},
+           "old": {"augment": "flip", "ema_epochs": 0.0, "precise_bn_batches": 0}}
 """Each recipe as its changes to `cxrlearn train`'s defaults."""
+LABELS = {"new": "now: flip + shift, average of 3 epochs", "flip": "before: flip, no average",
+          "old": "before issue 22: no precise BN"}
+"""Each recipe's name in the plot's legend."""
 
 
 class _Printer(RunEvents):
@@ -130,7 +135,8 @@ def plot(curves: dict[str, list[tuple[list[float], list[float]]]], path: Path,
         n = min(len(xs) for xs, _ in runs)
         xs = runs[0][0][:n]
         ys = [[f1[i] for _, f1 in runs] for i in range(n)]
-        ax.plot(xs, [statistics.mean(y) for y in ys], label=f"{name} ({len(runs)} seeds)")
+        ax.plot(xs, [statistics.mean(y) for y in ys],
+                label=f"{LABELS.get(name, name)} ({len(runs)} seeds)")
         ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], alpha=0.25)
     ax.set(xlabel=f"epoch-equivalents (ResNet18 epochs at {REFERENCE_SIDE} px)",
            ylabel="validation macro-F1", title=title)
@@ -208,6 +214,7 @@ def main() -> None:
         console.print(f"wrote {args.plot}")
 
     if args.test and "new" in best:  # the test split, opened once, for the chosen recipe
+        test_f1 = []
         for seed in args.seeds:
             model = models["new", seed]
             logits, y = model.logits(model.dataset("test"), device)
@@ -217,6 +224,9 @@ def main() -> None:
             console.print(f"test, new recipe, seed {seed}: accuracy {rep['accuracy']:.3f} "
                           f"macro-F1 {rep['macro avg']['f1-score']:.3f}; recall {recalls}",
                           highlight=False)
+            test_f1.append(rep["macro avg"]["f1-score"])
+        console.print(f"test macro-F1, new recipe, mean over seeds {args.seeds}: "
+                      f"{statistics.mean(test_f1):.3f}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -135,9 +135,10 @@ class RunSettings:
     preprocess: Preprocess = setting(
         default_factory=Preprocess, help="How an X-ray becomes the network's input.")
     augment: str = setting(
-        "flip", help="Training augmentation: flip, a random left-right flip; flip+shift, plus "
-                     f"a shift of up to {SHIFT:.1%} of the side with mirrored borders; "
-                     "flip+affine, plus a small rotation, zoom and shift; none, nothing.",
+        "flip+shift", help="Training augmentation: flip, a random left-right flip; "
+                           f"flip+shift, plus a shift of up to {SHIFT:.1%} of the side with "
+                           "mirrored borders; flip+affine, plus a small rotation, zoom and "
+                           "shift; none, nothing.",
         check=one_of(AUGMENTS), flag="--augment", group="training")
     pretrained: str = setting(
         "none", help="Start from random weights (none), torchvision's ImageNet weights "

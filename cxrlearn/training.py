@@ -147,7 +147,7 @@ class TrainConfig:
                 "averages kept during training, which lag behind fast-moving weights.",
         check=at_least(0), flag="--precise-bn", metavar="N", group="training")
     ema_epochs: float = setting(
-        0.0, help="Validate and keep an exponential moving average (EMA) of the weights over "
+        3.0, help="Validate and keep an exponential moving average (EMA) of the weights over "
                   "about the last N epochs, its BatchNorm statistics recomputed; 0 is off.",
         check=at_least(0), flag="--ema-epochs", metavar="N", group="training")
     mixup: float = setting(
@@ -165,7 +165,8 @@ class TrainConfig:
         if self.ema_epochs > 0 and self.precise_bn_batches == 0:
             # An average of weights validated with the live network's BatchNorm statistics
             # is judged with another network's statistics, and scores badly.
-            raise ValueError("ema_epochs needs precise_bn_batches of at least 1: the averaged "
+            raise ValueError("ema_epochs needs precise_bn_batches of at least 1 (or set "
+                             "ema_epochs to 0 too, --ema-epochs 0): the averaged "
                              "network needs BatchNorm statistics of its own")
 
 

@@ -54,7 +54,7 @@ def test_train_writes_a_complete_run_folder(tmp_path, data, capsys):
     config = json.loads((out / "config.json").read_text())
     settings = config["settings"]
     assert config["preprocess"]["image_size"] == 32 and config["class_names"] == list(CLASSES)
-    assert settings["train"]["num_epochs"] == 2 and settings["augment"] == "flip"
+    assert settings["train"]["num_epochs"] == 2 and settings["augment"] == "flip+shift"
     assert settings["train"]["sizes"] == {"start": 0.75, "hold": 0.7, "full_from": 0.8}
     last = load_checkpoint(out / "last.pt", CLASSES)
     assert last["epoch"] == 2

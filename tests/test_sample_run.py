@@ -48,10 +48,10 @@ def test_the_sample_settings_are_train_s_with_a_few_changes() -> None:
     epochs, a one-epoch warm-up, full size throughout (each value written out: the oracle)."""
     assert SAMPLE_SETTINGS == RunSettings(
         data_root=None, classes=None, test_per_class=30, val_fraction=0.15,
-        preprocess=Preprocess(image_size=64, channels=3), augment="flip", pretrained="none",
-        freeze_backbone=False, sync_bn=False,
+        preprocess=Preprocess(image_size=64, channels=3), augment="flip+shift",
+        pretrained="none", freeze_backbone=False, sync_bn=False,
         train=TrainConfig(num_epochs=10, lr=2e-3, batch_size=32, warmup_epochs=1.0, seed=0,
-                          sizes=None))
+                          sizes=None, precise_bn_batches=8, ema_epochs=3.0))
     assert RunSettings().train.sizes == SizeSchedule()  # what the sample run turns off
     assert TINY.preprocess.image_size == 32 and TINY.train.batch_size == 64
 

@@ -65,7 +65,7 @@ def test_a_cxrlearn_0_2_0_config_still_reads(tmp_path):
                      "sizes": {"start": 0.75, "hold": 0.7, "full_from": 0.8}}}
     assert RunSettings.from_dict(old) == RunSettings(
         data_root=tmp_path, preprocess=Preprocess(image_size=32), test_per_class=3,
-        val_fraction=0.3, train=TrainConfig(num_epochs=2, sizes=SizeSchedule()))
+        val_fraction=0.3, augment="flip", train=TrainConfig(num_epochs=2, sizes=SizeSchedule()))
 
 
 @pytest.mark.parametrize("data, message", [
@@ -89,7 +89,7 @@ def test_replace_finds_each_name_where_it_lives():
     changed = replace_settings(base, image_size=48, seed=7, augment="none")
     assert changed.preprocess == Preprocess(image_size=48)
     assert changed.train == dataclasses.replace(base.train, seed=7)
-    assert changed.augment == "none" and base.augment == "flip"  # a copy
+    assert changed.augment == "none" and base.augment == "flip+shift"  # a copy
     with pytest.raises(ValueError, match="no setting named colour"):
         replace_settings(base, colour="red")
 

@@ -14,7 +14,7 @@ import torch
 from helpers import random_resnet
 
 import cxrlearn.trained as trained
-from cxrlearn.checkpoint import model_state, save_checkpoint
+from cxrlearn.checkpoint import load_checkpoint, model_state, save_checkpoint
 from cxrlearn.data import (
     load_image,
     prepare_images,
@@ -131,7 +131,8 @@ def test_only_open_model_opens_files():
 
 def test_a_checkpoint_written_the_lesson_03_way_opens(tiny_dataset, tmp_path):
     """Lesson 03 trains with `fit(..., meta=meta)` on its own datasets; the same steps here,
-    smaller. `open_model` gives back the network `fit` trained, predicting raw X-rays."""
+    smaller. `open_model` gives back the network `fit` validated and kept (by default the
+    average of the weights, `ema_epochs`), predicting raw X-rays."""
     scan = scan_folder(tiny_dataset)
     split_rows = split_items(scan.items, test_per_class=1, val_fraction=0.25, seed=0)
     preprocess = Preprocess(SIZE)
@@ -146,13 +147,16 @@ def test_a_checkpoint_written_the_lesson_03_way_opens(tiny_dataset, tmp_path):
     history = fit(run_model, train, val, config, torch.device("cpu"), scan.class_names,
                   out_dir=tmp_path / "run", meta=meta)
 
+    assert config.ema_epochs > 0  # the default: fit validates and keeps the average
+    kept = resnet18(num_classes=4)
+    kept.load_state_dict(load_checkpoint(tmp_path / "run" / "last.pt")["average"]["network"])
+    assert not torch.equal(kept.conv1.weight, run_model.conv1.weight.detach())
     image = load_image(split_rows[0].path)  # a raw file, as a user has it
     for opened in (open_model(tmp_path / "run" / "best.pt"), open_model(tmp_path / "run")):
         assert opened.class_names == tuple(scan.class_names) and opened.epoch == 1
-        for name, tensor in run_model.state_dict().items():
-            assert torch.equal(opened.network.state_dict()[name], tensor.cpu()), name
-        assert torch.equal(opened.probs([image]),
-                           eager_probs(run_model, [image], Preprocess(SIZE)))
+        for name, tensor in kept.state_dict().items():
+            assert torch.equal(opened.network.state_dict()[name], tensor), name
+        assert torch.equal(opened.probs([image]), eager_probs(kept, [image], Preprocess(SIZE)))
 
     # The lesson's other way: save_checkpoint(model_state(...)).
     path = save_checkpoint(tmp_path / "state.pt", model_state(
