@@ -544,8 +544,8 @@ def test_fit_validates_with_recomputed_statistics():
 
     model, history = _run(None, num_epochs=2, precise_bn_batches=2, ema_epochs=0)
     # Without a weight average the live network is validated. The last epoch's statistics
-    # are those of its first two batches: measured again by hand
-    # on the same batches, they agree.
+    # are those of its first two batches: measured again by hand on the same batches, they
+    # agree.
     mean = model.bn.running_mean.clone()
     train = _toy_data(6, 0, train_transform())
     train.set_epoch(1)
