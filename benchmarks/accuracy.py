@@ -48,10 +48,12 @@ from cxrlearn.trained import open_model  # noqa: E402
 
 REFERENCE_SIDE = 128
 RECIPES = {"new": {}, "flip": {"augment": "flip", "ema_epochs": 0.0},
-           "old": {"augment": "flip", "ema_epochs": 0.0, "precise_bn_batches": 0}}
+           "old": {"augment": "flip", "ema_epochs": 0.0, "precise_bn_batches": 0},
+           "mixup": {"mixup": 0.2}}
 """Each recipe as its changes to `cxrlearn train`'s defaults."""
 LABELS = {"new": "now: flip + shift, average of 3 epochs", "flip": "before: flip, no average",
-          "old": "before issue 22: no precise BN"}
+          "old": "before issue 22: no precise BN",
+          "mixup": "now + MixUp (alpha 0.2)"}
 """Each recipe's name in the plot's legend."""
 
 
@@ -186,8 +188,12 @@ def main() -> None:
                 if stored_settings(folder) != settings:
                     raise SystemExit(f"{folder} holds a run with other settings")
                 console.print(f"{folder}: finished earlier, read back", highlight=False)
-            else:
-                model = train_run(settings, folder, device, events=_Printer(console))
+            else:  # new, or stopped midway by an earlier call: go on from its checkpoint
+                stopped = any((folder / f).is_file() for f in ("last.pt", "interrupted.pt"))
+                if stopped:
+                    console.print(f"{folder}: resuming the run stopped there", highlight=False)
+                model = train_run(settings, folder, device, resume=stopped,
+                                  events=_Printer(console))
             # The whole run's history (best.pt's stops at the chosen epoch).
             with open(folder / "history.csv", newline="") as f:
                 history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
