@@ -15,14 +15,17 @@ defaults of version 0.3 with precise BN (a left-right flip only, no average of t
 weights); `old`, the defaults as they were before issue 22 (also BatchNorm's running
 statistics used as trained, `precise_bn_batches=0`); and screens of changes to `new`
 (`mixup`: MixUp with alpha 0.2; `shift16`: a shift of up to 12.5% of the side, 16 px at
-128 px, instead of 6.25%). The table gives each recipe's best
-validation macro-F1 (mean and standard deviation over the seeds); the plot (`--plot`) its
-validation macro-F1 against the epoch-equivalents spent, mean and range over the seeds, for
-this call's runs and for those recorded in `--curves` by earlier calls. `--test` opens the
-test split of the new recipe's runs once, at the end. A run already finished in `--out` (by
-an earlier call, or another process given other `--seeds`) is read back, not trained again:
-seeds can be trained in parallel and then tabulated and plotted together. One stopped
-midway (Ctrl-C, or a session that ended) is resumed from its checkpoint.
+128 px, instead of 6.25%; `shift-only` and `average-only`: each of the two changes that made
+`new` from `flip`, alone; `ema6`: an average over 6 epochs instead of 3).
+
+The table gives each recipe's best validation macro-F1 (mean and standard deviation over the
+seeds); the plot (`--plot`) its validation macro-F1 against the epoch-equivalents spent,
+mean and range over the seeds, for this call's runs and for those recorded in `--curves` by
+earlier calls. `--test` opens the test split of the new recipe's runs once, at the end. A
+run already finished in `--out` (by an earlier call, or another process given other
+`--seeds`) is read back, not trained again: seeds can be trained in parallel and then
+tabulated and plotted together. One stopped midway (Ctrl-C, or a session that ended) is
+resumed from its checkpoint.
 """
 
 from __future__ import annotations
@@ -53,12 +56,16 @@ from cxrlearn.trained import open_model  # noqa: E402
 REFERENCE_SIDE = 128
 RECIPES = {"new": {}, "flip": {"augment": "flip", "ema_epochs": 0.0},
            "old": {"augment": "flip", "ema_epochs": 0.0, "precise_bn_batches": 0},
-           "mixup": {"mixup": 0.2}, "shift16": {"shift": 0.125}}
+           "mixup": {"mixup": 0.2}, "shift16": {"shift": 0.125},
+           "shift-only": {"ema_epochs": 0.0}, "average-only": {"augment": "flip"},
+           "ema6": {"ema_epochs": 6.0}}
 """Each recipe as its changes to `cxrlearn train`'s defaults; `shift` is not a setting but
 `cxrlearn.runs.SHIFT`, the largest shift of `--augment flip+shift`."""
 LABELS = {"new": "now: flip + shift, average of 3 epochs", "flip": "before: flip, no average",
           "old": "before issue 22: no precise BN",
-          "mixup": "now + MixUp (alpha 0.2)", "shift16": "now, shifts up to 16 px"}
+          "mixup": "now + MixUp (alpha 0.2)", "shift16": "now, shifts up to 16 px",
+          "shift-only": "flip + shift, no average", "average-only": "flip, average of 3 epochs",
+          "ema6": "now, average of 6 epochs"}
 """Each recipe's name in the plot's legend."""
 
 
