@@ -315,7 +315,8 @@ def train_one_epoch(
 
     `image_size` trains on smaller copies of the images (progressive resizing). `mix`
     blends every batch with a shuffled copy of itself (MixUp or CutMix); the loss is then the
-    same blend of the losses for the two labels, and accuracy counts the image's own label.
+    same blend of the losses for the two labels, and accuracy counts a blend as right when
+    the network names the image that makes up most of it (share at least a half).
     `average` follows the weights after every step (`WeightAverage`).
 
     Each step is whole or not taken: Ctrl-C or SIGTERM during one waits until it is done
@@ -370,7 +371,10 @@ def train_one_epoch(
             # the step is done: count it (the same sums, in the same order, after a resume)
             n = y.shape[0]
             p.loss_sum += loss.item() * n
-            p.correct += (logits.argmax(dim=1) == y).sum().item()
+            # A blend counts as right when the network names the image that makes up most
+            # of it: its own label's share is `share`, its partner's `1 - share`.
+            named = y if mix is None or share >= 0.5 else y[partner]
+            p.correct += (logits.argmax(dim=1) == named).sum().item()
             p.seen += n
             p.image_size = x.shape[-1]
             now = time.perf_counter()

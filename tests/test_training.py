@@ -789,6 +789,38 @@ def test_mixed_batches_train_on_the_blend_of_the_two_losses():
     assert stats["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+class _Brightest(nn.Module):
+    """Names the channel that is brightest on average (4 channels, 4 classes): shown a blend
+    of two one-hot images, it names the one that makes up most of the blend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x.mean(dim=(2, 3))  # (B, 4, H, W) -> (B, 4)
+
+
+@pytest.mark.parametrize("share", [0.3, 0.7])
+def test_a_blend_counts_as_right_when_the_network_names_its_larger_part(share):
+    """Training accuracy under MixUp/CutMix is measured against the label of the image that
+    makes up most of each blend: the partner's when the image's own share is under a half.
+    Against the image's own label, a network that names every larger part would score 0
+    at share 0.3."""
+    y = torch.arange(8) % 4
+    x = nn.functional.one_hot(y, 4).float()[:, :, None, None].expand(8, 4, S, S)
+    partner = torch.arange(8).flip(0)  # y[partner] differs from y everywhere
+
+    def mix(batch):
+        return share * batch + (1 - share) * batch[partner], partner, share
+
+    model = _Brightest()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    stats = train_one_epoch(model, [(x, y)], nn.CrossEntropyLoss(), optimizer,
+                            torch.device("cpu"), mix=mix)
+    assert stats["accuracy"] == 1.0
+
+
 def test_lr_range_test_rises_exponentially_and_stops_when_the_loss_explodes():
     from cxrlearn.training import lr_range_test, suggest_lr
 
