@@ -48,7 +48,14 @@ from rich.table import Table  # noqa: E402
 import cxrlearn.runs as run_module  # noqa: E402
 from cxrlearn.device import select_device  # noqa: E402
 from cxrlearn.evaluation.metrics import classification_report  # noqa: E402
-from cxrlearn.runs import SHIFT, RunEvents, RunSettings, stored_settings, train_run  # noqa: E402
+from cxrlearn.runs import (  # noqa: E402
+    SHIFT,
+    RunEvents,
+    RunSettings,
+    resumable,
+    stored_settings,
+    train_run,
+)
 from cxrlearn.schedule import SizeSchedule  # noqa: E402
 from cxrlearn.settings import replace_settings  # noqa: E402
 from cxrlearn.trained import open_model  # noqa: E402
@@ -203,7 +210,7 @@ def main() -> None:
                     raise SystemExit(f"{folder} holds a run with other settings")
                 console.print(f"{folder}: finished earlier, read back", highlight=False)
             else:  # new, or stopped midway by an earlier call: go on from its checkpoint
-                stopped = any((folder / f).is_file() for f in ("last.pt", "interrupted.pt"))
+                stopped = resumable(folder)
                 if stopped:
                     console.print(f"{folder}: resuming the run stopped there", highlight=False)
                 model = train_run(settings, folder, device, resume=stopped,

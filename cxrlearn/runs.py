@@ -97,8 +97,8 @@ from cxrlearn.transfer import freeze_backbone, load_imagenet_weights
 from cxrlearn.transforms import Preprocess
 
 __all__ = ["AUGMENTS", "RunSettings", "RunEvents", "NotebookProgress", "run_eta", "clock_text",
-           "train_run", "find_lr", "LrRange", "LR_RANGE_FILES", "stored_settings", "run_lock",
-           "Evaluation", "evaluate_run", "EVALUATION_FILES"]
+           "train_run", "resumable", "find_lr", "LrRange", "LR_RANGE_FILES", "stored_settings",
+           "run_lock", "Evaluation", "evaluate_run", "EVALUATION_FILES"]
 
 AUGMENTS = ("flip", "flip+shift", "flip+affine", "none")
 """Training augmentations: random left-right flip; plus a shift with mirrored borders; plus
@@ -497,7 +497,7 @@ def _undone_before_an_epoch(out: Path, new: bool) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if new and not _resumable(out) and out.is_dir():
+        if new and not resumable(out) and out.is_dir():
             if not existed:
                 shutil.rmtree(out, ignore_errors=True)
             else:
@@ -555,7 +555,10 @@ def _check_resumable(out: Path, stored: RunSettings, settings: RunSettings) -> N
                                 "config.json; drop the change, or train a new run", path=out)
 
 
-def _resumable(out: Path) -> bool:
+def resumable(out: str | Path) -> bool:
+    """Whether `out` holds a run that `train_run(..., resume=True)` can go on from: its
+    `last.pt` (the last finished epoch) or its `interrupted.pt` (an epoch stopped midway)."""
+    out = Path(out)
     return (out / "last.pt").is_file() or (out / INTERRUPTED).is_file()
 
 
@@ -589,7 +592,7 @@ def stored_settings(out: Path) -> RunSettings:
         CxrlearnError: No `last.pt` or `interrupted.pt` beside it (nothing to resume), or
             `config.json` is missing, unreadable or from cxrlearn 0.1.
     """
-    if not _resumable(out):
+    if not resumable(out):
         raise CxrlearnError("nothing to resume: no last.pt in the run folder (no epoch of "
                             "it was finished); start the run again without --resume",
                             path=out)
