@@ -16,7 +16,8 @@ weights); `old`, the defaults as they were before issue 22 (also BatchNorm's run
 statistics used as trained, `precise_bn_batches=0`); and screens of changes to `new`
 (`mixup`: MixUp with alpha 0.2; `shift16`: a shift of up to 12.5% of the side, 16 px at
 128 px, instead of 6.25%; `shift-only` and `average-only`: each of the two changes that made
-`new` from `flip`, alone; `ema6`: an average over 6 epochs instead of 3).
+`new` from `flip`, alone; `ema6`: an average over 6 epochs instead of 3; `full`: no
+progressive resizing, every epoch at the full side, so fewer epochs fit the budget).
 
 The table gives each recipe's best validation macro-F1 (mean and standard deviation over the
 seeds); the plot (`--plot`) its validation macro-F1 against the epoch-equivalents spent,
@@ -65,14 +66,14 @@ RECIPES = {"new": {}, "flip": {"augment": "flip", "ema_epochs": 0.0},
            "old": {"augment": "flip", "ema_epochs": 0.0, "precise_bn_batches": 0},
            "mixup": {"mixup": 0.2}, "shift16": {"shift": 0.125},
            "shift-only": {"ema_epochs": 0.0}, "average-only": {"augment": "flip"},
-           "ema6": {"ema_epochs": 6.0}}
+           "ema6": {"ema_epochs": 6.0}, "full": {"sizes": None}}
 """Each recipe as its changes to `cxrlearn train`'s defaults; `shift` is not a setting but
 `cxrlearn.runs.SHIFT`, the largest shift of `--augment flip+shift`."""
 LABELS = {"new": "now: flip + shift, average of 3 epochs", "flip": "before: flip, no average",
           "old": "before issue 22: no precise BN",
           "mixup": "now + MixUp (alpha 0.2)", "shift16": "now, shifts up to 16 px",
           "shift-only": "flip + shift, no average", "average-only": "flip, average of 3 epochs",
-          "ema6": "now, average of 6 epochs"}
+          "ema6": "now, average of 6 epochs", "full": "now, at 128 px throughout"}
 """Each recipe's name in the plot's legend."""
 
 
@@ -192,7 +193,7 @@ def main() -> None:
     device = select_device()
     base = replace_settings(defaults, data_root=args.data, image_size=args.image_size)
     epochs = epochs_in_budget(args.budget, args.image_size, base.train.sizes)
-    console.print(f"budget {args.budget:g} epoch-equivalents: {epochs} epochs at "
+    console.print(f"budget {args.budget:g} epoch-equivalents: with the defaults {epochs} epochs at "
                   f"{sides(args.image_size, epochs, base.train.sizes)} px")
 
     curves = read_curves(args.curves) if args.curves else {}
@@ -202,7 +203,9 @@ def main() -> None:
         for seed in args.seeds:
             changes = dict(RECIPES[name])
             run_module.SHIFT = changes.pop("shift", SHIFT)  # read by the run's training transform
-            settings = replace_settings(base, num_epochs=epochs, seed=seed, **changes)
+            recipe = replace_settings(base, seed=seed, **changes)  # its own sizes, its epochs
+            settings = replace_settings(recipe, num_epochs=epochs_in_budget(
+                args.budget, args.image_size, recipe.train.sizes))
             folder = out / f"{name}-seed{seed}"
             if (folder / "history.csv").is_file():  # finished by an earlier call: read it
                 model = open_model(folder)
