@@ -119,11 +119,14 @@ class ResNet(nn.Module):
     Weights start as in torchvision: convolutions He-normal (fan_out), batch norms
     weight 1 and bias 0, `fc` PyTorch's default linear init.
 
-    Batch norms whose parameters are all frozen (`freeze_backbone`) stay in eval mode even
-    after `model.train()`: `train` is overridden to put them back. A frozen layer then
-    really is fixed, running statistics included, which is what fine-tuning a small data
-    set on top of ImageNet features needs. `train` is not part of `forward`, so the model
-    stays scriptable, but a scripted copy no longer knows this rule; script for inference.
+    Batch norms that `freeze_backbone` froze stay in eval mode even after `model.train()`:
+    it writes their names into `frozen_norms`, and `train` is overridden to put exactly
+    those back. A frozen layer then really is fixed, running statistics included, which is
+    what fine-tuning a small data set on top of ImageNet features needs. Nothing is guessed
+    from `requires_grad`: a copy with its gradients turned off (an average of the weights)
+    still measures its own statistics in train mode. `train` is not part of `forward`, so
+    the model stays scriptable, but a scripted copy no longer knows this rule; script for
+    inference.
 
     Args:
         blocks_per_stage: Number of BasicBlocks in layer1..layer4 ((3, 4, 6, 3) is ResNet34).
@@ -153,6 +156,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(256, 512, blocks_per_stage[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
+        self.frozen_norms: list[str] = []  # kept in eval mode by `train` (`freeze_backbone`)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -182,7 +186,7 @@ class ResNet(nn.Module):
         return self.fc(x)  # (B, K)
 
     def train(self, mode: bool = True) -> ResNet:
-        """Set train or eval mode, but keep fully frozen batch norms in eval mode.
+        """Set train or eval mode, but keep the batch norms in `frozen_norms` in eval mode.
 
         Args:
             mode: True for training mode, False for evaluation mode.
@@ -191,15 +195,9 @@ class ResNet(nn.Module):
             The model itself.
         """
         super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d) and _is_frozen(m):
-                m.eval()
+        for name in self.frozen_norms:
+            self.get_submodule(name).eval()
         return self
-
-
-def _is_frozen(module: nn.Module) -> bool:
-    params = list(module.parameters())
-    return len(params) > 0 and not any(p.requires_grad for p in params)
 
 
 def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:

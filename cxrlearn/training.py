@@ -480,10 +480,9 @@ class WeightAverage:
         if not 0 <= decay < 1:
             raise ValueError(f"decay must be at least 0 and below 1, got {decay}")
         self.model, self.decay, self.updates = model, decay, 0
-        # A plain copy, `requires_grad` included: the optimizer never sees its weights and
-        # `update` runs without autograd. Turning gradients off here would make every
-        # BatchNorm look frozen to `ResNet.train` (`freeze_backbone`'s rule), so they would
-        # stay in eval mode and precise BN could never measure the average's statistics.
+        # A plain copy: the optimizer never sees its weights and `update` runs without
+        # autograd. Batch norms that `freeze_backbone` froze stay frozen in the copy too
+        # (`ResNet.frozen_norms` is copied), so precise BN measures the others only.
         self.network = copy.deepcopy(model)
 
     @classmethod

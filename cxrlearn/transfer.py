@@ -299,8 +299,9 @@ def freeze_backbone(model: ResNet, trainable: Sequence[str] = ("fc",)) -> list[s
 
     A parameter stays trainable when its name is a name in `trainable` or starts with one
     followed by a dot (`"layer4"` keeps `layer4.0.conv1.weight`). Batch norms left with no
-    trainable parameter are put in eval mode now and stay there after `model.train()`
-    (see `ResNet.train`), so their running mean and variance do not drift either.
+    trainable parameter are written into `model.frozen_norms`: they are put in eval mode now
+    and stay there after `model.train()` (see `ResNet.train`), so their running mean and
+    variance do not drift either.
 
     Args:
         model: A ResNet.
@@ -321,6 +322,9 @@ def freeze_backbone(model: ResNet, trainable: Sequence[str] = ("fc",)) -> list[s
         p.requires_grad_(any(name == t or name.startswith(t + ".") for t in trainable))
         if p.requires_grad:
             kept.append(name)
+    model.frozen_norms = [name for name, m in model.named_modules()
+                          if isinstance(m, nn.BatchNorm2d)
+                          and not any(p.requires_grad for p in m.parameters())]
     model.train(model.training)  # re-applies the frozen-BN rule in the current mode
     return kept
 
@@ -336,5 +340,6 @@ def unfreeze(model: ResNet) -> ResNet:
     """
     for p in model.parameters():
         p.requires_grad_(True)
+    model.frozen_norms = []
     model.train(model.training)
     return model

@@ -8,6 +8,7 @@ against the convolution output formula out = floor((n + 2p - k) / s) + 1.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import io
@@ -683,6 +684,8 @@ def test_partially_frozen_keeps_trainable_bn_in_train_mode() -> None:
         changed = not torch.equal(after[key], before[key])
         assert changed == key.startswith("layer4."), key
     assert model.layer4[0].bn1.training and not model.layer3[1].bn2.training
+    norms = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert model.frozen_norms == [n for n in norms if not n.startswith("layer4.")]
     assert model.layer4[0].conv1.weight.grad is not None
     assert model.layer3[0].conv1.weight.grad is None
 
@@ -696,6 +699,20 @@ def test_unfreeze_restores_everything() -> None:
     assert all(m.training for m in model.modules())
     model.eval()
     assert not any(m.training for m in model.modules())
+
+
+def test_only_freeze_backbone_keeps_batch_norms_in_eval_mode() -> None:
+    # Gradients turned off by hand (an averaged copy of the weights, say) freeze nothing:
+    # the batch norms follow `model.train()`, so precise BN can measure their statistics.
+    model = resnet18(num_classes=4).requires_grad_(False)
+    model.train()
+    assert all(m.training for m in model.modules())
+    assert model.frozen_norms == []
+    freeze_backbone(model)  # what it froze is written down, and a copy keeps the record
+    copied = copy.deepcopy(model).train()
+    assert "bn1" in copied.frozen_norms and "layer4.1.bn2" in copied.frozen_norms
+    assert not copied.bn1.training and not copied.layer4[1].bn2.training
+    assert copied.layer4[1].conv2.training and copied.fc.training
 
 
 def test_freeze_rejects_unknown_names() -> None:
