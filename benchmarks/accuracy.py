@@ -14,10 +14,11 @@ Recipes, each trained once per seed: `new`, `cxrlearn train`'s defaults; `flip`,
 defaults of version 0.3 with precise BN (a left-right flip only, no average of the
 weights); `old`, the defaults as they were before issue 22 (also BatchNorm's running
 statistics used as trained, `precise_bn_batches=0`); and screens of changes to `new`
-(`mixup`: MixUp with alpha 0.2; `shift16`: a shift of up to 12.5% of the side, 16 px at
-128 px, instead of 6.25%; `shift-only` and `average-only`: each of the two changes that made
-`new` from `flip`, alone; `ema6`: an average over 6 epochs instead of 3; `full`: no
-progressive resizing, every epoch at the full side, so fewer epochs fit the budget).
+(`mixup`: MixUp with alpha 0.2; `cutmix`: CutMix with alpha 1, as Yun et al. 2019 trained
+CIFAR and ImageNet; `shift16`: a shift of up to 12.5% of the side, 16 px at 128 px,
+instead of 6.25%; `shift-only` and `average-only`: each of the two changes that made `new`
+from `flip`, alone; `ema6`: an average over 6 epochs instead of 3; `full`: no progressive
+resizing, every epoch at the full side, so fewer epochs fit the budget).
 
 The table gives each recipe's best validation macro-F1 (mean and standard deviation over the
 seeds); the plot (`--plot`) its validation macro-F1 against the epoch-equivalents spent,
@@ -66,14 +67,16 @@ RECIPES = {"new": {}, "flip": {"augment": "flip", "ema_epochs": 0.0},
            "old": {"augment": "flip", "ema_epochs": 0.0, "precise_bn_batches": 0},
            "mixup": {"mixup": 0.2}, "shift16": {"shift": 0.125},
            "shift-only": {"ema_epochs": 0.0}, "average-only": {"augment": "flip"},
-           "ema6": {"ema_epochs": 6.0}, "full": {"sizes": None}}
+           "ema6": {"ema_epochs": 6.0}, "full": {"sizes": None},
+           "cutmix": {"cutmix": 1.0}}
 """Each recipe as its changes to `cxrlearn train`'s defaults; `shift` is not a setting but
 `cxrlearn.runs.SHIFT`, the largest shift of `--augment flip+shift`."""
 LABELS = {"new": "now: flip + shift, average of 3 epochs", "flip": "before: flip, no average",
           "old": "before issue 22: no precise BN",
           "mixup": "now + MixUp (alpha 0.2)", "shift16": "now, shifts up to 16 px",
           "shift-only": "flip + shift, no average", "average-only": "flip, average of 3 epochs",
-          "ema6": "now, average of 6 epochs", "full": "now, at 128 px throughout"}
+          "ema6": "now, average of 6 epochs", "full": "now, at 128 px throughout",
+          "cutmix": "now + CutMix (alpha 1)"}
 """Each recipe's name in the plot's legend."""
 
 
