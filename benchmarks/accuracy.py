@@ -201,6 +201,7 @@ def main() -> None:
 
     curves = read_curves(args.curves) if args.curves else {}
     best: dict[str, list[float]] = {}
+    run_epochs: dict[str, int] = {}  # each recipe's: its sizes decide how many fit the budget
     models = {}
     for name in args.recipes:
         for seed in args.seeds:
@@ -209,6 +210,7 @@ def main() -> None:
             recipe = replace_settings(base, seed=seed, **changes)  # its own sizes, its epochs
             settings = replace_settings(recipe, num_epochs=epochs_in_budget(
                 args.budget, args.image_size, recipe.train.sizes))
+            run_epochs[name] = settings.train.num_epochs
             folder = out / f"{name}-seed{seed}"
             if (folder / "history.csv").is_file():  # finished by an earlier call: read it
                 model = open_model(folder)
@@ -229,12 +231,12 @@ def main() -> None:
             models[name, seed] = model
 
     table = Table(title=f"{args.data.name}, {args.image_size} px, {args.budget:g} "
-                        f"epoch-equivalents ({epochs} epochs), from scratch")
-    for col in ("recipe", "seeds", "best val macro-F1 per seed", "mean", "sd"):
+                        "epoch-equivalents, from scratch")
+    for col in ("recipe", "epochs", "seeds", "best val macro-F1 per seed", "mean", "sd"):
         table.add_column(col, justify="right")
     for name, scores in best.items():
         sd = statistics.stdev(scores) if len(scores) > 1 else float("nan")
-        table.add_row(name, " ".join(map(str, args.seeds)),
+        table.add_row(name, str(run_epochs[name]), " ".join(map(str, args.seeds)),
                       " ".join(f"{s:.3f}" for s in scores), f"{statistics.mean(scores):.3f}",
                       f"{sd:.3f}")
     console.print(table)
