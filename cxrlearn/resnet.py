@@ -137,6 +137,11 @@ class ResNet(nn.Module):
         (B, in_channels, H, W) -> (B, num_classes) logits, for any H, W >= 1.
     """
 
+    # `frozen_norms` matters to `train` only, so TorchScript (which compiles for inference)
+    # skips it: it cannot read this annotation, and warns about one written in `__init__`.
+    __jit_ignored_attributes__ = ["frozen_norms"]
+    frozen_norms: list[str]
+
     def __init__(
         self,
         blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
@@ -156,7 +161,7 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(256, 512, blocks_per_stage[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
-        self.frozen_norms: list[str] = []  # kept in eval mode by `train` (`freeze_backbone`)
+        self.frozen_norms = []  # kept in eval mode by `train` (`freeze_backbone`)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

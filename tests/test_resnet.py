@@ -372,6 +372,19 @@ def test_scripted_equals_eager_before_and_after_save() -> None:
         torch.testing.assert_close(loaded(x), eager)
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_scripting_warns_of_nothing_but_its_own_deprecation(frozen: bool) -> None:
+    # Lesson 06 scripts the network and nbval fails on any stray warning; `frozen_norms`, a
+    # training detail, once made TorchScript warn about its type.
+    model = resnet18(num_classes=4)
+    if frozen:
+        freeze_backbone(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.jit.script(model)
+    assert all("torch.jit.script` is deprecated" in str(w.message) for w in caught)
+
+
 # ---------------------------------------------------------------- loading weights
 
 
