@@ -17,8 +17,9 @@ statistics used as trained, `precise_bn_batches=0`); and screens of changes to `
 (`mixup`: MixUp with alpha 0.2; `cutmix`: CutMix with alpha 1, as Yun et al. 2019 trained
 CIFAR and ImageNet; `shift16`: a shift of up to 12.5% of the side, 16 px at 128 px,
 instead of 6.25%; `shift-only` and `average-only`: each of the two changes that made `new`
-from `flip`, alone; `ema6`: an average over 6 epochs instead of 3; `full`: no progressive
-resizing, every epoch at the full side, so fewer epochs fit the budget).
+from `flip`, alone; `ema6`: an average over 6 epochs instead of 3; `mixup-ema6`: both MixUp and that
+longer average; `full`: no progressive resizing, every epoch at the full side, so fewer
+epochs fit the budget).
 
 The table gives each recipe's best validation macro-F1 (mean and standard deviation over the
 seeds); the plot (`--plot`) its validation macro-F1 against the epoch-equivalents spent,
