@@ -456,9 +456,18 @@ class WeightAverage:
     """An exponential moving average (EMA) of a network's weights, in a copy of the network.
 
     After every optimizer step, `update()` moves each averaged weight a little towards the
-    live one: `avg <- d * avg + (1 - d) * w`, with `d = decay` (early on, less: `d` is at
-    most `(1 + n) / (10 + n)` after `n` updates, so that the random initial weights are
-    soon forgotten). Late in a run the weights jitter around a good point; their average
+    live one: `avg <- d * avg + (1 - d) * w`, with `d = decay`, whose memory is about
+    `1 / (1 - decay)` steps. Less at two times:
+
+    - Early in the run, `d` is at most `(1 + t) / (10 + t)` after `t` updates in all, so
+      that the random initial weights are soon forgotten.
+    - After a `restart()`, `d` is at most `n / (n + 1)` after `n` updates since it: until
+      the memory of `decay` is reached, the average is the plain mean of the weights since
+      the restart. (Before 0.4 the first rule counted from the restart too. After a change
+      of image size, late in a run, that kept the memory near a ninth of the steps since
+      the restart: about one epoch where `--ema-epochs 3` asked for three.)
+
+    Late in a run the weights jitter around a good point; their average
     lies nearer its centre, and usually validates better than any one of them (Polyak
     averaging; Izmailov et al. 2018, arXiv 1803.05407, for the same idea as SWA).
 
@@ -474,12 +483,13 @@ class WeightAverage:
         network: The averaged network (a copy of the model that no optimizer updates).
         decay: The weight `d` kept at each update, below 1.
         updates: How many updates it has taken since it (re)started.
+        steps: How many updates it has taken in all, restarts or not.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0 <= decay < 1:
             raise ValueError(f"decay must be at least 0 and below 1, got {decay}")
-        self.model, self.decay, self.updates = model, decay, 0
+        self.model, self.decay, self.updates, self.steps = model, decay, 0, 0
         # A plain copy: the optimizer never sees its weights and `update` runs without
         # autograd. Batch norms that `freeze_backbone` froze stay frozen in the copy too
         # (`ResNet.frozen_norms` is copied), so precise BN measures the others only.
@@ -494,7 +504,9 @@ class WeightAverage:
     def update(self) -> None:
         """Move the averaged weights towards the live ones (after an optimizer step)."""
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps),  # forget the start
+                self.updates / (self.updates + 1))  # the mean since the restart
         for avg, w in zip(self.network.parameters(), self.model.parameters(), strict=True):
             avg.lerp_(w.detach(), 1 - d)  # avg + (1 - d) * (w - avg)
 
@@ -505,12 +517,14 @@ class WeightAverage:
         self.updates = 0
 
     def state_dict(self) -> dict[str, Any]:
-        """The averaged network and the update count, for `last.pt`."""
-        return {"network": self.network.state_dict(), "updates": self.updates}
+        """The averaged network and the update counts, for `last.pt`."""
+        return {"network": self.network.state_dict(), "updates": self.updates,
+                "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["network"])
         self.updates = int(state["updates"])
+        self.steps = int(state.get("steps", self.updates))  # older checkpoints: no restart
 
 
 def lr_range_test(

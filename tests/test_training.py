@@ -577,6 +577,40 @@ def test_weight_average_follows_the_hand_written_formula():
     assert WeightAverage.over_epochs(model, 2, 5).decay == pytest.approx(0.9)
 
 
+def test_after_a_restart_the_average_is_the_mean_until_its_memory_is_reached():
+    # Late in a run (progressive resizing restarts the average at each new size), the
+    # warm-up that forgets the random start must not count from the restart: it kept the
+    # memory near a ninth of the steps since it, about 1 epoch where 3 were asked for.
+    from cxrlearn.training import WeightAverage
+
+    model = nn.Linear(1, 1, bias=False)
+    average = WeightAverage(model, decay=0.9)  # memory about 10 steps
+    for _ in range(200):  # well past the warm-up
+        average.update()
+    average.restart()
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average.restart()  # the restart's weights: 0
+    seen = [0.0]
+    expected = 0.0
+    for n, w in enumerate([3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0, 24.0, 27.0, 30.0, 33.0],
+                          start=1):
+        with torch.no_grad():
+            model.weight.fill_(w)
+        average.update()
+        seen.append(w)
+        d = min(0.9, n / (n + 1))  # the plain mean, then the EMA of decay 0.9
+        expected = d * expected + (1 - d) * w
+        assert average.network.weight[0, 0].item() == pytest.approx(expected)
+        if n <= 9:  # n / (n + 1) <= 0.9: the mean of the restart's weights and all since
+            assert expected == pytest.approx(sum(seen) / len(seen))
+    assert average.steps == 211 and average.updates == 11
+    state = average.state_dict()
+    copy = WeightAverage(model, decay=0.9)
+    copy.load_state_dict(state)
+    assert (copy.steps, copy.updates) == (211, 11)
+
+
 def test_precise_bn_measures_the_averaged_resnet18s_own_statistics():
     # ResNet.train keeps BatchNorms with no trainable weight in eval mode (freeze_backbone);
     # an average whose copy had its gradients turned off was such a network, so precise BN
