@@ -23,7 +23,9 @@ nbval() {
     local cache
     cache=$(mktemp -d)
     CXRLEARN_CACHE_DIR=$cache "$@" .venv/bin/python -m pytest --nbval --nbval-current-env \
-        -p no:cacheprovider -p tools.nbval_timing lessons -q  # the kernel draws figures inline
+        -p no:cacheprovider -p tools.nbval_timing lessons -q -o verbosity_assertions=2
+    # (the kernel draws figures inline; a cell whose output differs shows all of it, not a
+    # truncated diff: a failing torchrun in lesson 08 prints its stderr there)
     rm -rf "$cache"
 }
 echo "== pytest --nbval: lessons/, this CPU as it comes"
