@@ -7,8 +7,8 @@ A seed's two runs share their split and their initial weights, so their best net
 scored on the very same validation images. The bootstrap redraws those images with
 replacement (Efron 1979) and scores both networks on each redraw: how far macro-F1 moves is
 what the choice of images alone does to a score, and the spread of the paired difference B - A
-says whether a gap between the recipes is larger than that. The last row pools the seeds: each
-redraw draws every seed's images afresh and averages the seeds' differences.
+says whether a gap between the recipes is larger than that. The last row pools the seeds: the
+r-th redraws of all the seeds make one redraw of every image, whose differences it averages.
 
 The table gives, per seed, each network's macro-F1 with its bootstrap standard deviation, the
 difference with its 95% interval, and the share of images on which the two answer differently.
@@ -58,32 +58,27 @@ def main() -> None:
                         f"({RESAMPLES} bootstrap redraws of the images)")
     for col in ("seed", "images", a, b, f"{b} - {a}", "95% interval", "answers differ"):
         table.add_column(col, justify="right")
-    seeds = []  # per seed: labels, A's answers, B's answers
+    differences = []  # per seed: B - A on the images, and on each redraw of them
     for seed in args.seeds:
         paths_a, k, y, pred_a = val_predictions(args.runs / f"{a}-seed{seed}", device)
         paths_b, _, y_b, pred_b = val_predictions(args.runs / f"{b}-seed{seed}", device)
         if paths_a != paths_b or not np.array_equal(y, y_b):
             raise SystemExit(f"seed {seed}: the runs of {a} and {b} validate on different "
                              "images; a paired comparison needs the same split")
-        seeds.append((y, pred_a, pred_b, k))
         redraws = rng.integers(0, len(y), size=(RESAMPLES, len(y)))  # (R, N) image indices
-        f_a = np.array([macro_f1(y[i], pred_a[i], k) for i in redraws])
+        f_a = np.array([macro_f1(y[i], pred_a[i], k) for i in redraws])  # (R,)
         f_b = np.array([macro_f1(y[i], pred_b[i], k) for i in redraws])
+        score_a, score_b = macro_f1(y, pred_a, k), macro_f1(y, pred_b, k)
+        differences.append((score_b - score_a, f_b - f_a))
         low, high = np.percentile(f_b - f_a, [2.5, 97.5])
-        diff = macro_f1(y, pred_b, k) - macro_f1(y, pred_a, k)
-        table.add_row(str(seed), str(len(y)),
-                      f"{macro_f1(y, pred_a, k):.3f} ± {f_a.std():.3f}",
-                      f"{macro_f1(y, pred_b, k):.3f} ± {f_b.std():.3f}",
-                      f"{diff:+.3f}", f"[{low:+.3f}, {high:+.3f}]",
-                      f"{np.mean(pred_a != pred_b):.1%}")
+        table.add_row(str(seed), str(len(y)), f"{score_a:.3f} ± {f_a.std():.3f}",
+                      f"{score_b:.3f} ± {f_b.std():.3f}", f"{score_b - score_a:+.3f}",
+                      f"[{low:+.3f}, {high:+.3f}]", f"{np.mean(pred_a != pred_b):.1%}")
 
-    pooled = np.zeros(RESAMPLES)  # each redraw: the mean over seeds of B - A
-    for y, pred_a, pred_b, k in seeds:
-        redraws = rng.integers(0, len(y), size=(RESAMPLES, len(y)))
-        pooled += np.array([macro_f1(y[i], pred_b[i], k) - macro_f1(y[i], pred_a[i], k)
-                            for i in redraws]) / len(seeds)
-    mean_diff = statistics.mean(macro_f1(y, pb, k) - macro_f1(y, pa, k)
-                                for y, pa, pb, k in seeds)
+    # Each seed's redraws are its own, drawn independently: the r-th of every seed together
+    # make one redraw of all the images, and its mean over the seeds one pooled difference.
+    mean_diff = statistics.mean(diff for diff, _ in differences)
+    pooled = np.mean([redrawn for _, redrawn in differences], axis=0)  # (R,)
     low, high = np.percentile(pooled, [2.5, 97.5])
     table.add_row("mean", "", "", "", f"{mean_diff:+.3f}", f"[{low:+.3f}, {high:+.3f}]", "")
     console.print(table)
