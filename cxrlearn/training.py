@@ -463,9 +463,9 @@ class WeightAverage:
       that the random initial weights are soon forgotten.
     - After a `restart()`, `d` is at most `n / (n + 1)` after `n` updates since it: until
       the memory of `decay` is reached, the average is the plain mean of the weights since
-      the restart. (Before 0.4 the first rule counted from the restart too. After a change
-      of image size, late in a run, that kept the memory near a ninth of the steps since
-      the restart: about one epoch where `--ema-epochs 3` asked for three.)
+      the restart. (Until 2026-12-07 the first rule counted from the restart too. After a
+      change of image size, late in a run, that kept the memory near a ninth of the steps
+      since the restart: about one epoch where `--ema-epochs 3` asked for three.)
 
     Late in a run the weights jitter around a good point; their average
     lies nearer its centre, and usually validates better than any one of them (Polyak

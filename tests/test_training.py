@@ -587,7 +587,6 @@ def test_after_a_restart_the_average_is_the_mean_until_its_memory_is_reached():
     average = WeightAverage(model, decay=0.9)  # memory about 10 steps
     for _ in range(200):  # well past the warm-up
         average.update()
-    average.restart()
     with torch.no_grad():
         model.weight.fill_(0.0)
     average.restart()  # the restart's weights: 0
@@ -606,9 +605,9 @@ def test_after_a_restart_the_average_is_the_mean_until_its_memory_is_reached():
             assert expected == pytest.approx(sum(seen) / len(seen))
     assert average.steps == 211 and average.updates == 11
     state = average.state_dict()
-    copy = WeightAverage(model, decay=0.9)
-    copy.load_state_dict(state)
-    assert (copy.steps, copy.updates) == (211, 11)
+    reloaded = WeightAverage(model, decay=0.9)
+    reloaded.load_state_dict(state)
+    assert (reloaded.steps, reloaded.updates) == (211, 11)
 
 
 def test_precise_bn_measures_the_averaged_resnet18s_own_statistics():
