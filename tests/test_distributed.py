@@ -65,7 +65,14 @@ def test_cli_train_under_torchrun_writes_one_run_and_resumes(tmp_path, copy_samp
     assert sorted(p.name for p in out.iterdir()) == [
         "best.pt", "config.json", "history.csv", "last.pt", "learning_curves.png",
         "manifest.csv"]
-    _torchrun([*common, "--epochs", "2", "--resume"])  # a second try resumes again
+    # A second try must resume from epoch 1 again (a finished run refuses --resume): keep it.
+    shutil.copytree(out, tmp_path / "after-epoch-1")
+
+    def back_to_epoch_1() -> None:
+        shutil.rmtree(out)
+        shutil.copytree(tmp_path / "after-epoch-1", out)
+
+    _torchrun([*common, "--epochs", "2", "--resume"], before_retry=back_to_epoch_1)
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 2
     assert [row["epoch"] for row in ckpt["history"]] == [1, 2]
