@@ -98,6 +98,8 @@ LAYERS: tuple[Layer, ...] = (
         Module("seeding", (3,), "seeds and the random states a checkpoint saves"),
         Module("schedule", (3,), "the learning-rate schedule and `SizeSchedule` (progressive "
                "resizing), pure functions of the step and the epoch"),
+        Module("stochastic_depth", (3,), "skip residual branches at random while training, "
+               "by forward hooks (off by default)"),
         Module("evaluation", (4,), "the package of lesson 04: numbers in, numbers out, no "
                "model"),
         Module("evaluation.metrics", (4,), "the confusion matrix and scikit-learn's "

@@ -60,6 +60,7 @@ from cxrlearn.evaluation.metrics import confusion_matrix, per_class_scores
 from cxrlearn.schedule import SCHEDULES, SizeSchedule, lr_factor
 from cxrlearn.seeding import rng_state, seed_everything
 from cxrlearn.settings import Check, above, at_least, check_fields, one_of, setting
+from cxrlearn.stochastic_depth import StochasticDepth
 from cxrlearn.transforms import BatchMix, resize
 
 __all__ = [
@@ -159,6 +160,12 @@ class TrainConfig:
                   "weighted by the box's area drawn from Beta(A, A); 0 is off. With MixUp "
                   "too, each batch uses one of them, chosen by a coin.",
         check=at_least(0), flag="--cutmix", metavar="A", group="training")
+    stochastic_depth: float = setting(
+        0.0, help="Stochastic depth (Huang et al. 2016): while training, skip each residual "
+                  "block's branch for a random share of the images, up to P for the last "
+                  "block (cxrlearn.stochastic_depth); 0 is off.",
+        check=Check(lambda v: 0 <= v < 1, "must be at least 0 and below 1"),
+        flag="--stochastic-depth", metavar="P", group="training")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -720,11 +727,12 @@ def fit(
         save = functools.partial(checkpoints.save_interrupted, epoch, run.history, best,
                                  progress, progress.batches, lr, mix, after_steps)
         with _stop_cleanly(epoch, out, progress, save):
-            tr = train_one_epoch(
-                ddp_model, train_loader(train_data, config, epoch, skip=progress.batches),
-                loss_fn, optimizer, device, scheduler, amp, side,
-                on_batch=None if on_batch is None else (lambda s, e=epoch: on_batch(e, s)),
-                mix=mix, average=average, progress=progress)
+            with StochasticDepth(model, config.stochastic_depth):  # the steps only, not BN's
+                tr = train_one_epoch(
+                    ddp_model, train_loader(train_data, config, epoch, skip=progress.batches),
+                    loss_fn, optimizer, device, scheduler, amp, side,
+                    on_batch=None if on_batch is None else (lambda s, e=epoch: on_batch(e, s)),
+                    mix=mix, average=average, progress=progress)
             after_steps["rng"] = rng_state()  # precise BN and validation draw from here on
             if config.precise_bn_batches:  # statistics of these weights, not of past ones
                 recompute_bn_statistics(judged, _bn_batches(train_data, config, epoch),

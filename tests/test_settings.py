@@ -109,4 +109,5 @@ def test_the_flags_are_the_settings_that_name_one():
                      "--image-size", "--channels", "--augment", "--pretrained",
                      "--freeze-backbone", "--sync-bn", "--epochs", "--lr", "--batch-size",
                      "--class-weighted", "--progressive-resize", "--patience", "--seed",
-                     "--num-workers", "--precise-bn", "--ema-epochs", "--mixup", "--cutmix"}
+                     "--num-workers", "--precise-bn", "--ema-epochs", "--mixup", "--cutmix",
+                     "--stochastic-depth"}
