@@ -70,7 +70,8 @@ RECIPES = {"new": {}, "flip": {"augment": "flip", "ema_epochs": 0.0},
            "shift-only": {"ema_epochs": 0.0}, "average-only": {"augment": "flip"},
            "ema6": {"ema_epochs": 6.0}, "full": {"sizes": None},
            "cutmix": {"cutmix": 1.0}, "mixup-ema6": {"mixup": 0.2, "ema_epochs": 6.0},
-           "affine": {"augment": "flip+affine"}, "sd": {"stochastic_depth": 0.1}}
+           "affine": {"augment": "flip+affine"}, "sd": {"stochastic_depth": 0.1},
+           "mixup04": {"mixup": 0.4}, "mixup-ls0": {"mixup": 0.2, "label_smoothing": 0.0}}
 """Each recipe as its changes to `cxrlearn train`'s defaults; `shift` is not a setting but
 `cxrlearn.runs.SHIFT`, the largest shift of `--augment flip+shift`."""
 LABELS = {"new": "now: flip + shift, average of 3 epochs", "flip": "before: flip, no average",
@@ -81,7 +82,9 @@ LABELS = {"new": "now: flip + shift, average of 3 epochs", "flip": "before: flip
           "cutmix": "now + CutMix (alpha 1)",
           "mixup-ema6": "now + MixUp (alpha 0.2), average of 6 epochs",
           "affine": "flip + rotation, zoom and shift (black borders), average of 3 epochs",
-          "sd": "now + stochastic depth (0.1 for the last block)"}
+          "sd": "now + stochastic depth (0.1 for the last block)",
+          "mixup04": "now + MixUp (alpha 0.4)",
+          "mixup-ls0": "now + MixUp (alpha 0.2), no label smoothing"}
 """Each recipe's name in the plot's legend."""
 
 
