@@ -85,6 +85,10 @@ __all__ = [
 ]
 
 
+_SHARE = Check(lambda v: 0 <= v < 1, "must be at least 0 and below 1")
+"""A share that may be 0 but not all: label smoothing, stochastic depth's drop rate."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of a training run. Defaults give a good model on the bundled sample on a CPU.
@@ -114,7 +118,7 @@ class TrainConfig:
         check=at_least(0))
     label_smoothing: float = setting(
         0.1, help="The share of the target moved to the other classes (Szegedy et al. 2016).",
-        check=Check(lambda v: 0 <= v < 1, "must be at least 0 and below 1"))
+        check=_SHARE)
     class_weighted: bool = setting(
         False, help="Weight the loss by inverse class frequency, for imbalanced data.",
         flag="--class-weighted", group="training")
@@ -164,7 +168,7 @@ class TrainConfig:
         0.0, help="Stochastic depth (Huang et al. 2016): while training, skip each residual "
                   "block's branch for a random share of the images, up to P for the last "
                   "block (cxrlearn.stochastic_depth); 0 is off.",
-        check=Check(lambda v: 0 <= v < 1, "must be at least 0 and below 1"),
+        check=_SHARE,
         flag="--stochastic-depth", metavar="P", group="training")
 
     def __post_init__(self) -> None:
