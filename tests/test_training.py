@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import toy_data, without_timings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader
 
 from cxrlearn.checkpoint import load_checkpoint, save_checkpoint
-from cxrlearn.data import XrayDataset
 from cxrlearn.device import describe_device, select_device
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.schedule import SizeSchedule, lr_factor, scaled_side, size_fraction
@@ -32,7 +32,7 @@ from cxrlearn.training import (
     make_optimizer,
     train_one_epoch,
 )
-from cxrlearn.transforms import Preprocess, eval_transform, resize, train_transform
+from cxrlearn.transforms import eval_transform, resize, train_transform
 
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 META = {"arch": {"name": "tiny", "num_classes": 4, "in_channels": 3}}
@@ -54,41 +54,16 @@ class TinyNet(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def _toy_data(n_per_class: int, seed: int, transform, size: int = S) -> XrayDataset:
-    """Learnable toy images: class k has a bright horizontal band at height k.
-
-    Bands, not quadrants: the training transform flips left-right, which must not change
-    the class.
-    """
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for k in range(4):
-        for _ in range(n_per_class):
-            img = rng.integers(0, 60, (size, size)).astype(np.uint8)
-            band = size // 4
-            img[k * band : (k + 1) * band, :] += 150
-            images.append(img)
-            labels.append(k)
-    paths = [f"toy-{i}.png" for i in range(len(labels))]  # never read: images are given
-    return XrayDataset(paths, labels, Preprocess(size), transform, images=np.stack(images),
-                       seed=seed)
-
-
 def _run(tmp: Path | None, num_epochs: int = 3, resume=None, on_epoch=None, size: int = S,
          **cfg):
     torch.manual_seed(0)
     model = TinyNet()
     cfg = {"batch_size": 8, "lr": 1e-2, "warmup_epochs": 1, **cfg}
     config = TrainConfig(num_epochs=num_epochs, **cfg)
-    history = fit(model, _toy_data(6, 0, train_transform(), size),
-                  _toy_data(3, 1, eval_transform(), size), config, torch.device("cpu"), CLASSES,
+    history = fit(model, toy_data(6, 0, train_transform(), size),
+                  toy_data(3, 1, eval_transform(), size), config, torch.device("cpu"), CLASSES,
                   out_dir=tmp, resume_from=resume, meta=META, on_epoch=on_epoch)
     return model, history
-
-
-def _metrics(history):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}
-            for r in history]
 
 
 def test_same_seed_gives_bit_identical_weights_and_metrics():
@@ -96,7 +71,7 @@ def test_same_seed_gives_bit_identical_weights_and_metrics():
     m2, h2 = _run(None)
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    assert _metrics(h1) == _metrics(h2)
+    assert without_timings(h1) == without_timings(h2)
 
 
 def test_different_seed_gives_different_weights():
@@ -127,7 +102,7 @@ def test_resume_after_interruption_ends_with_the_same_weights(tmp_path, sizes):
     resumed, h_res = _run(tmp_path / "cut", resume=tmp_path / "cut" / "last.pt", **cfg)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    assert _metrics(h_full) == _metrics(h_res)
+    assert without_timings(h_full) == without_timings(h_res)
 
 
 def test_progressive_resizing_trains_small_first_and_full_size_at_the_end(tmp_path):
@@ -186,7 +161,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good_checkpoint(tmp_
     model = TinyNet()
     config = TrainConfig(num_epochs=3, batch_size=8, lr=1e-2, warmup_epochs=1)
     with pytest.raises(TrainingDiverged, match=r"epoch 2: loss became nan.*last.pt holds epoch 1"):
-        fit(model, _toy_data(6, 0, train_transform()), _toy_data(3, 1, eval_transform()),
+        fit(model, toy_data(6, 0, train_transform()), toy_data(3, 1, eval_transform()),
             config, torch.device("cpu"), CLASSES, out_dir=tmp_path, meta=META,
             on_epoch=poison_after_first)
     kept = load_checkpoint(tmp_path / "last.pt")
@@ -225,22 +200,22 @@ def test_resume_refuses_a_checkpoint_for_other_classes_or_architecture(tmp_path)
     _run(tmp_path, num_epochs=1)
     last = tmp_path / "last.pt"
     with pytest.raises(CxrlearnError, match=r"last.pt: checkpoint was trained for classes"):
-        fit(TinyNet(), _toy_data(2, 0, eval_transform()), _toy_data(2, 1, eval_transform()),
+        fit(TinyNet(), toy_data(2, 0, eval_transform()), toy_data(2, 1, eval_transform()),
             TrainConfig(num_epochs=2), torch.device("cpu"), ("A", "B", "C", "D"),
             resume_from=last, meta=META)
     with pytest.raises(CxrlearnError, match="last.pt: checkpoint is for"):
-        fit(TinyNet(), _toy_data(2, 0, eval_transform()), _toy_data(2, 1, eval_transform()),
+        fit(TinyNet(), toy_data(2, 0, eval_transform()), toy_data(2, 1, eval_transform()),
             TrainConfig(num_epochs=2), torch.device("cpu"), CLASSES, resume_from=last,
             meta={"arch": {"name": "other"}})
     with pytest.raises(CxrlearnError, match="best.pt: holds no training state"):
-        fit(TinyNet(), _toy_data(2, 0, eval_transform()), _toy_data(2, 1, eval_transform()),
+        fit(TinyNet(), toy_data(2, 0, eval_transform()), toy_data(2, 1, eval_transform()),
             TrainConfig(num_epochs=2), torch.device("cpu"), CLASSES,
             resume_from=tmp_path / "best.pt", meta=META)
 
 
 def _one_epoch(amp: Amp) -> nn.Module:
     torch.manual_seed(0)
-    model, config, data = TinyNet(), TrainConfig(batch_size=8), _toy_data(6, 0, train_transform())
+    model, config, data = TinyNet(), TrainConfig(batch_size=8), toy_data(6, 0, train_transform())
     loader = DataLoader(data, batch_size=8, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
     train_one_epoch(model, loader, make_loss_fn(config, data.labels, 4),
@@ -265,8 +240,8 @@ def test_one_training_step_serves_a_working_gradient_scaler_too():
 
 def test_fit_refuses_empty_splits():
     with pytest.raises(CxrlearnError, match="at least 2 training and 1 validation"):
-        fit(TinyNet(), _toy_data(2, 0, eval_transform()),
-            torch.utils.data.Subset(_toy_data(2, 1, eval_transform()), []),
+        fit(TinyNet(), toy_data(2, 0, eval_transform()),
+            torch.utils.data.Subset(toy_data(2, 1, eval_transform()), []),
             TrainConfig(num_epochs=1), torch.device("cpu"), CLASSES)
 
 
@@ -329,7 +304,7 @@ def test_evaluate_matches_the_metrics_module():
 
     torch.manual_seed(0)
     model = TinyNet()
-    data = _toy_data(5, 3, eval_transform())
+    data = toy_data(5, 3, eval_transform())
     loader = torch.utils.data.DataLoader(data, batch_size=7)
     loss_fn = nn.CrossEntropyLoss()
     got = evaluate(model, loader, loss_fn, torch.device("cpu"), 4)
@@ -518,8 +493,8 @@ def test_stale_statistics_mislead_validation_and_precise_bn_repairs_it():
     from cxrlearn.training import recompute_bn_statistics
 
     model, _ = _run(None, num_epochs=8)
-    train = _toy_data(6, 0, train_transform())
-    val = DataLoader(_toy_data(3, 1, eval_transform()), batch_size=8)
+    train = toy_data(6, 0, train_transform())
+    val = DataLoader(toy_data(3, 1, eval_transform()), batch_size=8)
     loss_fn, cpu = nn.CrossEntropyLoss(), torch.device("cpu")
 
     def batches():
@@ -547,7 +522,7 @@ def test_fit_validates_with_recomputed_statistics():
     # are those of its first two batches: measured again by hand on the same batches, they
     # agree.
     mean = model.bn.running_mean.clone()
-    train = _toy_data(6, 0, train_transform())
+    train = toy_data(6, 0, train_transform())
     train.set_epoch(1)
     from cxrlearn.training import train_loader
     config = TrainConfig(num_epochs=2, batch_size=8, precise_bn_batches=2)
@@ -639,10 +614,10 @@ def test_an_average_that_keeps_nothing_validates_as_the_live_resnet18():
         torch.manual_seed(0)
         config = TrainConfig(num_epochs=2, batch_size=8, lr=1e-2, warmup_epochs=1,
                              precise_bn_batches=2, **cfg)
-        return fit(resnet18(num_classes=4), _toy_data(4, 0, train_transform(), 32),
-                   _toy_data(2, 1, eval_transform(), 32), config, torch.device("cpu"), CLASSES)
+        return fit(resnet18(num_classes=4), toy_data(4, 0, train_transform(), 32),
+                   toy_data(2, 1, eval_transform(), 32), config, torch.device("cpu"), CLASSES)
 
-    assert _metrics(run(ema_epochs=1e-6)) == _metrics(run(ema_epochs=0))
+    assert without_timings(run(ema_epochs=1e-6)) == without_timings(run(ema_epochs=0))
 
 
 def test_fit_keeps_the_averaged_network_in_best_and_resumes_it_exactly(tmp_path):
@@ -667,7 +642,7 @@ def test_fit_keeps_the_averaged_network_in_best_and_resumes_it_exactly(tmp_path)
     resumed, h_res = _run(tmp_path / "cut", resume=tmp_path / "cut" / "last.pt", **cfg)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    assert _metrics(h_full) == _metrics(h_res)
+    assert without_timings(h_full) == without_timings(h_res)
     cut = load_checkpoint(tmp_path / "cut" / "last.pt")["average"]["network"]
     for k, v in last["average"]["network"].items():
         assert torch.equal(v, cut[k]), k
@@ -714,7 +689,7 @@ def test_ctrl_c_mid_epoch_saves_the_epoch_so_far_and_resumes_bit_for_bit(
     resumed, h_res = _run(tmp_path / "cut", resume=tmp_path / "cut" / "interrupted.pt", **cfg)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    assert _metrics(h_full) == _metrics(h_res)
+    assert without_timings(h_full) == without_timings(h_res)
     same_state(load_checkpoint(tmp_path / "full" / "last.pt"),
                        load_checkpoint(tmp_path / "cut" / "last.pt"))
     same_state(load_checkpoint(tmp_path / "full" / "best.pt"),
@@ -859,7 +834,7 @@ def test_lr_range_test_rises_exponentially_and_stops_when_the_loss_explodes():
 
     torch.manual_seed(0)
     model = TinyNet()
-    loader = DataLoader(_toy_data(6, 0, train_transform()), batch_size=8)
+    loader = DataLoader(toy_data(6, 0, train_transform()), batch_size=8)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     lrs, losses = lr_range_test(model, loader, nn.CrossEntropyLoss(), optimizer,
                                 torch.device("cpu"), start=1e-4, end=1e4, steps=41)
