@@ -96,9 +96,9 @@ from cxrlearn.training import TrainConfig, fit
 from cxrlearn.transfer import freeze_backbone, load_imagenet_weights
 from cxrlearn.transforms import Preprocess
 
-__all__ = ["AUGMENTS", "RunSettings", "RunEvents", "NotebookProgress", "run_eta", "clock_text",
-           "train_run", "resumable", "find_lr", "LrRange", "LR_RANGE_FILES", "stored_settings",
-           "run_lock", "Evaluation", "evaluate_run", "EVALUATION_FILES"]
+__all__ = ["AUGMENTS", "FLIPS", "RunSettings", "RunEvents", "NotebookProgress", "run_eta",
+           "clock_text", "train_run", "resumable", "find_lr", "LrRange", "LR_RANGE_FILES",
+           "stored_settings", "run_lock", "Evaluation", "evaluate_run", "EVALUATION_FILES"]
 
 AUGMENTS = ("flip", "flip+shift", "flip+affine", "none")
 """Training augmentations: random left-right flip; plus a shift with mirrored borders; plus
@@ -106,6 +106,10 @@ rotation, zoom and shift; nothing."""
 
 SHIFT = 0.0625
 """`flip+shift`'s largest shift, a share of the side: 8 pixels at 128 px."""
+
+FLIPS = ("random", "alternate")
+"""How the flip of `--augment` is drawn: a fresh coin per image and epoch, or each image
+flipped in every other epoch (`cxrlearn.data.alternate_flip`)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,11 @@ class RunSettings:
                            "mirrored borders; flip+affine, plus a small rotation, zoom and "
                            "shift; none, nothing.",
         check=one_of(AUGMENTS), flag="--augment", group="training")
+    flips: str = setting(
+        "random", help="How the augmentation's flips are drawn: random, a fresh coin for "
+                       "every image in every epoch; alternate, each image flipped in every "
+                       "other epoch, starting at random.",
+        check=one_of(FLIPS), flag="--flips", group="training")
     pretrained: str = setting(
         "none", help="Start from random weights (none), torchvision's ImageNet weights "
                      "(imagenet, downloaded once) or a .pth file in torchvision's format.",
@@ -155,6 +164,9 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.flips == "alternate" and self.augment == "none":
+            raise ValueError("flips alternate needs an augmentation with a flip, not "
+                             "augment none (--augment flip, say)")
         # One spelling of the folder and the classes, so that a resume compares like with like.
         if self.data_root is not None:
             object.__setattr__(self, "data_root", Path(self.data_root).resolve())
@@ -404,10 +416,12 @@ def _datasets(rows: list[SplitRow], settings: RunSettings, cache_dir: Path | Non
         events.message(f"prepared images read from the cache {prepared.cache_file}")
     if prepared.cache_problem:
         events.message(f"warning: no prepared-image cache kept: {prepared.cache_problem}")
+    flip = settings.augment != "none"
+    alternate = flip and settings.flips == "alternate"  # the dataset flips, not the transform
     train_data = split_dataset(rows, "train", preprocess, preprocess.train_transform(
-        flip=settings.augment != "none", affine=settings.augment == "flip+affine",
+        flip=flip and not alternate, affine=settings.augment == "flip+affine",
         shift=SHIFT if settings.augment == "flip+shift" else 0.0),
-        prepared.images, seed=settings.train.seed)
+        prepared.images, seed=settings.train.seed, alternate_flips=alternate)
     val_data = split_dataset(rows, "val", preprocess, preprocess.eval_transform(),
                              prepared.images)
     events.message(f"split: {len(train_data)} train, {len(val_data)} val, "

@@ -83,6 +83,37 @@ def test_train_options_for_size_and_augmentation(tmp_path, data, capsys):
         assert [int(r["image_size"]) for r in csv.DictReader(f)] == [16, 16, 32]
 
 
+@pytest.mark.parametrize("flips", ["random", "alternate"])
+def test_alternating_flips_replace_the_random_flip(tmp_path, data, monkeypatch, flips):
+    import cxrlearn.runs
+    from cxrlearn.data import split_dataset
+
+    made = {}
+
+    def spy(rows, part, *args, **kwargs):
+        made[part] = split_dataset(rows, part, *args, **kwargs)
+        return made[part]
+
+    monkeypatch.setattr(cxrlearn.runs, "split_dataset", spy)
+    out = tmp_path / "run"
+    assert _train(tmp_path, data, out, "--epochs", "1", "--flips", flips) == 0
+    assert json.loads((out / "config.json").read_text())["settings"]["flips"] == flips
+    train = made["train"]
+    # One flip or the other, never both: a random flip on top would undo half the alternation.
+    assert train.alternate_flips == (flips == "alternate")
+    assert ("RandomHorizontalFlip" in repr(train.transform)) == (flips == "random")
+    assert "RandomShift" in repr(train.transform) and not made["val"].alternate_flips
+
+
+def test_alternating_flips_need_a_flip(tmp_path, data, capsys):
+    out = tmp_path / "run"
+    assert _train(tmp_path, data, out, "--flips", "alternate", "--augment", "none") == 1
+    err = capsys.readouterr().err
+    assert "flips alternate needs an augmentation with a flip" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (out / "last.pt").exists()
+
+
 @pytest.mark.parametrize("flag, value, message", [
     # each flag checked as its setting is (cxrlearn.settings), before any work
     ("--image-size", "0", "image_size must be between 16 and 2048"),
@@ -90,6 +121,7 @@ def test_train_options_for_size_and_augmentation(tmp_path, data, capsys):
     ("--progressive-resize", "1.5", "start must be in (0, 1]"),
     ("--channels", "2", "channels must be one of 1, 3"),
     ("--augment", "mirror", "augment must be one of flip, flip+shift, flip+affine, none"),
+    ("--flips", "sometimes", "flips must be one of random, alternate"),
     ("--lr", "nan", "not a finite number"),
     ("--lr", "0", "must be above 0"),
     ("--val-fraction", "0", "must be between 0 and 1"),

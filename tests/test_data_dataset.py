@@ -5,9 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from cxrlearn.data import XrayDataset, item_generator, load_image, prepare_images, scan_folder
+from cxrlearn.data import (
+    XrayDataset,
+    alternate_flip,
+    item_generator,
+    load_image,
+    prepare_images,
+    scan_folder,
+)
 from cxrlearn.transforms import Preprocess, eval_transform, prepare, train_transform
 
 
@@ -137,3 +146,37 @@ def test_split_dataset_refuses_an_empty_part(scan):
     rows = split_items(scan.items, test_per_class=2, val_fraction=0.0, seed=0)
     with pytest.raises(CxrlearnError, match="no 'val' images"):
         split_dataset(rows, "val", Preprocess(32), eval_transform(1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), epoch=st.integers(0, 10_000),
+       index=st.integers(0, 100_000))
+def test_alternate_flip_changes_every_epoch(seed, epoch, index):
+    flips = [alternate_flip(seed, epoch + k, index) for k in range(3)]
+    assert flips[0] != flips[1] and flips[0] == flips[2]
+
+
+def test_alternate_flip_starts_with_a_fair_coin_per_item():
+    first = [alternate_flip(0, 0, i) for i in range(1000)]
+    assert 450 <= sum(first) <= 550  # a fair coin: 500 +- 1.6 standard deviations
+    assert first != [alternate_flip(1, 0, i) for i in range(1000)]  # the seed decides
+    # Drawn from a stream of its own: not the first draw of epoch 0's augmentations.
+    coin = [torch.rand((), generator=item_generator(0, 0, i)).item() < 0.5 for i in range(1000)]
+    assert first != coin
+
+
+def test_alternating_flips_mirror_each_item_every_other_epoch(scan):
+    plain = make(scan, eval_transform(3), seed=5)
+    alternating = make(scan, eval_transform(3), seed=5, alternate_flips=True)
+    flipped_in = {0: 0, 1: 0}
+    for epoch in range(4):
+        alternating.set_epoch(epoch)
+        for i in range(len(plain)):
+            x, y = alternating[i]
+            mirror = alternate_flip(5, epoch, i)
+            assert torch.equal(x, plain[i][0].flip(-1) if mirror else plain[i][0])
+            assert y == plain[i][1]
+            flipped_in[epoch % 2] += mirror
+    # Over two consecutive epochs every item is seen both ways round.
+    assert flipped_in[0] + flipped_in[1] == 2 * len(plain)
+    assert 0 < flipped_in[0] < 2 * len(plain)

@@ -76,6 +76,7 @@ def test_a_cxrlearn_0_2_0_config_still_reads(tmp_path):
     ({"sync_bn": 1}, "sync_bn must be true or false"),
     ({"preprocess": {"image_size": 8}}, "image_size must be between 16 and 2048, got 8"),
     ({"augment": "mirror"}, "augment must be one of flip, flip+shift, flip+affine, none"),
+    ({"flips": "alternate", "augment": "none"}, "flips alternate needs an augmentation with"),
     ({"train": None}, "train must not be empty"),
 ])
 def test_bad_stored_values_are_named(data, message):
@@ -106,7 +107,7 @@ def test_differences_name_each_changed_setting_and_its_flag():
 def test_the_flags_are_the_settings_that_name_one():
     flags = {f.metadata["flag"] for f, _ in flag_settings(RunSettings())}
     assert flags == {"--data", "--classes", "--test-per-class", "--val-fraction",
-                     "--image-size", "--channels", "--augment", "--pretrained",
+                     "--image-size", "--channels", "--augment", "--flips", "--pretrained",
                      "--freeze-backbone", "--sync-bn", "--epochs", "--lr", "--batch-size",
                      "--class-weighted", "--progressive-resize", "--patience", "--seed",
                      "--num-workers", "--precise-bn", "--ema-epochs", "--mixup", "--cutmix",

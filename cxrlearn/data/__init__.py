@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 _WHERE = {
     "PreparedImages": "cache", "default_cache_dir": "cache", "prepare_images": "cache",
     "XrayDataset": "dataset", "item_generator": "dataset", "split_dataset": "dataset",
+    "alternate_flip": "dataset",
     "dhash": "dedup", "duplicate_groups": "dedup", "hamming": "dedup",
     "near_duplicate_pairs": "dedup",
     "CLASS_NAMES": "folder", "DISPLAY_NAMES": "folder", "FolderScan": "folder",
@@ -38,7 +39,7 @@ _WHERE = {
 
 __all__ = [
     "CLASS_NAMES", "DISPLAY_NAMES", "IMAGE_EXTENSIONS", "MAX_PIXELS", "SPLITS", "FolderScan",
-    "PreparedImages", "SplitRow", "XrayDataset", "default_cache_dir", "dhash",
+    "PreparedImages", "SplitRow", "XrayDataset", "alternate_flip", "default_cache_dir", "dhash",
     "duplicate_groups", "hamming", "is_image_file", "item_generator", "load_image",
     "near_duplicate_pairs", "prepare_images", "read_manifest", "sample_root", "scan_folder",
     "split_dataset", "split_items", "write_manifest",
@@ -46,7 +47,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # for type checkers and editors: the names, imported eagerly
     from cxrlearn.data.cache import PreparedImages, default_cache_dir, prepare_images
-    from cxrlearn.data.dataset import XrayDataset, item_generator, split_dataset
+    from cxrlearn.data.dataset import XrayDataset, alternate_flip, item_generator, split_dataset
     from cxrlearn.data.dedup import dhash, duplicate_groups, hamming, near_duplicate_pairs
     from cxrlearn.data.folder import CLASS_NAMES, DISPLAY_NAMES, FolderScan, scan_folder
     from cxrlearn.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, is_image_file, load_image

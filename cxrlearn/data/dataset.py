@@ -9,6 +9,11 @@ Randomness: item `i` of epoch `e` draws its augmentations from a generator seede
 `(seed, e, i)`. The images a model sees therefore depend only on the seed and the epoch, not
 on how many workers load them or in which order.
 
+Alternating flips (`alternate_flips=True`, after Jordan 2024, arXiv 2404.00498): instead of
+a fresh coin in every epoch, item `i` is flipped in epoch `e` when `(b_i + e)` is odd, with
+the bit `b_i` drawn once per item. Every image is then seen both ways round in any two
+consecutive epochs, where random flips show half of them the same way round twice.
+
 Lesson: lessons/01_data_and_contrast.ipynb
 """
 
@@ -27,7 +32,11 @@ from cxrlearn.data.splits import SplitRow
 from cxrlearn.errors import CxrlearnError
 from cxrlearn.transforms import Preprocess
 
-__all__ = ["XrayDataset", "item_generator", "split_dataset"]
+__all__ = ["XrayDataset", "item_generator", "alternate_flip", "split_dataset"]
+
+FIRST_FLIP_EPOCH = 2**32 - 1
+"""The epoch number whose generator draws each item's first flip in `alternate_flip`: one no
+run reaches, so that the bit is independent of every epoch's augmentations."""
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -38,6 +47,16 @@ def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """
     state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def alternate_flip(seed: int, epoch: int, index: int) -> bool:
+    """Whether item `index` is flipped in `epoch` under alternating flips.
+
+    A fair coin decides the item's flip in epoch 0 (drawn once, from the item's generator of
+    `FIRST_FLIP_EPOCH`); after that the item's flip changes every epoch.
+    """
+    first = torch.rand((), generator=item_generator(seed, FIRST_FLIP_EPOCH, index)).item() < 0.5
+    return first != (epoch % 2 == 1)
 
 
 class XrayDataset(Dataset):
@@ -53,6 +72,8 @@ class XrayDataset(Dataset):
         images: Optional prepared images, uint8 `(N, S, S)`, one per path (see
             `cxrlearn.data.cache.prepare_images`). When given, no file is read.
         seed: Seed of the augmentations.
+        alternate_flips: Mirror item `i` left-right in every other epoch (`alternate_flip`),
+            after `transform`; give a `transform` without a random flip of its own.
     """
 
     def __init__(
@@ -63,6 +84,7 @@ class XrayDataset(Dataset):
         transform: Callable[[Tensor, torch.Generator | None], Tensor],
         images: np.ndarray | None = None,
         seed: int = 0,
+        alternate_flips: bool = False,
     ) -> None:
         if len(paths) != len(labels):
             raise ValueError("paths and labels differ in length")
@@ -77,6 +99,7 @@ class XrayDataset(Dataset):
         self.transform = transform
         self.images = images
         self.seed = seed
+        self.alternate_flips = alternate_flips
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -95,6 +118,10 @@ class XrayDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         x = self.prepared(index).to(torch.float32) / 255.0  # (1, S, S) in [0, 1]
         x = self.transform(x, item_generator(self.seed, self.epoch, index))  # (C, S, S)
+        # After the transform: a mirror commutes with the channels and the normalisation, and
+        # the random shift is symmetric, so the order changes no image's chances.
+        if self.alternate_flips and alternate_flip(self.seed, self.epoch, index):
+            x = x.flip(-1)
         return x, self.labels[index]
 
 
@@ -105,6 +132,7 @@ def split_dataset(
     transform: Callable[[Tensor, torch.Generator | None], Tensor],
     images: np.ndarray | None = None,
     seed: int = 0,
+    alternate_flips: bool = False,
 ) -> XrayDataset:
     """The dataset of one part of a split: the rows whose `split` is `part`, in their order.
 
@@ -118,6 +146,7 @@ def split_dataset(
             (from `prepare_images([r.path for r in rows], preprocess)`); the part's images are
             taken from it, so no file is read.
         seed: Seed of the augmentations.
+        alternate_flips: Flip each image in every other epoch (`XrayDataset`).
 
     Raises:
         CxrlearnError: No row belongs to `part`.
@@ -130,4 +159,5 @@ def split_dataset(
         raise CxrlearnError(f"the split has no {part!r} images")
     return XrayDataset([rows[i].path for i in index], [rows[i].label for i in index],
                        preprocess, transform,
-                       images=None if images is None else images[index], seed=seed)
+                       images=None if images is None else images[index], seed=seed,
+                       alternate_flips=alternate_flips)
