@@ -71,7 +71,8 @@ RECIPES = {"new": {}, "flip": {"augment": "flip", "ema_epochs": 0.0},
            "ema6": {"ema_epochs": 6.0}, "full": {"sizes": None},
            "cutmix": {"cutmix": 1.0}, "mixup-ema6": {"mixup": 0.2, "ema_epochs": 6.0},
            "affine": {"augment": "flip+affine"}, "sd": {"stochastic_depth": 0.1},
-           "mixup04": {"mixup": 0.4}, "mixup-ls0": {"mixup": 0.2, "label_smoothing": 0.0}}
+           "mixup04": {"mixup": 0.4}, "mixup-ls0": {"mixup": 0.2, "label_smoothing": 0.0},
+           "altflip": {"flips": "alternate"}}
 """Each recipe as its changes to `cxrlearn train`'s defaults; `shift` is not a setting but
 `cxrlearn.runs.SHIFT`, the largest shift of `--augment flip+shift`."""
 LABELS = {"new": "now: flip + shift, average of 3 epochs", "flip": "before: flip, no average",
@@ -84,7 +85,8 @@ LABELS = {"new": "now: flip + shift, average of 3 epochs", "flip": "before: flip
           "affine": "flip + rotation, zoom and shift (black borders), average of 3 epochs",
           "sd": "now + stochastic depth (0.1 for the last block)",
           "mixup04": "now + MixUp (alpha 0.4)",
-          "mixup-ls0": "now + MixUp (alpha 0.2), no label smoothing"}
+          "mixup-ls0": "now + MixUp (alpha 0.2), no label smoothing",
+          "altflip": "now, with alternating flips"}
 """Each recipe's name in the plot's legend."""
 
 
